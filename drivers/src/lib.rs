@@ -1,0 +1,15 @@
+//! Field-device side of ecogate: the typed [`Event`]s devices produce, the [`Command`]s the
+//! lanes send them, and (filled in by the drivers work) transports, codecs and simulators.
+//!
+//! The core never speaks a wire protocol and drivers never decide policy: this crate is the
+//! boundary between the two.
+
+pub mod command;
+pub mod event;
+pub mod mass;
+pub mod plate;
+
+pub use command::{Command, DeviceCommand};
+pub use event::{DeviceEvent, EventKind, Image, ImageKind, PlateRead, UpsStatus};
+pub use mass::Mass;
+pub use plate::PlateColor;

@@ -1,0 +1,8 @@
+//! ecogate: the gateway for the 环保门禁电子台账 (environmental gate control and e-ledger).
+//!
+//! A site is described in TOML (devices, lanes and their state machines, access policy,
+//! storage, uplinks); [`config`] loads it in two phases (raw → validated [`config::Plan`]), the
+//! [`lane`] engine runs one machine per lane, [`policy`] decides who may pass.
+
+pub mod config;
+pub mod vehicle;
