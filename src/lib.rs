@@ -5,4 +5,5 @@
 //! [`lane`] engine runs one machine per lane, [`policy`] decides who may pass.
 
 pub mod config;
+pub mod registry;
 pub mod vehicle;

@@ -9,11 +9,18 @@ pub enum Command {
     BarrierOpen,
     BarrierClose,
     /// Lines of text for an LED sign, top to bottom.
-    SignShow { lines: Vec<String> },
+    SignShow {
+        lines: Vec<String>,
+    },
     /// A phrase for the voice module.
-    VoiceSay { text: String },
+    VoiceSay {
+        text: String,
+    },
     /// Pulse an output for `ms` milliseconds (device-timed where the module supports it).
-    RelayPulse { output: String, ms: u32 },
+    RelayPulse {
+        output: String,
+        ms: u32,
+    },
     /// Ask the camera for a fresh capture (soft trigger).
     CameraTrigger,
 }

@@ -4,11 +4,13 @@
 //! The core never speaks a wire protocol and drivers never decide policy: this crate is the
 //! boundary between the two.
 
+pub mod address;
 pub mod command;
 pub mod event;
 pub mod mass;
 pub mod plate;
 
+pub use address::{Address, AddressError, Parity, SerialSettings};
 pub use command::{Command, DeviceCommand};
 pub use event::{DeviceEvent, EventKind, Image, ImageKind, PlateRead, UpsStatus};
 pub use mass::Mass;

@@ -6,7 +6,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A mass in whole grams (exact), displayed in kg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Mass {
     pub grams: i64,
@@ -92,7 +94,10 @@ impl FromStr for Mass {
             f.push('0');
         }
         let g: i64 = f.parse().map_err(|_| bad())?;
-        let grams = kg.checked_mul(1000).and_then(|v| v.checked_add(g)).ok_or_else(bad)?;
+        let grams = kg
+            .checked_mul(1000)
+            .and_then(|v| v.checked_add(g))
+            .ok_or_else(bad)?;
         Ok(Mass {
             grams: if neg { -grams } else { grams },
         })
