@@ -7,11 +7,13 @@
 pub mod address;
 pub mod command;
 pub mod event;
+pub mod health;
 pub mod mass;
 pub mod plate;
 
 pub use address::{Address, AddressError, Parity, SerialSettings};
 pub use command::{Command, DeviceCommand};
 pub use event::{DeviceEvent, EventKind, Image, ImageKind, PlateRead, UpsStatus};
+pub use health::{DeviceHandle, DeviceHealth};
 pub use mass::Mass;
 pub use plate::PlateColor;
