@@ -5,6 +5,7 @@
 //! boundary between the two.
 
 pub mod address;
+pub mod backoff;
 pub mod command;
 pub mod event;
 pub mod health;
@@ -12,6 +13,7 @@ pub mod mass;
 pub mod plate;
 
 pub use address::{Address, AddressError, Parity, SerialSettings};
+pub use backoff::Backoff;
 pub use command::{Command, DeviceCommand};
 pub use event::{DeviceEvent, EventKind, Image, ImageKind, PlateRead, UpsStatus};
 pub use health::{DeviceHandle, DeviceHealth};
