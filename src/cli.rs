@@ -1,0 +1,103 @@
+//! The `ecogate` command line. `main` only parses and dispatches; each subcommand lives with
+//! the module it drives.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "ecogate", version, about = "环保门禁电子台账 gateway (HJ 1321-2023): gates, lanes, ledger, uplinks")]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ecogate=debug`.
+    #[arg(long, global = true, env = "ECOGATE_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Validate a site configuration; print every error with file:line:col, or a summary.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Lane machine tools.
+    Lane {
+        #[command(subcommand)]
+        command: LaneCmd,
+    },
+    /// Run a whole simulated site: no hardware, no setup.
+    Demo(crate::demo::DemoArgs),
+    /// Measure the core's speed (config check, lane interpreter, policy).
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LaneCmd {
+    /// Replay a scripted list of events through one lane and print each transition and command.
+    Trace {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        lane: String,
+        #[arg(long)]
+        events: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Check { config } => Ok(check(&config)),
+        Cmd::Lane { command: LaneCmd::Trace { config, lane, events } } => trace(&config, &lane, &events),
+        Cmd::Demo(args) => crate::demo::run(args),
+        Cmd::Bench(args) => crate::bench::run(args),
+    }
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    match crate::config::load(config) {
+        Ok(plan) => {
+            println!("{}: ok", config.display());
+            println!("{}", plan.summary());
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            eprintln!("{diags}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn trace(config: &std::path::Path, lane_id: &str, events: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let plan = match crate::config::load(config) {
+        Ok(p) => p,
+        Err(diags) => {
+            eprintln!("{diags}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(lp) = plan.lane(lane_id) else {
+        let ids: Vec<&str> = plan.lanes.iter().map(|l| l.spec.id.as_str()).collect();
+        anyhow::bail!("no lane `{lane_id}` in {}; lanes: {}", config.display(), ids.join(", "));
+    };
+    let text = std::fs::read_to_string(events)
+        .map_err(|e| anyhow::anyhow!("cannot read events file {}: {e}", events.display()))?;
+    let file = crate::config::diag::SourceFile::new(events, text);
+    let registry = std::sync::Arc::new(crate::registry::MemoryRegistry::new());
+    let steps = match crate::lane::trace::parse_script(&file, &registry) {
+        Ok(s) => s,
+        Err(diags) => {
+            eprintln!("{}", crate::config::Diagnostics(diags));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let decider = crate::decide::SiteDecider::new(&plan, registry)?;
+    let mut lane = crate::lane::engine::Lane::new(lp.spec.clone(), std::sync::Arc::clone(&lp.machine));
+    let start = chrono::DateTime::parse_from_rfc3339("2026-12-01T08:00:00+08:00")
+        .map(|d| d.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|_| chrono::Utc::now());
+    println!("lane {} ({}, machine {}), trace starts {}", lp.spec.id, lp.spec.direction.name(), lp.machine.name, start.with_timezone(&crate::time::site_zone()).format("%Y-%m-%d %H:%M:%S%:z"));
+    print!("{}", crate::lane::trace::run(&mut lane, &steps, start, &decider));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,271 @@
+//! Phase one: the site file as written (`site.toml`). Nothing here is checked beyond TOML
+//! types; [`super::plan`] validates it into a [`super::Plan`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+pub struct RawSite {
+    pub site: RawSiteInfo,
+    pub enterprise: RawEnterprise,
+    #[serde(default)]
+    pub gates: Vec<RawGate>,
+    #[serde(default)]
+    pub devices: BTreeMap<String, RawDevice>,
+    #[serde(default)]
+    pub policy: Option<toml::Value>,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub texts: RawTexts,
+    #[serde(default)]
+    pub uplinks: RawUplinks,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSiteInfo {
+    /// Short id used in MQTT topics and file names: letters, digits, `-`, `_`.
+    pub id: String,
+    /// Where to look for lane machines before the built-in ones (relative to the site file).
+    pub lanes_dir: Option<String>,
+    /// Where to look for device profiles before the built-in ones (relative to the site file).
+    pub profiles_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawEnterprise {
+    pub name: String,
+    /// 统一社会信用代码 (18 characters, GB 32100 check digit).
+    pub credit_code: String,
+    /// 排污许可证编号.
+    pub permit_no: String,
+    /// steel, coking, cement, … (checked in phase two so every error is reported at once).
+    pub industry: String,
+    /// 绩效分级: leading, A, B, B-, C, D.
+    pub grade: String,
+    /// 行政区划代码 (6 digits).
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Industry {
+    Steel,
+    Coking,
+    Cement,
+    Nonferrous,
+    ThermalPower,
+    Coal,
+    Glass,
+    Ceramics,
+    Refractory,
+    Lime,
+    Chemical,
+    Coating,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grade {
+    /// 引领性
+    Leading,
+    A,
+    B,
+    BMinus,
+    C,
+    D,
+}
+
+impl Industry {
+    pub const ALL: [(Industry, &'static str); 13] = [
+        (Industry::Steel, "steel"),
+        (Industry::Coking, "coking"),
+        (Industry::Cement, "cement"),
+        (Industry::Nonferrous, "nonferrous"),
+        (Industry::ThermalPower, "thermal_power"),
+        (Industry::Coal, "coal"),
+        (Industry::Glass, "glass"),
+        (Industry::Ceramics, "ceramics"),
+        (Industry::Refractory, "refractory"),
+        (Industry::Lime, "lime"),
+        (Industry::Chemical, "chemical"),
+        (Industry::Coating, "coating"),
+        (Industry::Other, "other"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(i, _)| *i == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("other")
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(i, _)| *i)
+    }
+}
+
+impl Grade {
+    pub const ALL: [Grade; 6] = [
+        Grade::Leading,
+        Grade::A,
+        Grade::B,
+        Grade::BMinus,
+        Grade::C,
+        Grade::D,
+    ];
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.name() == s)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Grade::Leading => "leading",
+            Grade::A => "A",
+            Grade::B => "B",
+            Grade::BMinus => "B-",
+            Grade::C => "C",
+            Grade::D => "D",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawGate {
+    /// 出入口编号.
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub lanes: Vec<RawLane>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLane {
+    pub id: String,
+    /// `in` or `out`.
+    pub direction: String,
+    pub machine: String,
+    /// 道闸编号; defaults to the lane id.
+    pub barrier_no: Option<String>,
+    pub camera: Option<String>,
+    pub barrier: Option<String>,
+    #[serde(rename = "loop")]
+    pub loop_: Option<String>,
+    pub scale: Option<String>,
+    pub sign: Option<String>,
+    pub voice: Option<String>,
+    /// Limit-switch inputs when they are not named `limit_open`/`limit_closed` on the barrier device.
+    pub limit_open: Option<String>,
+    pub limit_closed: Option<String>,
+    pub default_cargo: Option<String>,
+    pub pulse_ms: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawDevice {
+    /// Profile name, e.g. `io/modbus-relay-8ch` (profiles/io/modbus-relay-8ch.toml).
+    pub profile: String,
+    pub address: Option<String>,
+    /// Modbus unit (slave) id.
+    pub unit: Option<u8>,
+    /// Another device whose passthrough this one is reached through (an LED card behind a
+    /// camera's RS-485).
+    pub via: Option<String>,
+    pub timeout: Option<String>,
+    pub poll: Option<String>,
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password (never the password itself).
+    pub password_env: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<String>,
+    /// Overrides of the profile's `[settings]`.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawStorage {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+    #[serde(default = "default_retention")]
+    pub retention_months: u32,
+}
+
+fn default_data_dir() -> String {
+    "data".into()
+}
+fn default_retention() -> u32 {
+    24
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            data_dir: default_data_dir(),
+            retention_months: default_retention(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHttp {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct RawTexts {
+    #[serde(default)]
+    pub sign: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub voice: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct RawUplinks {
+    pub mqtt: Option<RawMqtt>,
+    #[serde(default)]
+    pub platforms: Vec<RawPlatform>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawMqtt {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPlatform {
+    pub name: String,
+    /// Platform protocol profile, e.g. `platform/transport-control`.
+    pub profile: String,
+    pub url: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
