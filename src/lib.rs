@@ -5,13 +5,14 @@
 //! [`lane`] engine runs one machine per lane, [`policy`] decides who may pass.
 
 pub mod config;
+pub mod decide;
 pub mod lane;
+pub mod logging;
+pub mod policy;
 pub mod registry;
+pub mod runtime;
+pub mod time;
 pub mod vehicle;
 // pending-merge pub mod bench;
 // pending-merge pub mod cli;
-// pending-merge pub mod decide;
 // pending-merge pub mod demo;
-pub mod logging;
-pub mod runtime;
-pub mod time;
