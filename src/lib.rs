@@ -13,6 +13,6 @@ pub mod registry;
 pub mod runtime;
 pub mod time;
 pub mod vehicle;
-// pending-merge pub mod bench;
+pub mod bench;
 // pending-merge pub mod cli;
 // pending-merge pub mod demo;

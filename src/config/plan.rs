@@ -93,7 +93,7 @@ pub struct Plan {
     pub lanes: Vec<LanePlan>,
     pub devices: BTreeMap<String, DevicePlan>,
     pub machines: BTreeMap<String, Arc<Machine>>,
-    pub policy: Option<toml::Value>,
+    pub policy: crate::policy::Policy,
     pub data_dir: PathBuf,
     pub retention_months: u32,
     pub http_listen: SocketAddr,
@@ -306,6 +306,14 @@ impl Validator<'_> {
         let machines = self.machines(raw);
         let texts = Arc::new(self.texts(raw));
         let (gates, lanes) = self.gates(raw, &devices, &machines, &texts);
+        let gate_ids: Vec<String> = raw.gates.iter().map(|g| g.id.clone()).collect();
+        let policy = match raw.policy.compile(self.file, &gate_ids) {
+            Ok(p) => Some(p),
+            Err(errs) => {
+                self.diags.extend(errs);
+                None
+            }
+        };
 
         let data_dir = {
             let base = self.file.path.parent().unwrap_or(Path::new("."));
@@ -392,7 +400,7 @@ impl Validator<'_> {
             lanes,
             devices,
             machines,
-            policy: raw.policy.clone(),
+            policy: policy?,
             data_dir,
             retention_months: raw.storage.retention_months,
             http_listen: http_listen?,

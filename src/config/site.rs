@@ -13,7 +13,7 @@ pub struct RawSite {
     #[serde(default)]
     pub devices: BTreeMap<String, RawDevice>,
     #[serde(default)]
-    pub policy: Option<toml::Value>,
+    pub policy: crate::policy::PolicyConfig,
     #[serde(default)]
     pub storage: RawStorage,
     #[serde(default)]
