@@ -5,5 +5,6 @@
 //! [`lane`] engine runs one machine per lane, [`policy`] decides who may pass.
 
 pub mod config;
+pub mod ledger;
 pub mod registry;
 pub mod vehicle;

@@ -1,0 +1,3 @@
+//! (in progress)
+pub const SCHEMA: &str = "";
+pub struct SqliteRegistry;
