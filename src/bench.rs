@@ -22,7 +22,14 @@ pub struct BenchArgs {
 struct Allow;
 impl Decider for Allow {
     fn decide(&self, _: &LaneSpec, _: &str, _: PlateColor, _: DateTime<Utc>) -> Verdict {
-        Verdict { allow: true, reason: "ok".into(), text: "欢迎".into(), review: false, facts: None, measure: None }
+        Verdict {
+            allow: true,
+            reason: "ok".into(),
+            text: "欢迎".into(),
+            review: false,
+            facts: None,
+            measure: None,
+        }
     }
     fn measure_active(&self, _: &str, _: DateTime<Utc>) -> bool {
         false
@@ -67,20 +74,38 @@ pub fn bench_lane(scale: u32) -> anyhow::Result<String> {
     std::fs::write(&site, crate::demo::site_toml(2, &dir.join("ledger")))?;
     let plan = crate::config::load(&site).map_err(|d| anyhow::anyhow!("{d}"))?;
     let _ = std::fs::remove_dir_all(&dir);
-    let lp = plan.lane("1-in").ok_or_else(|| anyhow::anyhow!("demo site has no lane 1-in"))?;
+    let lp = plan
+        .lane("1-in")
+        .ok_or_else(|| anyhow::anyhow!("demo site has no lane 1-in"))?;
     let mut lane = Lane::new(lp.spec.clone(), Arc::clone(&lp.machine));
     let d = Allow;
     let mut out: Vec<Output> = Vec::with_capacity(64);
     let mut now = Utc::now();
     lane.start(now, &d, &mut out);
-    let plate = PlateRead { plate: "豫A12345".into(), color: PlateColor::Yellow, confidence: 98, source_id: None, captured_at: None, images: Vec::new() };
+    let plate = PlateRead {
+        plate: "豫A12345".into(),
+        color: PlateColor::Yellow,
+        confidence: 98,
+        source_id: None,
+        captured_at: None,
+        images: Vec::new(),
+    };
     // One vehicle through entry-weigh: 9 external inputs (plus the internal `allow`).
     let cycle = [
         Input::LoopOn,
         Input::Plate(plate),
-        Input::Weight { mass: Mass::from_kg(20_000), stable: false },
-        Input::Weight { mass: Mass::from_kg(31_000), stable: false },
-        Input::Weight { mass: Mass::from_kg(32_000), stable: true },
+        Input::Weight {
+            mass: Mass::from_kg(20_000),
+            stable: false,
+        },
+        Input::Weight {
+            mass: Mass::from_kg(31_000),
+            stable: false,
+        },
+        Input::Weight {
+            mass: Mass::from_kg(32_000),
+            stable: true,
+        },
         Input::BarrierOpened,
         Input::WeightZero,
         Input::LoopOff,
@@ -101,7 +126,11 @@ pub fn bench_lane(scale: u32) -> anyhow::Result<String> {
     }
     let el = t.elapsed();
     let events = vehicles * cycle.len() as u64;
-    anyhow::ensure!(lane.state_name() == "idle", "lane ended in {} instead of idle", lane.state_name());
+    anyhow::ensure!(
+        lane.state_name() == "idle",
+        "lane ended in {} instead of idle",
+        lane.state_name()
+    );
     Ok(format!(
         "lane: {events} events ({vehicles} vehicles through entry-weigh) in {:.2} s on one core: {:.0} events/s, {:.0} outputs/s",
         el.as_secs_f64(),
@@ -133,7 +162,9 @@ pub fn bench_policy(scale: u32) -> anyhow::Result<String> {
         gates: None,
         source: "bench".into(),
     });
-    let lp = plan.lane("1-in").ok_or_else(|| anyhow::anyhow!("no lane 1-in"))?;
+    let lp = plan
+        .lane("1-in")
+        .ok_or_else(|| anyhow::anyhow!("no lane 1-in"))?;
     let n = 200_000 * scale as usize;
     let now = Utc::now();
     let mut allowed = 0usize;
@@ -168,7 +199,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ran = true;
     }
     if !ran {
-        anyhow::bail!("unknown benchmark `{}`: use check, lane, policy or all", args.which);
+        anyhow::bail!(
+            "unknown benchmark `{}`: use check, lane, policy or all",
+            args.which
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

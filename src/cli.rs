@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "ecogate", version, about = "环保门禁电子台账 gateway (HJ 1321-2023): gates, lanes, ledger, uplinks")]
+#[command(
+    name = "ecogate",
+    version,
+    about = "环保门禁电子台账 gateway (HJ 1321-2023): gates, lanes, ledger, uplinks"
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ecogate=debug`.
     #[arg(long, global = true, env = "ECOGATE_LOG", default_value = "warn")]
@@ -49,7 +53,14 @@ pub enum LaneCmd {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Check { config } => Ok(check(&config)),
-        Cmd::Lane { command: LaneCmd::Trace { config, lane, events } } => trace(&config, &lane, &events),
+        Cmd::Lane {
+            command:
+                LaneCmd::Trace {
+                    config,
+                    lane,
+                    events,
+                },
+        } => trace(&config, &lane, &events),
         Cmd::Demo(args) => crate::demo::run(args),
         Cmd::Bench(args) => crate::bench::run(args),
     }
@@ -69,7 +80,11 @@ fn check(config: &std::path::Path) -> ExitCode {
     }
 }
 
-fn trace(config: &std::path::Path, lane_id: &str, events: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn trace(
+    config: &std::path::Path,
+    lane_id: &str,
+    events: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     let plan = match crate::config::load(config) {
         Ok(p) => p,
         Err(diags) => {
@@ -79,7 +94,11 @@ fn trace(config: &std::path::Path, lane_id: &str, events: &std::path::Path) -> a
     };
     let Some(lp) = plan.lane(lane_id) else {
         let ids: Vec<&str> = plan.lanes.iter().map(|l| l.spec.id.as_str()).collect();
-        anyhow::bail!("no lane `{lane_id}` in {}; lanes: {}", config.display(), ids.join(", "));
+        anyhow::bail!(
+            "no lane `{lane_id}` in {}; lanes: {}",
+            config.display(),
+            ids.join(", ")
+        );
     };
     let text = std::fs::read_to_string(events)
         .map_err(|e| anyhow::anyhow!("cannot read events file {}: {e}", events.display()))?;
@@ -92,12 +111,24 @@ fn trace(config: &std::path::Path, lane_id: &str, events: &std::path::Path) -> a
             return Ok(ExitCode::FAILURE);
         }
     };
-    let decider = crate::decide::SiteDecider::new(&plan, registry)?;
-    let mut lane = crate::lane::engine::Lane::new(lp.spec.clone(), std::sync::Arc::clone(&lp.machine));
+    let decider = crate::decide::SiteDecider::new(plan.policy.clone(), registry);
+    let mut lane =
+        crate::lane::engine::Lane::new(lp.spec.clone(), std::sync::Arc::clone(&lp.machine));
     let start = chrono::DateTime::parse_from_rfc3339("2026-12-01T08:00:00+08:00")
         .map(|d| d.with_timezone(&chrono::Utc))
         .unwrap_or_else(|_| chrono::Utc::now());
-    println!("lane {} ({}, machine {}), trace starts {}", lp.spec.id, lp.spec.direction.name(), lp.machine.name, start.with_timezone(&crate::time::site_zone()).format("%Y-%m-%d %H:%M:%S%:z"));
-    print!("{}", crate::lane::trace::run(&mut lane, &steps, start, &decider));
+    println!(
+        "lane {} ({}, machine {}), trace starts {}",
+        lp.spec.id,
+        lp.spec.direction.name(),
+        lp.machine.name,
+        start
+            .with_timezone(&crate::time::site_zone())
+            .format("%Y-%m-%d %H:%M:%S%:z")
+    );
+    print!(
+        "{}",
+        crate::lane::trace::run(&mut lane, &steps, start, &decider)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -32,12 +32,21 @@ impl SiteDecider {
     pub fn add_measure(&self, m: ControlMeasure) {
         // A poisoned lock means a panic mid-update elsewhere; the lists are plain Vecs and
         // stay usable, and refusing to decide would stop every lane.
-        self.state.write().unwrap_or_else(|e| e.into_inner()).add_measure(m);
+        self.state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_measure(m);
     }
 }
 
 impl Decider for SiteDecider {
-    fn decide(&self, lane: &LaneSpec, plate: &str, color: PlateColor, now: DateTime<Utc>) -> Verdict {
+    fn decide(
+        &self,
+        lane: &LaneSpec,
+        plate: &str,
+        color: PlateColor,
+        now: DateTime<Utc>,
+    ) -> Verdict {
         let facts = self.registry.lookup(plate, color);
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let d = self.policy.decide(

@@ -95,15 +95,69 @@ pub fn vehicle(seed: u64, i: u64) -> DemoVehicle {
     }
     let roll = r.below(1000);
     let (color, stage, fuel, vtype, registered) = match roll {
-        0..=59 => (PlateColor::YellowGreen, EmissionStage::Electric, Fuel::Electric, "Q11", true),
-        60..=109 => (PlateColor::Yellow, EmissionStage::China(6), Fuel::NaturalGas, "Q11", true),
-        110..=139 => (PlateColor::Yellow, EmissionStage::China(5), Fuel::NaturalGas, "Q11", true),
-        140..=589 => (PlateColor::Yellow, EmissionStage::China(6), Fuel::Diesel, "Q11", true),
-        590..=809 => (PlateColor::Yellow, EmissionStage::China(5), Fuel::Diesel, "H11", true),
-        810..=889 => (PlateColor::Yellow, EmissionStage::China(4), Fuel::Diesel, "H17", true),
-        890..=909 => (PlateColor::Yellow, EmissionStage::China(3), Fuel::Diesel, "H17", true),
-        910..=949 => (PlateColor::Blue, EmissionStage::China(6), Fuel::Petrol, "H31", true),
-        _ => (PlateColor::Yellow, EmissionStage::China(5), Fuel::Diesel, "H11", false),
+        0..=59 => (
+            PlateColor::YellowGreen,
+            EmissionStage::Electric,
+            Fuel::Electric,
+            "Q11",
+            true,
+        ),
+        60..=109 => (
+            PlateColor::Yellow,
+            EmissionStage::China(6),
+            Fuel::NaturalGas,
+            "Q11",
+            true,
+        ),
+        110..=139 => (
+            PlateColor::Yellow,
+            EmissionStage::China(5),
+            Fuel::NaturalGas,
+            "Q11",
+            true,
+        ),
+        140..=589 => (
+            PlateColor::Yellow,
+            EmissionStage::China(6),
+            Fuel::Diesel,
+            "Q11",
+            true,
+        ),
+        590..=809 => (
+            PlateColor::Yellow,
+            EmissionStage::China(5),
+            Fuel::Diesel,
+            "H11",
+            true,
+        ),
+        810..=889 => (
+            PlateColor::Yellow,
+            EmissionStage::China(4),
+            Fuel::Diesel,
+            "H17",
+            true,
+        ),
+        890..=909 => (
+            PlateColor::Yellow,
+            EmissionStage::China(3),
+            Fuel::Diesel,
+            "H17",
+            true,
+        ),
+        910..=949 => (
+            PlateColor::Blue,
+            EmissionStage::China(6),
+            Fuel::Petrol,
+            "H31",
+            true,
+        ),
+        _ => (
+            PlateColor::Yellow,
+            EmissionStage::China(5),
+            Fuel::Diesel,
+            "H11",
+            false,
+        ),
     };
     let plate = match color {
         PlateColor::YellowGreen => format!("豫{city}{}D", &tail[..5]),
@@ -125,7 +179,13 @@ pub fn vehicle(seed: u64, i: u64) -> DemoVehicle {
         use_character: Some('F'),
         obd_online: Some(true),
     });
-    DemoVehicle { plate, color, facts, gross, black }
+    DemoVehicle {
+        plate,
+        color,
+        facts,
+        gross,
+        black,
+    }
 }
 
 /// The generated site file for `lanes` lanes.
@@ -180,14 +240,17 @@ exit = "allow"
                 2 + 2 * n
             );
             if weigh {
-                let _ = writeln!(s, "scale = \"scale{g}\"");
+                let _ = writeln!(s, "scale = \"scale{i}\"");
             }
         }
     }
     for g in 1..=gates {
         let _ = write!(s, "\n[devices.io{g}]\nprofile = \"io/modbus-relay-8ch\"\naddress = \"tcp://127.0.0.1:{}\"\nunit = 1\n", 15020 + g);
-        if g % 2 == 1 {
-            let _ = write!(s, "\n[devices.scale{g}]\nprofile = \"scale/yaohua-xk3190-a9\"\naddress = \"serial-over-tcp://127.0.0.1:{}\"\n", 14000 + g);
+    }
+    for i in 1..=lanes {
+        // Odd gates weigh: each of their lanes has its own weighbridge.
+        if ((i - 1) / 2 + 1) % 2 == 1 {
+            let _ = write!(s, "\n[devices.scale{i}]\nprofile = \"scale/yaohua-xk3190-a9\"\naddress = \"serial-over-tcp://127.0.0.1:{}\"\n", 14000 + i);
         }
     }
     for i in 1..=lanes {
@@ -215,7 +278,9 @@ struct Tally {
 
 impl RecordSink for DemoSink {
     async fn record(&self, r: &Record) -> Result<u64, String> {
-        let seq = crate::ledger::record_lane(&self.ledger, r).await.map_err(|e| e.to_string())?;
+        let seq = crate::recorder::record_lane(&self.ledger, r)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
         match r {
             Record::Pass(p) if p.release.is_some() => t.manual += 1,
@@ -228,7 +293,10 @@ impl RecordSink for DemoSink {
                 }
                 Some(v) => {
                     t.denied += 1;
-                    let e = t.denied_by.entry(v.reason.clone()).or_insert((0, v.text.clone()));
+                    let e = t
+                        .denied_by
+                        .entry(v.reason.clone())
+                        .or_insert((0, v.text.clone()));
                     e.0 += 1;
                 }
                 None => t.exceptions += 1,
@@ -241,10 +309,17 @@ impl RecordSink for DemoSink {
 }
 
 /// In-process relay/limit-switch module: a pulse on `outN` opens the barrier of the lane that
-/// owns it (its limit inputs follow 20 ms later) and the barrier closes by itself 150 ms later.
-async fn io_standin(name: String, mut rx: mpsc::Receiver<Command>, plan: Arc<Plan>, events: mpsc::Sender<DeviceEvent>) {
+/// owns it (its limit inputs follow 10 ms later) and the barrier closes by itself 40 ms later.
+async fn io_standin(
+    name: String,
+    mut rx: mpsc::Receiver<Command>,
+    plan: Arc<Plan>,
+    events: mpsc::Sender<DeviceEvent>,
+) {
     while let Some(c) = rx.recv().await {
-        let Command::RelayPulse { output, .. } = c else { continue };
+        let Command::RelayPulse { output, .. } = c else {
+            continue;
+        };
         let lane = plan.lanes.iter().find(|l| {
             l.spec
                 .bindings
@@ -258,14 +333,23 @@ async fn io_standin(name: String, mut rx: mpsc::Receiver<Command>, plan: Arc<Pla
             let ev = |input: &str, active: bool| DeviceEvent {
                 device: name.clone(),
                 at: Utc::now(),
-                kind: EventKind::Input { input: input.to_string(), active },
+                kind: EventKind::Input {
+                    input: input.to_string(),
+                    active,
+                },
             };
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            for e in [ev(closed.channel.as_deref().unwrap_or(""), false), ev(open.channel.as_deref().unwrap_or(""), true)] {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            for e in [
+                ev(closed.channel.as_deref().unwrap_or(""), false),
+                ev(open.channel.as_deref().unwrap_or(""), true),
+            ] {
                 let _ = events.send(e).await;
             }
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            for e in [ev(open.channel.as_deref().unwrap_or(""), false), ev(closed.channel.as_deref().unwrap_or(""), true)] {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            for e in [
+                ev(open.channel.as_deref().unwrap_or(""), false),
+                ev(closed.channel.as_deref().unwrap_or(""), true),
+            ] {
                 let _ = events.send(e).await;
             }
         });
@@ -279,7 +363,10 @@ async fn sink_standin(mut rx: mpsc::Receiver<Command>, shown: Arc<AtomicU64>) {
     }
 }
 
-async fn wait_for(rx: &mut watch::Receiver<LaneStatus>, pred: impl Fn(&LaneStatus) -> bool) -> Option<LaneStatus> {
+async fn wait_for(
+    rx: &mut watch::Receiver<LaneStatus>,
+    pred: impl Fn(&LaneStatus) -> bool,
+) -> Option<LaneStatus> {
     let r = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| pred(s))).await;
     match r {
         Ok(Ok(s)) => Some(s.clone()),
@@ -307,11 +394,22 @@ struct LaneKit {
 }
 
 async fn send(events: &mpsc::Sender<DeviceEvent>, device: &str, kind: EventKind) {
-    let _ = events.send(DeviceEvent { device: device.to_string(), at: Utc::now(), kind }).await;
+    let _ = events
+        .send(DeviceEvent {
+            device: device.to_string(),
+            at: Utc::now(),
+            kind,
+        })
+        .await;
 }
 
 /// One lane's stream of trucks.
-async fn lane_agent(kit: LaneKit, shared: Arc<Shared>, events: mpsc::Sender<DeviceEvent>, decider: Arc<SiteDecider>) {
+async fn lane_agent(
+    kit: LaneKit,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<DeviceEvent>,
+    decider: Arc<SiteDecider>,
+) {
     let mut status = kit.handle.status.clone();
     loop {
         if shared.stop.load(Ordering::Relaxed) {
@@ -343,8 +441,19 @@ async fn lane_agent(kit: LaneKit, shared: Arc<Shared>, events: mpsc::Sender<Devi
     }
 }
 
-/// One truck through one lane; false when the lane did not respond as expected.
-async fn drive(kit: &LaneKit, v: &DemoVehicle, status: &mut watch::Receiver<LaneStatus>, events: &mpsc::Sender<DeviceEvent>, rng: &mut Rng) -> bool {
+/// One truck through one lane, reacting to what the lane shows; false when the lane did not
+/// respond as expected within 5 s.
+async fn drive(
+    kit: &LaneKit,
+    v: &DemoVehicle,
+    status: &mut watch::Receiver<LaneStatus>,
+    events: &mpsc::Sender<DeviceEvent>,
+    rng: &mut Rng,
+) -> bool {
+    // The next truck arrives once the previous one's barrier is down again.
+    if wait_for(status, |s| !s.barrier_open).await.is_none() {
+        return false;
+    }
     let plate_read = PlateRead {
         plate: v.plate.clone(),
         color: v.color,
@@ -353,55 +462,89 @@ async fn drive(kit: &LaneKit, v: &DemoVehicle, status: &mut watch::Receiver<Lane
         captured_at: Some(Utc::now()),
         images: Vec::new(),
     };
+    let weigh = |mass: Mass, stable: bool| EventKind::Weight {
+        mass,
+        stable,
+        raw: bytes::Bytes::new(),
+    };
+    let loop_input = |active| EventKind::Input {
+        input: kit.loop_in.clone(),
+        active,
+    };
     status.mark_unchanged();
-    send(events, &kit.io, EventKind::Input { input: kit.loop_in.clone(), active: true }).await;
+    send(events, &kit.io, loop_input(true)).await;
     send(events, &kit.camera, EventKind::Plate(plate_read)).await;
-    let decided = |s: &LaneStatus| !matches!(s.state.as_str(), "idle" | "deciding") && s.plate.as_deref() == Some(v.plate.as_str());
-    let Some(mut st) = wait_for(status, decided).await else { return false };
-    let weigh = |mass: Mass, stable: bool| EventKind::Weight { mass, stable, raw: bytes::Bytes::new() };
-    if st.state == "weighing" {
-        let Some(scale) = kit.scale.as_deref() else { return false };
-        for frac in [40, 85, 98] {
-            let m = Mass::from_grams(v.gross.grams * frac / 100);
-            send(events, scale, weigh(m, false)).await;
-        }
-        send(events, scale, weigh(v.gross, true)).await;
-        let Some(s) = wait_for(status, |s| matches!(s.state.as_str(), "opening" | "awaiting_cargo")).await else { return false };
-        st = s;
-        if st.state == "awaiting_cargo" {
-            let cargo = ["钢材", "焦炭", "铁精粉", "石灰石"][rng.below(4) as usize];
-            let _ = kit.handle.inputs.send(Input::CargoDeclared(cargo.into())).await;
-            let Some(s) = wait_for(status, |s| s.state == "opening").await else { return false };
-            st = s;
-        }
-    }
-    if st.state == "refused" {
-        if rng.chance(5) {
-            let release = Release {
-                operator: "门卫王师傅".into(),
-                role: "guard".into(),
-                reason: "抢险救援车辆".into(),
-                remote: false,
-                plate: None,
-            };
-            let _ = kit.handle.inputs.send(Input::ManualRelease(release)).await;
-            if wait_for(status, |s| s.state == "released").await.is_none() {
-                return false;
+    let (mut weighed, mut declared, mut handled_refusal, mut left) = (false, false, false, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = status.borrow_and_update().clone();
+        let ours = st.plate.as_deref() == Some(v.plate.as_str());
+        match st.state.as_str() {
+            "idle" if left => return true,
+            "weighing" if ours && !weighed => {
+                let Some(scale) = kit.scale.as_deref() else {
+                    return false;
+                };
+                for frac in [40, 85, 98] {
+                    send(
+                        events,
+                        scale,
+                        weigh(Mass::from_grams(v.gross.grams * frac / 100), false),
+                    )
+                    .await;
+                }
+                send(events, scale, weigh(v.gross, true)).await;
+                weighed = true;
             }
-        } else {
-            send(events, &kit.io, EventKind::Input { input: kit.loop_in.clone(), active: false }).await;
-            return wait_for(status, |s| s.state == "idle").await.is_some();
+            "awaiting_cargo" if ours && !declared => {
+                let cargo = ["钢材", "焦炭", "铁精粉", "石灰石"][rng.below(4) as usize];
+                let _ = kit
+                    .handle
+                    .inputs
+                    .send(Input::CargoDeclared(cargo.into()))
+                    .await;
+                declared = true;
+            }
+            "refused" if ours && !handled_refusal => {
+                handled_refusal = true;
+                if rng.chance(5) {
+                    let release = Release {
+                        operator: "门卫王师傅".into(),
+                        role: "guard".into(),
+                        reason: "抢险救援车辆".into(),
+                        remote: false,
+                        plate: None,
+                    };
+                    let _ = kit.handle.inputs.send(Input::ManualRelease(release)).await;
+                } else {
+                    // Turned away: the truck reverses off the loop (and the scale).
+                    if let Some(scale) = kit.scale.as_deref() {
+                        send(events, scale, weigh(Mass::ZERO, true)).await;
+                    }
+                    send(events, &kit.io, loop_input(false)).await;
+                    left = true;
+                }
+            }
+            // Drive through once the barrier is seen open (limit switch), off the scale and loop.
+            "opening" | "released" if ours && st.barrier_open && !left => {
+                if let Some(scale) = kit.scale.as_deref() {
+                    send(events, scale, weigh(Mass::ZERO, true)).await;
+                }
+                send(events, &kit.io, loop_input(false)).await;
+                left = true;
+            }
+            "fault" | "power_loss" => return false,
+            _ => {}
+        }
+        if tokio::time::timeout_at(deadline, status.changed())
+            .await
+            .is_err()
+        {
+            let st = status.borrow();
+            tracing::warn!(lane = %st.lane, state = %st.state, plate = %v.plate, barrier_open = st.barrier_open, weighed, declared, left, "demo vehicle got no response from its lane");
+            return false;
         }
     }
-    // Drive through once the barrier is seen open (limit switch), then leave the loop and scale.
-    if wait_for(status, |s| s.barrier_open).await.is_none() {
-        return false;
-    }
-    if let Some(scale) = kit.scale.as_deref() {
-        send(events, scale, weigh(Mass::ZERO, true)).await;
-    }
-    send(events, &kit.io, EventKind::Input { input: kit.loop_in.clone(), active: false }).await;
-    wait_for(status, |s| s.state == "idle").await.is_some()
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -415,14 +558,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("ecogate-demo-{}-{}", std::process::id(), Utc::now().timestamp())),
+        None => std::env::temp_dir().join(format!(
+            "ecogate-demo-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp()
+        )),
     };
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let site_file = data_dir.join("site.toml");
     std::fs::write(&site_file, site_toml(args.lanes, &data_dir.join("ledger")))
         .with_context(|| format!("writing {}", site_file.display()))?;
-    let plan = crate::config::load(&site_file).map_err(|d| anyhow::anyhow!("the generated demo site does not validate:\n{d}"))?;
+    let plan = crate::config::load(&site_file)
+        .map_err(|d| anyhow::anyhow!("the generated demo site does not validate:\n{d}"))?;
     let plan = Arc::new(plan);
 
     // The registry knows every registered truck of the stream; a few are black-listed.
@@ -453,8 +602,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let ledger = crate::ledger::Ledger::open(&plan.data_dir).with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
-    let sink = Arc::new(DemoSink { ledger: ledger.clone(), tally: Mutex::new(Tally::default()) });
+    let ledger = crate::ledger::Ledger::open(&plan.data_dir)
+        .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
+    let sink = Arc::new(DemoSink {
+        ledger: ledger.clone(),
+        tally: Mutex::new(Tally::default()),
+    });
     let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
     let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel();
     let shown = Arc::new(AtomicU64::new(0));
@@ -464,14 +617,24 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         bus.attach(name, tx);
         match d.profile.kind {
             crate::config::profile::DeviceKind::Io => {
-                tokio::spawn(io_standin(name.clone(), rx, Arc::clone(&plan), events_tx.clone()));
+                tokio::spawn(io_standin(
+                    name.clone(),
+                    rx,
+                    Arc::clone(&plan),
+                    events_tx.clone(),
+                ));
             }
             _ => {
                 tokio::spawn(sink_standin(rx, Arc::clone(&shown)));
             }
         }
     }
-    let deps = LaneDeps { decider: Arc::clone(&decider), sink: Arc::clone(&sink), bus: Arc::new(bus), alarms: alarm_tx };
+    let deps = LaneDeps {
+        decider: Arc::clone(&decider),
+        sink: Arc::clone(&sink),
+        bus: Arc::new(bus),
+        alarms: alarm_tx,
+    };
     let mut handles = Vec::new();
     for l in &plan.lanes {
         let lane = Lane::new(l.spec.clone(), Arc::clone(&l.machine));
@@ -514,8 +677,17 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     });
     let started = Instant::now();
     if !args.quiet {
-        println!("ecogate demo: {} lane(s), seed {}, ledger in {}", plan.lanes.len(), args.seed, plan.data_dir.display());
-        println!("site file: {}  (try: ecogate check --config {})", site_file.display(), site_file.display());
+        println!(
+            "ecogate demo: {} lane(s), seed {}, ledger in {}",
+            plan.lanes.len(),
+            args.seed,
+            plan.data_dir.display()
+        );
+        println!(
+            "site file: {}  (try: ecogate check --config {})",
+            site_file.display(),
+            site_file.display()
+        );
         match limit {
             Some(n) => println!("{n} vehicles; an orange warning (strategy 2: 禁行国四及以下重型柴油(燃气)车) starts at vehicle {}", n / 2),
             None => println!("running until Ctrl-C; an orange warning starts at vehicle 200"),
@@ -526,7 +698,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let b = &l.spec.bindings;
         let role = |r| b.get(&r).cloned();
         use crate::lane::builtin::Role;
-        let (Some(cam), Some(lp)) = (role(Role::Camera), role(Role::Loop)) else { continue };
+        let (Some(cam), Some(lp)) = (role(Role::Camera), role(Role::Loop)) else {
+            continue;
+        };
         let kit = LaneKit {
             handle: handles[i].clone(),
             camera: cam.device,
@@ -534,7 +708,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             loop_in: lp.channel.unwrap_or_else(|| "loop".into()),
             scale: role(Role::Scale).map(|s| s.device),
         };
-        agents.push(tokio::spawn(lane_agent(kit, Arc::clone(&shared), events_tx.clone(), Arc::clone(&decider))));
+        agents.push(tokio::spawn(lane_agent(
+            kit,
+            Arc::clone(&shared),
+            events_tx.clone(),
+            Arc::clone(&decider),
+        )));
     }
     let progress = {
         let shared = Arc::clone(&shared);
@@ -549,7 +728,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     let t = sink.tally.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     let done = shared.done.load(Ordering::Relaxed);
                     let of = shared.limit.map(|n| format!("/{n}")).unwrap_or_default();
-                    let warn = if shared.warning_on.load(Ordering::Relaxed) { "orange warning (strategy 2)" } else { "normal day" };
+                    let warn = if shared.warning_on.load(Ordering::Relaxed) {
+                        "orange warning (strategy 2)"
+                    } else {
+                        "normal day"
+                    };
                     println!("[{:>6.1}s] {done}{of} vehicles | allowed {} denied {} manual {} | weighings {} | {warn}", started.elapsed().as_secs_f64(), t.allowed, t.denied, t.manual, t.weighings);
                 }
             }
@@ -578,8 +761,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let report = crate::ledger::verify(&plan.data_dir);
 
     println!("\n== ecogate demo summary ==");
-    println!("vehicles            {done} in {:.1}s ({:.0}/s) on {} lane(s)", elapsed.as_secs_f64(), done as f64 / elapsed.as_secs_f64().max(1e-9), plan.lanes.len());
-    println!("allowed             {} (of which flagged for review: {})", t.allowed, t.review);
+    println!(
+        "vehicles            {done} in {:.1}s ({:.0}/s) on {} lane(s)",
+        elapsed.as_secs_f64(),
+        done as f64 / elapsed.as_secs_f64().max(1e-9),
+        plan.lanes.len()
+    );
+    println!(
+        "allowed             {} (of which flagged for review: {})",
+        t.allowed, t.review
+    );
     println!("denied              {}", t.denied);
     for (reason, (n, text)) in &t.denied_by {
         println!("  {reason:<22}{n:>6}  {text}");
@@ -592,11 +783,14 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("lanes not responding {stuck}");
     let ok_ledger = match &report {
         Ok(r) if r.ok() => {
-            println!("ledger              {} events, chain verified, head {}", r.events, r.head_short());
+            println!(
+                "ledger              {} events, chain verified, head {}",
+                r.events, r.head
+            );
             true
         }
         Ok(r) => {
-            println!("ledger              VERIFY FAILED: {}", r.describe());
+            println!("ledger              VERIFY FAILED: {r}");
             false
         }
         Err(e) => {
@@ -607,9 +801,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("data                {}", data_dir.display());
     let adds_up = t.allowed + t.denied == done && stuck == 0;
     if adds_up {
-        println!("check               allowed + denied = vehicles ({} + {} = {done})", t.allowed, t.denied);
+        println!(
+            "check               allowed + denied = vehicles ({} + {} = {done})",
+            t.allowed, t.denied
+        );
     } else {
         println!("check               MISMATCH: allowed {} + denied {} != vehicles {done} (stuck {stuck})", t.allowed, t.denied);
     }
-    Ok(if adds_up && ok_ledger { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if adds_up && ok_ledger {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -4,15 +4,17 @@
 //! storage, uplinks); [`config`] loads it in two phases (raw → validated [`config::Plan`]), the
 //! [`lane`] engine runs one machine per lane, [`policy`] decides who may pass.
 
+pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod demo;
 pub mod lane;
+pub mod ledger;
 pub mod logging;
 pub mod policy;
+pub mod recorder;
 pub mod registry;
 pub mod runtime;
 pub mod time;
 pub mod vehicle;
-pub mod bench;
-// pending-merge pub mod cli;
-// pending-merge pub mod demo;

@@ -10,7 +10,6 @@ pub fn site_zone() -> FixedOffset {
 }
 
 use chrono::Offset;
-use chrono::TimeZone as _;
 
 /// `yyyy-MM-dd HH:mm:ss` in GMT+8, the national ledger format.
 pub fn ledger_format(t: DateTime<Utc>) -> String {
@@ -22,6 +21,7 @@ pub fn ledger_format(t: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone as _;
 
     #[test]
     fn formats_in_gmt8() {

@@ -186,6 +186,7 @@ pub struct PassRecord {
 pub struct WeighRecord {
     pub lane: String,
     pub gate: String,
+    pub direction: Direction,
     pub plate: String,
     pub color: PlateColor,
     pub mass: Mass,
@@ -698,6 +699,7 @@ impl Lane {
                 out.push(Output::Record(Record::Weighing(WeighRecord {
                     lane: self.spec.id.clone(),
                     gate: self.spec.gate.clone(),
+                    direction: self.spec.direction,
                     plate: v.plate.clone(),
                     color: v.color,
                     mass,
