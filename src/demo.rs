@@ -377,7 +377,6 @@ async fn wait_for(
 struct Shared {
     seed: u64,
     limit: Option<u64>,
-    next: AtomicU64,
     done: AtomicU64,
     stuck: AtomicU64,
     warning_at: u64,
@@ -404,22 +403,32 @@ async fn send(events: &mpsc::Sender<DeviceEvent>, device: &str, kind: EventKind)
 }
 
 /// One lane's stream of trucks.
+/// Lane `first` of `step` lanes takes vehicles first, first + step, …: which lane (and so which
+/// direction) a vehicle uses depends only on the seed, not on timing.
 async fn lane_agent(
     kit: LaneKit,
+    (first, step): (u64, u64),
     shared: Arc<Shared>,
     events: mpsc::Sender<DeviceEvent>,
     decider: Arc<SiteDecider>,
 ) {
     let mut status = kit.handle.status.clone();
+    let mut next = first;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             return;
         }
-        let i = shared.next.fetch_add(1, Ordering::SeqCst);
+        let i = next;
+        next += step;
         if shared.limit.is_some_and(|n| i >= n) {
             return;
         }
-        if i == shared.warning_at && !shared.warning_on.swap(true, Ordering::SeqCst) {
+        // The warning starts between vehicle warning_at-1 and warning_at, whatever the lanes'
+        // timing, so a seed always gives the same decisions.
+        if i == shared.warning_at {
+            while shared.done.load(Ordering::SeqCst) < i && !shared.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             decider.add_measure(ControlMeasure {
                 level: WarningLevel::Orange,
                 strategy: Some(Strategy::S2),
@@ -428,6 +437,12 @@ async fn lane_agent(
                 gates: None,
                 source: "demo".into(),
             });
+            shared.warning_on.store(true, Ordering::SeqCst);
+        } else if i > shared.warning_at {
+            while !shared.warning_on.load(Ordering::SeqCst) && !shared.stop.load(Ordering::Relaxed)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         let v = vehicle(shared.seed, i);
         let mut rng = Rng(shared.seed ^ i.rotate_left(32));
@@ -668,7 +683,6 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let shared = Arc::new(Shared {
         seed: args.seed,
         limit,
-        next: AtomicU64::new(0),
         done: AtomicU64::new(0),
         stuck: AtomicU64::new(0),
         warning_at: limit.map(|n| n / 2).unwrap_or(200),
@@ -694,6 +708,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut agents = Vec::new();
+    let step = plan.lanes.len() as u64;
     for (i, l) in plan.lanes.iter().enumerate() {
         let b = &l.spec.bindings;
         let role = |r| b.get(&r).cloned();
@@ -710,6 +725,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         };
         agents.push(tokio::spawn(lane_agent(
             kit,
+            (i as u64, step),
             Arc::clone(&shared),
             events_tx.clone(),
             Arc::clone(&decider),
