@@ -2,6 +2,7 @@
 //! the module it drives.
 
 use clap::{Parser, Subcommand};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,8 +70,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn check(config: &std::path::Path) -> ExitCode {
     match crate::config::load(config) {
         Ok(plan) => {
-            println!("{}: ok", config.display());
-            println!("{}", plan.summary());
+            // A closed pipe (`ecogate check … | head`) is not an error worth a panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}: ok\n{}",
+                config.display(),
+                plan.summary()
+            );
             ExitCode::SUCCESS
         }
         Err(diags) => {

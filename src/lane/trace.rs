@@ -13,7 +13,7 @@
 //! ```
 //! Times are offsets from the start of the trace and never go backwards.
 
-use super::engine::{Decider, Input, Lane, Output, Release};
+use super::engine::{BarrierMode, Decider, Input, Lane, Output, Record, Release};
 use crate::config::diag::{Diagnostic, SourceFile};
 use crate::registry::MemoryRegistry;
 use crate::vehicle::{EmissionStage, Fuel, PlateColor, RegistryKind, VehicleFacts};
@@ -301,21 +301,7 @@ pub fn format_output(o: &Output, start: DateTime<Utc>) -> String {
                 cause
             )
         }
-        Output::Record(r) => {
-            let v = serde_json::to_value(r).unwrap_or_default();
-            let mut s = String::from("           record");
-            if let Some(obj) = v.as_object() {
-                for (k, val) in obj {
-                    if matches!(k.as_str(), "at" | "lane" | "gate" | "barrier_no" | "images")
-                        || val.is_null()
-                    {
-                        continue;
-                    }
-                    let _ = write!(s, " {k}={}", compact(val));
-                }
-            }
-            s
-        }
+        Output::Record(r) => format_record(r),
         Output::Command(c) => {
             let detail = match &c.command {
                 Command::SignShow { lines } => format!(" {:?}", lines),
@@ -340,18 +326,67 @@ pub fn format_output(o: &Output, start: DateTime<Utc>) -> String {
     }
 }
 
-fn compact(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Object(o) => {
-            let inner: Vec<String> = o
-                .iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| format!("{k}:{}", compact(v)))
-                .collect();
-            format!("{{{}}}", inner.join(","))
+fn format_record(r: &Record) -> String {
+    match r {
+        Record::Pass(p) => {
+            let mut s = format!(
+                "           record pass {} {} mode={}",
+                p.plate,
+                p.color,
+                match p.mode {
+                    BarrierMode::Auto => "auto",
+                    BarrierMode::Manual => "manual",
+                    BarrierMode::Remote => "remote",
+                }
+            );
+            if let Some(v) = &p.verdict {
+                let _ = write!(
+                    s,
+                    " {} reason={} text=\"{}\"",
+                    if v.allow { "allow" } else { "deny" },
+                    v.reason,
+                    v.text
+                );
+                if v.review {
+                    s.push_str(" review");
+                }
+                if let Some(f) = &v.facts {
+                    let _ = write!(
+                        s,
+                        " stage={} fuel={} type={}",
+                        f.stage, f.fuel, f.vehicle_type
+                    );
+                } else {
+                    s.push_str(" (not registered)");
+                }
+            }
+            if let Some(r) = &p.release {
+                let _ = write!(
+                    s,
+                    " operator={} role={} reason=\"{}\"",
+                    r.operator, r.role, r.reason
+                );
+            }
+            s
         }
-        other => other.to_string(),
+        Record::Weighing(w) => {
+            let mut s = format!(
+                "           record weighing {} {} {} kg ({}) scale={}",
+                w.plate, w.color, w.mass, w.kind, w.scale
+            );
+            if let Some(c) = &w.cargo {
+                let _ = write!(s, " cargo={c}");
+            }
+            s
+        }
+        Record::Exception(e) => format!(
+            "           record exception {}{}",
+            e.code,
+            e.plate
+                .as_ref()
+                .map(|p| format!(" plate={p}"))
+                .unwrap_or_default()
+        ),
     }
 }
 

@@ -1,0 +1,189 @@
+//! The `ecogate` binary as an integrator uses it: check, lane trace, demo.
+
+use std::process::Command;
+
+fn ecogate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ecogate"))
+}
+
+#[test]
+fn check_prints_a_summary_for_a_good_site() {
+    let out = ecogate()
+        .args(["check", "--config", "config/site.example.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("4 lane(s)"), "{stdout}");
+    assert!(
+        stdout.contains("lane 1-in (in) machine entry-weigh"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_every_error_and_exits_nonzero() {
+    let out = ecogate()
+        .args(["check", "--config", "tests/configs/broken/devices.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("12 errors found"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "tests/configs/broken/devices.toml:20:10: error: camera device `cam9` is not defined"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_of_a_missing_file_names_it() {
+    let out = ecogate()
+        .args(["check", "--config", "no/such/site.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("no/such/site.toml:1:1: error: cannot read the site file"));
+}
+
+#[test]
+fn lane_trace_replays_a_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("events.txt");
+    std::fs::write(
+        &script,
+        "# a loaded truck with a 国Ⅵ diesel engine\n0s plate 豫A12344 yellow stage=6 fuel=B type=Q11\n1s weight 20000\n2s weight_stable 32000\n3s barrier_opened\n4s weight_zero\n",
+    )
+    .unwrap();
+    let out = ecogate()
+        .args([
+            "lane",
+            "trace",
+            "--config",
+            "config/site.example.toml",
+            "--lane",
+            "1-in",
+            "--events",
+        ])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in\n{stdout}"))
+    };
+    assert!(pos("idle -> deciding  on plate") < pos("deciding -> weighing  on allow"));
+    let record = pos("record pass");
+    let weighing = pos("record weighing");
+    let barrier = pos("command relay.pulse -> io1 out1");
+    assert!(record < weighing && weighing < barrier, "{stdout}");
+    assert!(stdout.contains("(end in state idle)"), "{stdout}");
+}
+
+#[test]
+fn lane_trace_points_at_a_bad_script_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("events.txt");
+    std::fs::write(
+        &script,
+        "0s plate 豫A12344 yellow\n2s weight_stable heavy\n1s loop_on\n",
+    )
+    .unwrap();
+    let out = ecogate()
+        .args([
+            "lane",
+            "trace",
+            "--config",
+            "config/site.example.toml",
+            "--lane",
+            "1-in",
+            "--events",
+        ])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("events.txt:2:18: error: `heavy` is not a weight in kg"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("events.txt:3:1: error: time 1s goes back before 2.000s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_runs_500_vehicles_and_its_summary_adds_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ecogate()
+        .args([
+            "demo",
+            "--vehicles",
+            "500",
+            "--lanes",
+            "4",
+            "--seed",
+            "7",
+            "--quiet",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let num = |label: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` in\n{stdout}"));
+        line[label.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (vehicles, allowed, denied) = (num("vehicles"), num("allowed"), num("denied"));
+    assert_eq!(vehicles, 500);
+    assert_eq!(allowed + denied, vehicles, "{stdout}");
+    assert!(
+        denied > 0,
+        "the orange warning must turn some trucks away: {stdout}"
+    );
+    assert!(num("weighings") > 0, "{stdout}");
+    assert!(stdout.contains("chain verified"), "{stdout}");
+    // The ledger it left verifies on its own.
+    let verify = ecogate()
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(dir.path().join("ledger"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
