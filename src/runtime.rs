@@ -74,10 +74,13 @@ impl CommandBus {
     }
 }
 
+/// A lane, the input an active signal means, and the input an inactive one means.
+type InputRoute = (usize, Option<Input>, Option<Input>);
+
 /// Routes device events to lane inputs, as the site's bindings say.
 pub struct Router {
-    /// (device, input channel) → (lane index, input when active, input when inactive)
-    inputs: HashMap<(String, String), Vec<(usize, Option<Input>, Option<Input>)>>,
+    /// (device, input channel) → routes
+    inputs: HashMap<(String, String), Vec<InputRoute>>,
     cameras: HashMap<String, usize>,
     scales: HashMap<String, Vec<usize>>,
     devices: HashMap<String, Vec<usize>>,

@@ -35,10 +35,10 @@ impl From<usize> for Seg {
     }
 }
 
-/// Builds a path: `path!["gates", 0, "lanes", 1, "camera"]`.
+/// Builds a path: `path!["gates", 0, "lanes", 1, "camera"]` (an array; `.to_vec()` to extend).
 #[macro_export]
 macro_rules! path {
-    ($($seg:expr),* $(,)?) => { vec![$($crate::config::document::Seg::from($seg)),*] };
+    ($($seg:expr),* $(,)?) => { [$($crate::config::document::Seg::from($seg)),*] };
 }
 
 /// Where a path points: the span of its key (for "unknown key", "state is unreachable") or its

@@ -414,7 +414,7 @@ impl Validator<'_> {
         let mut out = BTreeMap::new();
         let mut profiles: HashMap<String, Arc<Profile>> = HashMap::new();
         for (name, d) in &raw.devices {
-            let p = path!["devices", name];
+            let p = path!["devices", name].to_vec();
             if let Some(dp) = self.device(name, d, &p, &mut profiles) {
                 out.insert(name.clone(), dp);
             }
@@ -422,7 +422,7 @@ impl Validator<'_> {
         // `via` must name a device that exists and can carry the passthrough.
         for (name, d) in &raw.devices {
             if let Some(via) = &d.via {
-                let p = path!["devices", name, "via"];
+                let p = path!["devices", name, "via"].to_vec();
                 match out.get(via) {
                     None => {
                         let help = closest(via, raw.devices.keys().map(|s| s.as_str()))
@@ -747,7 +747,7 @@ impl Validator<'_> {
             }
             let mut idxs = Vec::new();
             for (li, l) in g.lanes.iter().enumerate() {
-                let lp = path!["gates", gi, "lanes", li];
+                let lp = path!["gates", gi, "lanes", li].to_vec();
                 if let Some(prev) = lane_ids.insert(l.id.clone(), lp.clone()) {
                     let (pl, _) = self.file.line_col(self.file.span_of(&prev, At::Key).start);
                     let mut ip = lp.clone();

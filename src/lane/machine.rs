@@ -360,7 +360,7 @@ fn compile(
 
     let mut any: Vec<(EventName, Vec<Transition>)> = Vec::new();
     for (ev, ts) in &raw.any.on {
-        let ep = path!["any", "on", ev];
+        let ep = path!["any", "on", ev].to_vec();
         let Some(e) = EventName::from_name(ev) else {
             diags.push(
                 file.error_at(&ep, At::Key, format!("unknown event `{ev}`"))
@@ -381,7 +381,7 @@ fn compile(
 
     let mut states = Vec::new();
     for (sname, s) in &raw.states {
-        let sp = path!["states", sname];
+        let sp = path!["states", sname].to_vec();
         let mut on = vec![Vec::new(); EventName::ALL.len()];
         for (ev, ts) in &s.on {
             let mut ep = sp.clone();
@@ -487,7 +487,7 @@ fn check_graph(m: &Machine, file: &SourceFile, diags: &mut Vec<Diagnostic>) {
         }
     }
     for (i, s) in m.states.iter().enumerate() {
-        let p = path!["states", &s.name];
+        let p = path!["states", &s.name].to_vec();
         if !seen[i] {
             diags.push(
                 file.error_at(

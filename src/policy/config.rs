@@ -15,6 +15,9 @@ use std::collections::HashMap;
 use toml::value::{Datetime, Offset};
 use toml::{Spanned, Value};
 
+/// A validity window: from (inclusive), until (exclusive); open-ended sides are None.
+type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Deny, or allow and flag the pass for review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -405,7 +408,7 @@ impl Ctx<'_> {
 
     fn time(&mut self, v: &Spanned<Value>) -> Option<DateTime<Utc>> {
         let parsed = match v.get_ref() {
-            Value::Datetime(dt) => Ok(dt.clone()),
+            Value::Datetime(dt) => Ok(*dt),
             Value::String(s) => s.trim().parse::<Datetime>().map_err(|_| ()),
             _ => Err(()),
         };
@@ -431,13 +434,14 @@ impl Ctx<'_> {
     }
 
     /// A window `from`/`until` (or `start`/`end`); the end must come after the start.
+    /// `Err(())`: the error is already in `self.errors`.
     fn window(
         &mut self,
         start: Option<&Spanned<Value>>,
         end: Option<&Spanned<Value>>,
         end_key: &str,
         start_key: &str,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ()> {
+    ) -> Result<Window, ()> {
         let s = start.map(|v| self.time(v).ok_or(()));
         let e = end.map(|v| self.time(v).ok_or(()));
         let s = s.transpose()?;
