@@ -11,6 +11,11 @@ pub mod event;
 pub mod health;
 pub mod mass;
 pub mod plate;
+pub mod stream;
+pub mod scale;
+pub mod led;
+pub mod ups;
+pub mod sim;
 
 pub use address::{Address, AddressError, Parity, SerialSettings};
 pub use backoff::Backoff;
