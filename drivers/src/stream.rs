@@ -303,10 +303,15 @@ mod tests {
     async fn connects_over_tcp_and_reports_refusal() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
-        let a: Address = format!("serial-over-tcp://127.0.0.1:{port}").parse().unwrap();
+        let a: Address = format!("serial-over-tcp://127.0.0.1:{port}")
+            .parse()
+            .unwrap();
         assert!(connect("t", &a, Duration::from_secs(2)).await.is_ok());
         drop(l);
-        let err = connect("t", &a, Duration::from_secs(2)).await.err().unwrap();
+        let err = connect("t", &a, Duration::from_secs(2))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, DriverError::Connect { .. }), "{err}");
     }
 
@@ -321,7 +326,10 @@ mod tests {
             .block_on(connect("t", &a, Duration::from_millis(100)))
             .err()
             .unwrap();
-        assert!(err.to_string().contains("/dev/ecogate-no-such-port"), "{err}");
+        assert!(
+            err.to_string().contains("/dev/ecogate-no-such-port"),
+            "{err}"
+        );
     }
 
     #[test]

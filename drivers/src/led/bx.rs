@@ -241,8 +241,7 @@ impl BxDecoder {
                         self.buf.clear();
                     }
                 }
-            } else if b == HEADER && self.buf.len() > 1 && self.buf[self.buf.len() - 2] != HEADER
-            {
+            } else if b == HEADER && self.buf.len() > 1 && self.buf[self.buf.len() - 2] != HEADER {
                 // A header inside a body: the previous frame was cut; start over here.
                 self.rejected += 1;
                 self.buf.clear();

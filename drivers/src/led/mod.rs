@@ -27,7 +27,9 @@ pub const DRIVER: &str = "sign-stream";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {
-    #[error("character {ch:?} (U+{code:04X}) in {text:?} has no GBK encoding; the sign cannot show it")]
+    #[error(
+        "character {ch:?} (U+{code:04X}) in {text:?} has no GBK encoding; the sign cannot show it"
+    )]
     Unencodable { ch: char, code: u32, text: String },
     #[error("{what} is {len} bytes in GBK; the card takes at most {max}")]
     TooLong {
@@ -99,11 +101,19 @@ pub fn to_gbk(text: &str, policy: Unencodable) -> Result<Vec<u8>, TextError> {
 
 /// GBK → UTF-8 for logs, the simulator and tests (malformed bytes become U+FFFD).
 pub fn gbk_to_string(gbk: &[u8]) -> String {
-    encoding_rs::GBK.decode_without_bom_handling(gbk).0.into_owned()
+    encoding_rs::GBK
+        .decode_without_bom_handling(gbk)
+        .0
+        .into_owned()
 }
 
 /// Applies the per-line byte limit without splitting a two-byte GBK character.
-pub fn fit_line(gbk: Vec<u8>, max: usize, overflow: Overflow, what: &str) -> Result<Vec<u8>, TextError> {
+pub fn fit_line(
+    gbk: Vec<u8>,
+    max: usize,
+    overflow: Overflow,
+    what: &str,
+) -> Result<Vec<u8>, TextError> {
     if gbk.len() <= max {
         return Ok(gbk);
     }
@@ -426,7 +436,12 @@ impl SignTask {
             for (f, _) in out.drain(..) {
                 match f.reply() {
                     Some(Ok(())) => return Ok(()),
-                    Some(Err(code)) => return Err(DriverError::Nack { what: "BX frame", code }),
+                    Some(Err(code)) => {
+                        return Err(DriverError::Nack {
+                            what: "BX frame",
+                            code,
+                        })
+                    }
                     None => continue,
                 }
             }

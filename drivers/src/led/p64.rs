@@ -117,7 +117,13 @@ pub fn multi_line(
             len: text.len(),
             max: 255,
         })?;
-        d.extend_from_slice(&[i as u8, style.effect, style.speed, style.stay_s, style.repeat]);
+        d.extend_from_slice(&[
+            i as u8,
+            style.effect,
+            style.speed,
+            style.stay_s,
+            style.repeat,
+        ]);
         d.extend_from_slice(&style.color);
         d.push(tl);
         d.extend_from_slice(text);
@@ -175,7 +181,9 @@ pub fn clock(da: u8, c: &Clock) -> Result<Vec<u8>, TextError> {
     frame(
         da,
         CMD_CLOCK,
-        &[y[0], y[1], c.month, c.day, c.weekday, c.hour, c.minute, c.second],
+        &[
+            y[0], y[1], c.month, c.day, c.weekday, c.hour, c.minute, c.second,
+        ],
     )
 }
 

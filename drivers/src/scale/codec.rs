@@ -361,7 +361,11 @@ pub fn parse_decimal(s: &str, unit: Unit) -> Option<Mass> {
         return None;
     }
     let int_v: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let frac_v: i64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let frac_v: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     let scale = 10i64.pow(frac.len() as u32);
     let num = frac_v * unit.grams();
     if num % scale != 0 {
@@ -774,7 +778,12 @@ mod tests {
                     data.push(b'=');
                 }
                 let r = dec(format, &data);
-                assert_eq!(r.len(), 1, "{format:?} {grams} {:?}", String::from_utf8_lossy(&frame));
+                assert_eq!(
+                    r.len(),
+                    1,
+                    "{format:?} {grams} {:?}",
+                    String::from_utf8_lossy(&frame)
+                );
                 assert_eq!(r[0].mass.grams, grams, "{format:?}");
                 if format.has_stable_flag() {
                     assert_eq!(r[0].stable, Some(stable), "{format:?}");
@@ -791,7 +800,10 @@ mod tests {
             ScaleFormat::Toledo,
             &EncodeInput::kg(Mass::from_kg(1560), true),
         );
-        assert_eq!(tol, hex("02 2A 30 20 20 20 31 35 36 30 20 20 20 20 20 30 0D 1B"));
+        assert_eq!(
+            tol,
+            hex("02 2A 30 20 20 20 31 35 36 30 20 20 20 20 20 30 0D 1B")
+        );
         let st = encode(
             ScaleFormat::StGs,
             &EncodeInput {
@@ -830,7 +842,10 @@ mod tests {
             data.extend_from_slice(b"\r\n=");
             let r = dec(format, &data);
             assert_eq!(r.len(), 4, "{format:?}");
-            assert!(r.iter().all(|x| x.mass == Mass::from_kg(1560)), "{format:?}");
+            assert!(
+                r.iter().all(|x| x.mass == Mass::from_kg(1560)),
+                "{format:?}"
+            );
         }
     }
 

@@ -244,7 +244,11 @@ use kg::opt as opt_kg;
 mod tests {
     use super::*;
 
-    fn run(engine: &mut StabilityEngine, t0: Instant, kg: &[(u64, i64, Option<bool>)]) -> Vec<Verdict> {
+    fn run(
+        engine: &mut StabilityEngine,
+        t0: Instant,
+        kg: &[(u64, i64, Option<bool>)],
+    ) -> Vec<Verdict> {
         kg.iter()
             .map(|&(ms, w, f)| engine.push(t0 + Duration::from_millis(ms), Mass::from_kg(w), f))
             .filter(|v| !matches!(v, Verdict::Sample { .. }))

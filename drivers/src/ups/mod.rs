@@ -409,8 +409,7 @@ async fn poll(conn: &mut BoxStream, timeout: Duration) -> Result<Q1Reply, Driver
             for &b in &buf[..n] {
                 if b == b'\r' {
                     let start = line.iter().rposition(|&c| c == b'(').unwrap_or(0);
-                    return parse_q1(&line[start..])
-                        .map_err(|e| DriverError::Reply(e.to_string()));
+                    return parse_q1(&line[start..]).map_err(|e| DriverError::Reply(e.to_string()));
                 }
                 line.push(b);
                 if line.len() > 256 {
@@ -484,7 +483,10 @@ mod tests {
         let line = encode_q1(&r);
         assert_eq!(parse_q1(&line).unwrap(), r);
         let txt = String::from_utf8(line).unwrap();
-        assert!(txt.contains("---.-") && txt.ends_with("10000001\r"), "{txt}");
+        assert!(
+            txt.contains("---.-") && txt.ends_with("10000001\r"),
+            "{txt}"
+        );
     }
 
     #[test]
