@@ -54,7 +54,10 @@ async fn unencodable_text_never_reaches_the_wire() {
     barrier(&sim, &h.commands, 0).await;
 
     let wire = sim.received_bytes();
-    assert!(!wire.windows(2).any(|w| w == b"&#"), "HTML reference on the wire");
+    assert!(
+        !wire.windows(2).any(|w| w == b"&#"),
+        "HTML reference on the wire"
+    );
     // Only the marker went out: the rejected commands sent nothing at all, not even line 1.
     assert_eq!(
         sim.texts(),
@@ -129,8 +132,14 @@ async fn p64_ack_is_awaited_when_configured_and_silence_is_an_error() {
     };
     let h = led::spawn("led1", &addr(a), &s, tx).unwrap();
     h.commands.send(show(&["请上磅"])).await.unwrap();
-    let ev = tokio::time::timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
-    assert!(matches!(ev.kind, EventKind::Link { online: true, .. }), "{ev:?}");
+    let ev = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ev.kind, EventKind::Link { online: true, .. }),
+        "{ev:?}"
+    );
     assert!(h.health.borrow().rtt.is_some());
 
     sim.set_faults(Faults {
@@ -138,7 +147,10 @@ async fn p64_ack_is_awaited_when_configured_and_silence_is_an_error() {
         ..Faults::default()
     });
     h.commands.send(show(&["禁止通行"])).await.unwrap();
-    let ev = tokio::time::timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     match ev.kind {
         EventKind::Link {
             online: false,
@@ -160,9 +172,18 @@ async fn bx_text_is_acked_and_a_missing_ack_is_an_error() {
         ..SignSettings::default()
     };
     let h = led::spawn("led1", &addr(a), &s, tx).unwrap();
-    h.commands.send(show(&["粤A12345", "请上磅"])).await.unwrap();
-    let ev = tokio::time::timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
-    assert!(matches!(ev.kind, EventKind::Link { online: true, .. }), "{ev:?}");
+    h.commands
+        .send(show(&["粤A12345", "请上磅"]))
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ev.kind, EventKind::Link { online: true, .. }),
+        "{ev:?}"
+    );
     let got = sim.received();
     assert!(
         matches!(&got[..], [SignReceived::BxText { area: 0, text, .. }] if text == "粤A12345\n请上磅"),
@@ -185,7 +206,10 @@ async fn bx_text_is_acked_and_a_missing_ack_is_an_error() {
         ..Faults::default()
     });
     h.commands.send(show(&["禁止通行"])).await.unwrap();
-    let ev = tokio::time::timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         matches!(ev.kind, EventKind::Link { online: false, .. }),
         "{ev:?}"
@@ -196,8 +220,14 @@ async fn bx_text_is_acked_and_a_missing_ack_is_an_error() {
     sim.set_faults(Faults::default());
     tokio::time::sleep(Duration::from_millis(600)).await; // past the reconnect back-off
     h.commands.send(show(&["欢迎"])).await.unwrap();
-    let ev = tokio::time::timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
-    assert!(matches!(ev.kind, EventKind::Link { online: true, .. }), "{ev:?}");
+    let ev = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ev.kind, EventKind::Link { online: true, .. }),
+        "{ev:?}"
+    );
     assert!(sim.connections() >= 2);
 }
 

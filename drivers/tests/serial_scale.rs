@@ -103,14 +103,20 @@ async fn two_vehicles(format: ScaleFormat, faults: Faults) {
     script.extend(Segment::vehicle(second, ramp, hold));
     sim.play(script);
 
-    collect(&mut rx, &mut seen, |s| s.stable.len() >= 2 && s.cleared >= 2).await;
+    collect(&mut rx, &mut seen, |s| {
+        s.stable.len() >= 2 && s.cleared >= 2
+    })
+    .await;
     while !sim.idle() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Anything still in flight after the script ended must not be a third weighing.
     tokio::time::sleep(Duration::from_millis(300)).await;
     while let Ok(ev) = rx.try_recv() {
-        if let EventKind::Weight { stable: true, mass, .. } = ev.kind {
+        if let EventKind::Weight {
+            stable: true, mass, ..
+        } = ev.kind
+        {
             seen.stable.push(mass);
         }
     }

@@ -88,7 +88,10 @@ async fn on_battery_is_reported_after_the_debounce_polls() {
     sim.set_battery_low(false);
     sim.set_on_battery(false);
     let s = next_ups(&mut rx).await;
-    assert!(!s.on_battery && !s.battery_low, "mains return is immediate: {s:?}");
+    assert!(
+        !s.on_battery && !s.battery_low,
+        "mains return is immediate: {s:?}"
+    );
 }
 
 #[tokio::test]
