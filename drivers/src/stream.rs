@@ -68,7 +68,8 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<BoxStream, DriverError> {
     match address {
-        Address::SerialOverTcp { host, port } => {
+        // `tcp://` is the same byte stream; only network sign controllers (BX) are given one.
+        Address::SerialOverTcp { host, port } | Address::Tcp { host, port } => {
             let target = format!("{host}:{port}");
             let tcp = tokio::time::timeout(timeout, TcpStream::connect(&target))
                 .await
@@ -121,10 +122,16 @@ pub async fn connect(
     }
 }
 
-/// Refuses non-stream addresses up front (used by every `spawn`).
-pub fn check_address(driver: &'static str, address: &Address) -> Result<(), DriverError> {
+/// Refuses non-stream addresses up front (used by every `spawn`). `allow_tcp` admits plain
+/// `tcp://` for devices with their own network port (Onbon BX controllers).
+pub fn check_address(
+    driver: &'static str,
+    address: &Address,
+    allow_tcp: bool,
+) -> Result<(), DriverError> {
     match address {
         Address::Serial { .. } | Address::SerialOverTcp { .. } => Ok(()),
+        Address::Tcp { .. } if allow_tcp => Ok(()),
         other => Err(DriverError::UnsupportedAddress {
             driver,
             scheme: other.scheme(),
@@ -290,13 +297,16 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_non_stream_schemes() {
-        let a: Address = "tcp://127.0.0.1:502".parse().unwrap();
+        let a: Address = "rtu-over-tcp://127.0.0.1:502".parse().unwrap();
         let err = connect("scale-stream", &a, Duration::from_millis(100))
             .await
             .err()
             .unwrap();
-        assert!(err.to_string().contains("`tcp`"), "{err}");
-        assert!(check_address("x", &a).is_err());
+        assert!(err.to_string().contains("`rtu-over-tcp`"), "{err}");
+        assert!(check_address("x", &a, true).is_err());
+        let t: Address = "tcp://127.0.0.1:5005".parse().unwrap();
+        assert!(check_address("x", &t, false).is_err());
+        assert!(check_address("x", &t, true).is_ok());
     }
 
     #[tokio::test]

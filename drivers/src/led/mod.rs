@@ -285,7 +285,7 @@ pub fn spawn(
     settings: &SignSettings,
     events: mpsc::Sender<DeviceEvent>,
 ) -> Result<DeviceHandle, DriverError> {
-    stream::check_address(DRIVER, address)?;
+    stream::check_address(DRIVER, address, true)?;
     let (tx, rx) = mpsc::channel(16);
     let (health, health_rx) = HealthReporter::new();
     let task = SignTask {

@@ -88,7 +88,7 @@ pub fn spawn(
     settings: &ScaleSettings,
     events: mpsc::Sender<DeviceEvent>,
 ) -> Result<DeviceHandle, DriverError> {
-    stream::check_address(DRIVER, address)?;
+    stream::check_address(DRIVER, address, false)?;
     let (tx, rx) = mpsc::channel(4);
     let (health, health_rx) = HealthReporter::new();
     let task = ScaleTask {

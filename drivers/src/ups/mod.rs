@@ -244,7 +244,7 @@ pub fn spawn(
     settings: &UpsSettings,
     events: mpsc::Sender<DeviceEvent>,
 ) -> Result<DeviceHandle, DriverError> {
-    stream::check_address(DRIVER, address)?;
+    stream::check_address(DRIVER, address, false)?;
     let (tx, rx) = mpsc::channel(4);
     let (health, health_rx) = HealthReporter::new();
     let task = UpsTask {
