@@ -261,3 +261,22 @@ async fn dropping_the_handle_stops_the_driver() {
     assert!(closed.is_ok());
     drop(sim);
 }
+
+#[tokio::test]
+async fn a_repeating_script_keeps_weighing_vehicles() {
+    let (sim, a) = ScaleSim::bind("127.0.0.1:0", sim_config(ScaleFormat::StGs))
+        .await
+        .unwrap();
+    sim.set_repeat(true);
+    sim.play(Segment::vehicle(
+        Mass::from_kg(12_000),
+        Duration::from_millis(150),
+        Duration::from_millis(700),
+    ));
+    let (tx, mut rx) = mpsc::channel(256);
+    let _h = scale::spawn("scale1", &addr(a), &settings(ScaleFormat::StGs), tx).unwrap();
+    let mut seen = Seen::default();
+    collect(&mut rx, &mut seen, |s| s.stable.len() >= 3).await;
+    assert_eq!(seen.stable, vec![Mass::from_kg(12_000); 3]);
+    assert!(seen.cleared >= 2);
+}

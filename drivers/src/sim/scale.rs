@@ -101,6 +101,8 @@ struct Script {
     /// Weight when the script is idle (after the last segment).
     rest: Mass,
     rng: Rng,
+    /// Finished segments go back to the end of the queue (endless traffic for `ecogate sim`).
+    repeat: bool,
 }
 
 impl Script {
@@ -118,6 +120,9 @@ impl Script {
                 self.rest = self.from;
                 self.started += seg.duration();
                 self.queue.pop_front();
+                if self.repeat {
+                    self.queue.push_back(seg);
+                }
                 continue;
             }
             return match seg {
@@ -164,6 +169,7 @@ impl ScaleSim {
                 from: Mass::ZERO,
                 rest: Mass::ZERO,
                 rng: Rng::new(cfg.seed),
+                repeat: false,
             }),
             control: SimControl::new(),
         });
@@ -190,6 +196,11 @@ impl ScaleSim {
             s.started = now;
         }
         s.queue.extend(segments);
+    }
+
+    /// Replays the script endlessly (each finished segment is queued again).
+    pub fn set_repeat(&self, repeat: bool) {
+        lock(&self.shared.script).repeat = repeat;
     }
 
     /// Sets the weight at once and clears the script.
