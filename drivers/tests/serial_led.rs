@@ -127,7 +127,7 @@ async fn p64_ack_is_awaited_when_configured_and_silence_is_an_error() {
     let (tx, mut rx) = mpsc::channel::<DeviceEvent>(64);
     let s = SignSettings {
         wait_ack: true,
-        ack_timeout_ms: 300,
+        ack_timeout_ms: 1000,
         ..SignSettings::default()
     };
     let h = led::spawn("led1", &addr(a), &s, tx).unwrap();
@@ -168,7 +168,7 @@ async fn bx_text_is_acked_and_a_missing_ack_is_an_error() {
     let (tx, mut rx) = mpsc::channel::<DeviceEvent>(64);
     let s = SignSettings {
         protocol: SignProtocol::Bx,
-        ack_timeout_ms: 300,
+        ack_timeout_ms: 1000,
         ..SignSettings::default()
     };
     let h = led::spawn("led1", &addr(a), &s, tx).unwrap();
@@ -196,10 +196,14 @@ async fn bx_text_is_acked_and_a_missing_ack_is_an_error() {
         garbage: 9,
         ..Faults::default()
     });
+    let errors = h.health.borrow().errors;
     h.commands.send(show(&["称重完成"])).await.unwrap();
     assert_eq!(sim.wait_frames(2, LIMIT).await.len(), 2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A missing ACK would show as a Link-offline event once the ACK timeout has passed.
+    let quiet = tokio::time::timeout(Duration::from_millis(2000), rx.recv()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
     assert!(h.health.borrow().online);
+    assert_eq!(h.health.borrow().errors, errors);
 
     sim.set_faults(Faults {
         silent: true,
@@ -245,9 +249,13 @@ async fn bx_refusal_is_reported() {
     };
     let h = led::spawn("led1", &addr(a), &s, tx).unwrap();
     h.commands.send(show(&["欢迎"])).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut health = h.health.clone();
+    let health = tokio::time::timeout(LIMIT, health.wait_for(|x| x.last_error.is_some()))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
     assert!(rx.try_recv().is_err(), "never online, so no Link event");
-    let health = h.health.borrow().clone();
     assert!(
         health.last_error.as_deref().unwrap_or("").contains("0x07"),
         "{health:?}"
