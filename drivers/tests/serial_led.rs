@@ -273,8 +273,13 @@ async fn serial_data_passthrough_frames_match_what_the_driver_sends() {
         text: "欢迎光临".into(),
     };
     let frames = led::sign_frames(&s, &cmd).unwrap();
+    let mut live = sim.subscribe();
     let h = led::spawn("led1", &addr(a), &s, tx).unwrap();
     h.commands.send(cmd).await.unwrap();
-    sim.wait_frames(1, LIMIT).await;
+    let got = tokio::time::timeout(LIMIT, live.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.texts(), vec!["欢迎光临".to_string()]);
     assert_eq!(sim.received_bytes(), frames.concat());
 }

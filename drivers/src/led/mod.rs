@@ -21,7 +21,7 @@ use crate::address::Address;
 use crate::command::Command;
 use crate::event::DeviceEvent;
 use crate::health::DeviceHandle;
-use crate::stream::{self, BoxStream, DriverError, HealthReporter, LinkSettings};
+use crate::stream::{self, BoxStream, DriverError, HealthReporter, Hex, LinkSettings};
 
 pub const DRIVER: &str = "sign-stream";
 
@@ -477,21 +477,6 @@ impl SignTask {
                 }
             }
         }
-    }
-}
-
-/// Hex dump for debug logs.
-pub(crate) struct Hex<'a>(pub &'a [u8]);
-
-impl std::fmt::Debug for Hex<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            write!(f, "{b:02X}")?;
-        }
-        Ok(())
     }
 }
 

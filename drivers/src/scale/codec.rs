@@ -40,6 +40,33 @@ impl ScaleFormat {
     }
 }
 
+impl std::str::FromStr for ScaleFormat {
+    type Err = String;
+    /// The profile spellings: `a9`, `a12`, `reversed`, `st-gs`, `toledo`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        ScaleFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown scale format `{s}`; expected one of a9, a12, reversed, st-gs, toledo"
+                )
+            })
+    }
+}
+
+impl ScaleFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleFormat::A9 => "a9",
+            ScaleFormat::A12 => "a12",
+            ScaleFormat::Reversed => "reversed",
+            ScaleFormat::StGs => "st-gs",
+            ScaleFormat::Toledo => "toledo",
+        }
+    }
+}
+
 /// The unit the indicator displays in, for formats that do not send one (`a9`, `reversed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -665,6 +692,16 @@ mod tests {
 
     fn dec(format: ScaleFormat, data: &[u8]) -> Vec<ScaleReading> {
         ScaleDecoder::new(DecoderOptions::new(format)).decode_all(data)
+    }
+
+    #[test]
+    fn format_names_match_profile_spelling() {
+        for f in ScaleFormat::ALL {
+            assert_eq!(f.name().parse::<ScaleFormat>(), Ok(f));
+            let v: ScaleFormat = toml::Value::String(f.name().into()).try_into().unwrap();
+            assert_eq!(v, f);
+        }
+        assert!("a10".parse::<ScaleFormat>().unwrap_err().contains("a10"));
     }
 
     #[test]

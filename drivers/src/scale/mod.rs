@@ -21,13 +21,13 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::address::Address;
 use crate::command::Command;
 use crate::event::{DeviceEvent, EventKind};
 use crate::health::DeviceHandle;
-use crate::stream::{self, BoxStream, DriverError, HealthReporter, LinkSettings};
+use crate::stream::{self, BoxStream, DriverError, HealthReporter, Hex, LinkSettings};
 
 pub const DRIVER: &str = "scale-stream";
 
@@ -212,6 +212,7 @@ impl ScaleTask {
     /// Runs one reading through the engine and forwards what the lane needs. False when the
     /// event receiver is gone.
     async fn reading(&mut self, r: ScaleReading) -> bool {
+        trace!(device = %self.name, frame = ?Hex(&r.raw), mass_kg = %r.mass, stable = ?r.stable, "scale frame");
         if r.overload || r.kind == WeightKind::Tare {
             return true;
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::stream_faults::{lock, write_frame, Faults, Rng, SimControl};
@@ -74,6 +75,7 @@ struct Shared {
     cfg: LedSimConfig,
     log: Mutex<Log>,
     control: Arc<SimControl>,
+    live: broadcast::Sender<SignReceived>,
 }
 
 pub struct LedSim {
@@ -96,6 +98,7 @@ impl LedSim {
             cfg,
             log: Mutex::new(Log::default()),
             control: SimControl::new(),
+            live: broadcast::channel(64).0,
         });
         let s2 = shared.clone();
         let task = tokio::spawn(async move {
@@ -117,6 +120,11 @@ impl LedSim {
     /// Every valid frame received, decoded.
     pub fn received(&self) -> Vec<SignReceived> {
         lock(&self.shared.log).frames.clone()
+    }
+
+    /// Frames as they arrive (for a console that prints what the sign shows).
+    pub fn subscribe(&self) -> broadcast::Receiver<SignReceived> {
+        self.shared.live.subscribe()
     }
 
     /// Every text displayed or spoken so far.
@@ -182,10 +190,12 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, n: u64) {
                         if shared.cfg.ack_p64 {
                             replies.push(p64::ack(f.da, f.cmd));
                         }
-                        log.frames.push(SignReceived::P64 {
+                        let r = SignReceived::P64 {
                             message: p64::decode_message(&f),
                             raw,
-                        });
+                        };
+                        let _ = shared.live.send(r.clone());
+                        log.frames.push(r);
                     }
                 }
                 SignProtocol::Bx => {
@@ -197,13 +207,15 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, n: u64) {
                             Some(code) => bx::nack_for(&f, code),
                             None => bx::ack_for(&f),
                         });
-                        log.frames.push(match f.dynamic_text() {
+                        let r = match f.dynamic_text() {
                             Some((area, text)) => SignReceived::BxText { raw, area, text },
                             None => SignReceived::BxOther {
                                 raw,
                                 command: f.command(),
                             },
-                        });
+                        };
+                        let _ = shared.live.send(r.clone());
+                        log.frames.push(r);
                     }
                 }
             }
