@@ -9,8 +9,13 @@ pub mod backoff;
 pub mod command;
 pub mod event;
 pub mod health;
+pub mod led;
 pub mod mass;
 pub mod plate;
+pub mod scale;
+pub mod sim;
+pub mod stream;
+pub mod ups;
 
 pub use address::{Address, AddressError, Parity, SerialSettings};
 pub use backoff::Backoff;
