@@ -19,3 +19,7 @@ pub use event::{DeviceEvent, EventKind, Image, ImageKind, PlateRead, UpsStatus};
 pub use health::{DeviceHandle, DeviceHealth};
 pub use mass::Mass;
 pub use plate::PlateColor;
+pub mod camera;
+pub mod io;
+pub mod modbus;
+pub mod sim;
