@@ -6,9 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use ecogate_drivers::camera::{self, generic, hik, vz, IngestRegistry};
-use ecogate_drivers::sim::camera::{
-    hik_anpr_xml, multipart_body, CameraSim, IsapiSim, VzPlate,
-};
+use ecogate_drivers::sim::camera::{hik_anpr_xml, multipart_body, CameraSim, IsapiSim, VzPlate};
 use ecogate_drivers::{Address, Command, DeviceEvent, EventKind, ImageKind, PlateColor, PlateRead};
 use tokio::sync::mpsc;
 
@@ -117,9 +115,18 @@ async fn repeats_of_one_plate_within_the_window_are_one_event() {
 async fn malformed_pushes_get_400_and_no_event() {
     let mut c = vz_camera(quick()).await;
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("application/json", br#"{"AlarmInfoPlate":{"result":"#.to_vec()),
-        ("application/json", br#"{"AlarmInfoPlate":{"result":{}}}"#.to_vec()),
-        ("application/json", br#"{"AlarmInfoPlate":{"result":{"PlateResult":{"colorType":1}}}}"#.to_vec()),
+        (
+            "application/json",
+            br#"{"AlarmInfoPlate":{"result":"#.to_vec(),
+        ),
+        (
+            "application/json",
+            br#"{"AlarmInfoPlate":{"result":{}}}"#.to_vec(),
+        ),
+        (
+            "application/json",
+            br#"{"AlarmInfoPlate":{"result":{"PlateResult":{"colorType":1}}}}"#.to_vec(),
+        ),
         ("application/json", br#"{"Something":1}"#.to_vec()),
         ("image/jpeg", vec![0xFF, 0xD8, 0xFF, 0xD9]),
     ];
@@ -129,7 +136,9 @@ async fn malformed_pushes_get_400_and_no_event() {
         assert!(!r.body.trim().is_empty(), "400 must say why");
     }
     assert!(c.sim.replies()[2].body.contains("license"));
-    assert!(plates(&mut c.rx, Duration::from_millis(200)).await.is_empty());
+    assert!(plates(&mut c.rx, Duration::from_millis(200))
+        .await
+        .is_empty());
     assert!(c.handle.health.borrow().errors >= 5);
     let unknown = CameraSim::new(c.sim.url().replace("gate1-in", "nope"));
     let r = unknown.vz_heartbeat().await.unwrap();
@@ -190,12 +199,18 @@ async fn commands_ride_on_heartbeat_replies() {
     let r1 = c.sim.vz_heartbeat().await.unwrap().json();
     let o = &r1["Response_AlarmInfoPlate"];
     assert_eq!(o["info"], "ok");
-    assert_eq!(o["ivs_ioctrl"], serde_json::json!({"io": 2, "value": 2, "delay": 700}));
+    assert_eq!(
+        o["ivs_ioctrl"],
+        serde_json::json!({"io": 2, "value": 2, "delay": 700})
+    );
     // The close pulse conflicts with the light pulse (one ivs_ioctrl per reply): next reply.
     assert!(o.get("serialData").is_none());
     let r2 = c.sim.vz_heartbeat().await.unwrap().json();
     let o2 = &r2["Response_AlarmInfoPlate"];
-    assert_eq!(o2["ivs_ioctrl"], serde_json::json!({"io": 1, "value": 2, "delay": 500}));
+    assert_eq!(
+        o2["ivs_ioctrl"],
+        serde_json::json!({"io": 1, "value": 2, "delay": 500})
+    );
     let sd = &o2["serialData"][0];
     assert_eq!(sd["serialChannel"], 0);
     assert_eq!(sd["dataLen"], 6);
@@ -203,7 +218,10 @@ async fn commands_ride_on_heartbeat_replies() {
         .decode(sd["data"].as_str().unwrap())
         .unwrap();
     assert_eq!(bytes, led.to_vec());
-    assert_eq!(c.sim.vz_heartbeat().await.unwrap().json(), serde_json::json!({"status": "ok"}));
+    assert_eq!(
+        c.sim.vz_heartbeat().await.unwrap().json(),
+        serde_json::json!({"status": "ok"})
+    );
 }
 
 #[tokio::test]
@@ -241,7 +259,12 @@ async fn a_quick_lane_decision_rides_on_the_plate_reply() {
             }
         }
     });
-    let r = c.sim.vz_plate(&VzPlate::new("豫A12345", 99)).await.unwrap().json();
+    let r = c
+        .sim
+        .vz_plate(&VzPlate::new("豫A12345", 99))
+        .await
+        .unwrap()
+        .json();
     let o = &r["Response_AlarmInfoPlate"];
     assert_eq!(o["info"], "ok");
     assert_eq!(o["plateid"], 99);
@@ -302,20 +325,36 @@ async fn dropping_the_handle_unregisters_the_ingest_id() {
 
 // ---------------------------------------------------------------- Hikvision
 
-async fn hik_camera(settings: hik::HikSettings) -> (CameraSim, mpsc::Receiver<DeviceEvent>, ecogate_drivers::DeviceHandle) {
+async fn hik_camera(
+    settings: hik::HikSettings,
+) -> (
+    CameraSim,
+    mpsc::Receiver<DeviceEvent>,
+    ecogate_drivers::DeviceHandle,
+) {
     let reg = IngestRegistry::new();
     let (tx, rx) = mpsc::channel(64);
     let h = hik::spawn("cam2", &ingest("gate2"), &settings, tx, &reg).unwrap();
     let addr = serve(reg).await;
-    (CameraSim::new(format!("http://{addr}/ingest/hik/gate2")), rx, h)
+    (
+        CameraSim::new(format!("http://{addr}/ingest/hik/gate2")),
+        rx,
+        h,
+    )
 }
 
 #[tokio::test]
 async fn hik_multipart_push_with_uuid_dedupe() {
     let (sim, mut rx, _h) = hik_camera(hik::HikSettings::default()).await;
     let uuid = "a0fe72d4-3652-464a-aebd-3f9190010236";
-    assert_eq!(sim.hik_anpr("京A12345", uuid, 50_000).await.unwrap().status, 200);
-    assert_eq!(sim.hik_anpr("京A12345", uuid, 50_000).await.unwrap().status, 200);
+    assert_eq!(
+        sim.hik_anpr("京A12345", uuid, 50_000).await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        sim.hik_anpr("京A12345", uuid, 50_000).await.unwrap().status,
+        200
+    );
     let got = plates(&mut rx, Duration::from_millis(300)).await;
     assert_eq!(got.len(), 1);
     let p = &got[0];
@@ -327,9 +366,13 @@ async fn hik_multipart_push_with_uuid_dedupe() {
         p.captured_at.unwrap().to_rfc3339(),
         "2024-05-07T09:48:03.847+00:00"
     );
-    let mut kinds: Vec<(ImageKind, usize)> = p.images.iter().map(|i| (i.kind, i.jpeg.len())).collect();
+    let mut kinds: Vec<(ImageKind, usize)> =
+        p.images.iter().map(|i| (i.kind, i.jpeg.len())).collect();
     kinds.sort_by_key(|k| k.1);
-    assert_eq!(kinds, vec![(ImageKind::Plate, 2564), (ImageKind::Scene, 50_000)]);
+    assert_eq!(
+        kinds,
+        vec![(ImageKind::Plate, 2564), (ImageKind::Scene, 50_000)]
+    );
 }
 
 #[tokio::test]
@@ -342,7 +385,10 @@ async fn hik_plate_only_push_waits_for_the_full_one() {
     let uuid = "11111111-2222-3333-4444-555555555555";
     let xml = hik_anpr_xml("京B00001", uuid, "yellow", true);
     let b = "bnd";
-    let body = multipart_body(b, &[("xml_file", Some("anpr.xml"), "text/xml", xml.as_bytes())]);
+    let body = multipart_body(
+        b,
+        &[("xml_file", Some("anpr.xml"), "text/xml", xml.as_bytes())],
+    );
     let r = sim
         .post_raw(&format!("multipart/form-data; boundary={b}"), body)
         .await
@@ -361,13 +407,32 @@ async fn hik_bare_xml_other_namespaces_and_bad_bodies() {
       <hik:eventType>ANPR</hik:eventType><hik:ANPR><hik:originalLicensePlate>冀C99999</hik:originalLicensePlate>
       <hik:confidenceLevel>87</hik:confidenceLevel><hik:plateColor>yellow</hik:plateColor></hik:ANPR>
       <hik:UUID>u-1</hik:UUID></hik:EventNotificationAlert>"#;
-    assert_eq!(sim.post_raw("application/xml", old.as_bytes().to_vec()).await.unwrap().status, 200);
+    assert_eq!(
+        sim.post_raw("application/xml", old.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let heartbeat = r#"<EventNotificationAlert><eventType>videoloss</eventType><eventState>inactive</eventState></EventNotificationAlert>"#;
-    assert_eq!(sim.post_raw("text/xml", heartbeat.as_bytes().to_vec()).await.unwrap().status, 200);
+    assert_eq!(
+        sim.post_raw("text/xml", heartbeat.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let bad = [
-        ("application/xml", b"<EventNotificationAlert><eventType>ANPR".to_vec()),
+        (
+            "application/xml",
+            b"<EventNotificationAlert><eventType>ANPR".to_vec(),
+        ),
         ("application/json", b"{}".to_vec()),
-        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nnot xml\r\n--x--\r\n".to_vec()),
+        (
+            "multipart/form-data; boundary=x",
+            b"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nnot xml\r\n--x--\r\n"
+                .to_vec(),
+        ),
     ];
     for (ct, body) in bad {
         let r = sim.post_raw(ct, body).await.unwrap();
@@ -416,15 +481,37 @@ async fn isapi_barrier_and_relay_pulse_with_digest() {
     let reqs = isapi.requests();
     let seen: Vec<(String, String, bool)> = reqs
         .iter()
-        .map(|r| (r.method.clone(), r.path.clone(), r.body.contains("open") || r.body.contains("high")))
+        .map(|r| {
+            (
+                r.method.clone(),
+                r.path.clone(),
+                r.body.contains("open") || r.body.contains("high"),
+            )
+        })
         .collect();
     assert_eq!(
         seen,
         vec![
-            ("PUT".into(), "/ISAPI/Parking/channels/1/barrierGate".into(), true),
-            ("PUT".into(), "/ISAPI/System/IO/outputs/1/trigger".into(), true),
-            ("PUT".into(), "/ISAPI/System/IO/outputs/1/trigger".into(), false),
-            ("PUT".into(), "/ISAPI/Parking/channels/1/barrierGate".into(), false),
+            (
+                "PUT".into(),
+                "/ISAPI/Parking/channels/1/barrierGate".into(),
+                true
+            ),
+            (
+                "PUT".into(),
+                "/ISAPI/System/IO/outputs/1/trigger".into(),
+                true
+            ),
+            (
+                "PUT".into(),
+                "/ISAPI/System/IO/outputs/1/trigger".into(),
+                false
+            ),
+            (
+                "PUT".into(),
+                "/ISAPI/Parking/channels/1/barrierGate".into(),
+                false
+            ),
         ]
     );
     assert!(reqs[3].body.contains("<ctrlMode>close</ctrlMode>"));
@@ -448,7 +535,13 @@ async fn isapi_wrong_password_backs_off_instead_of_hammering() {
     assert!(isapi.requests().is_empty());
     // Challenge + one refused answer; the other five commands never reach the camera.
     assert_eq!(isapi.unauthorized(), 2);
-    assert!(h.health.borrow().last_error.as_deref().unwrap_or("").contains("401"));
+    assert!(h
+        .health
+        .borrow()
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("401"));
 }
 
 // ---------------------------------------------------------------- generic JSON
@@ -483,10 +576,21 @@ strip_control_chars = true
         )
         .into_bytes()
     };
-    let r = sim.post_raw("application/json", body(1, "豫A12345")).await.unwrap();
-    assert_eq!((r.status, r.body.as_str()), (200, r#"{"Response":{"StatusCode":0}}"#));
-    sim.post_raw("application/json", body(1, "豫A12345")).await.unwrap();
-    let r = sim.post_raw("application/json", br#"{"StructureInfo":{}}"#.to_vec()).await.unwrap();
+    let r = sim
+        .post_raw("application/json", body(1, "豫A12345"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, r#"{"Response":{"StatusCode":0}}"#)
+    );
+    sim.post_raw("application/json", body(1, "豫A12345"))
+        .await
+        .unwrap();
+    let r = sim
+        .post_raw("application/json", br#"{"StructureInfo":{}}"#.to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
     assert!(r.body.contains("plate"));
     let got = plates(&mut rx, Duration::from_millis(300)).await;
@@ -494,7 +598,10 @@ strip_control_chars = true
     assert_eq!(got[0].plate, "豫A12345");
     assert_eq!(got[0].color, PlateColor::Yellow);
     assert_eq!(got[0].source_id.as_deref(), Some("1"));
-    assert_eq!(got[0].captured_at.unwrap().to_rfc3339(), "2024-05-07T09:48:03+00:00");
+    assert_eq!(
+        got[0].captured_at.unwrap().to_rfc3339(),
+        "2024-05-07T09:48:03+00:00"
+    );
     assert_eq!(got[0].images[0].jpeg.len(), 7);
 }
 
@@ -512,5 +619,8 @@ fn vz_clone_spellings_parse() {
     assert_eq!(read.confidence, 88);
     assert_eq!(plateid, Some(17));
     assert!(read.offline_replay);
-    assert_eq!(read.captured_at.unwrap().to_rfc3339(), "2019-10-22T02:12:13+00:00");
+    assert_eq!(
+        read.captured_at.unwrap().to_rfc3339(),
+        "2019-10-22T02:12:13+00:00"
+    );
 }

@@ -36,7 +36,9 @@ async fn wait_coil(sim: &RelaySim, coil: u16, on: bool, within: Duration) -> boo
 
 #[tokio::test]
 async fn pulse_is_switched_off_when_its_future_is_dropped() {
-    let sim = RelaySim::start(Framing::Tcp, SimConfig::default()).await.unwrap();
+    let sim = RelaySim::start(Framing::Tcp, SimConfig::default())
+        .await
+        .unwrap();
     let m = IoModule::new(&sim.address(), &settings(HOST_PULSE)).unwrap();
     // Dropped 100 ms into a 5 s pulse.
     let r = tokio::time::timeout(Duration::from_millis(100), m.pulse("open", 5_000)).await;
@@ -49,7 +51,9 @@ async fn pulse_is_switched_off_when_its_future_is_dropped() {
 
 #[tokio::test]
 async fn pulse_is_switched_off_when_its_task_is_aborted() {
-    let sim = RelaySim::start(Framing::RtuOverTcp, SimConfig::default()).await.unwrap();
+    let sim = RelaySim::start(Framing::RtuOverTcp, SimConfig::default())
+        .await
+        .unwrap();
     let m = IoModule::new(&sim.address(), &settings(HOST_PULSE)).unwrap();
     let task = tokio::spawn({
         let m = m.clone();
@@ -62,7 +66,9 @@ async fn pulse_is_switched_off_when_its_task_is_aborted() {
 
 #[tokio::test]
 async fn off_is_sent_even_when_the_on_write_failed() {
-    let sim = RelaySim::start(Framing::Tcp, SimConfig::default()).await.unwrap();
+    let sim = RelaySim::start(Framing::Tcp, SimConfig::default())
+        .await
+        .unwrap();
     let m = IoModule::new(&sim.address(), &settings(HOST_PULSE)).unwrap();
     // The module applies the ON but its reply comes too late: the gateway sees an error while
     // the relay is energised.
@@ -72,15 +78,22 @@ async fn off_is_sent_even_when_the_on_write_failed() {
         sim.set_fault(Fault::None);
     };
     let (r, ()) = tokio::join!(m.pulse("open", 100), heal);
-    assert!(r.is_err(), "the ON reply timed out, the pulse must report it");
+    assert!(
+        r.is_err(),
+        "the ON reply timed out, the pulse must report it"
+    );
     assert!(wait_coil(&sim, 0, false, Duration::from_secs(3)).await);
     assert!(sim.coil_log().iter().any(|c| c.coil == 0 && c.on));
 }
 
 #[tokio::test]
 async fn a_silent_module_does_not_block_another() {
-    let dead = RelaySim::start(Framing::Tcp, SimConfig::default()).await.unwrap();
-    let live = RelaySim::start(Framing::Tcp, SimConfig::default()).await.unwrap();
+    let dead = RelaySim::start(Framing::Tcp, SimConfig::default())
+        .await
+        .unwrap();
+    let live = RelaySim::start(Framing::Tcp, SimConfig::default())
+        .await
+        .unwrap();
     dead.set_fault(Fault::Silent);
     let slow = settings(&HOST_PULSE.replace("timeout_ms = 150", "timeout_ms = 3000"));
     let fast = settings(HOST_PULSE);
@@ -112,7 +125,10 @@ async fn a_silent_module_does_not_block_another() {
     assert!(!dead.coil(0), "the silent module never acts");
 }
 
-async fn next_input(rx: &mut mpsc::Receiver<DeviceEvent>, within: Duration) -> Option<(String, bool)> {
+async fn next_input(
+    rx: &mut mpsc::Receiver<DeviceEvent>,
+    within: Duration,
+) -> Option<(String, bool)> {
     let until = tokio::time::Instant::now() + within;
     loop {
         let left = until.checked_duration_since(tokio::time::Instant::now())?;
@@ -161,7 +177,9 @@ fn barrier_sim() -> SimConfig {
 
 #[tokio::test]
 async fn barrier_state_follows_limit_switches_and_loop_polarity() {
-    let sim = RelaySim::start(Framing::RtuOverTcp, barrier_sim()).await.unwrap();
+    let sim = RelaySim::start(Framing::RtuOverTcp, barrier_sim())
+        .await
+        .unwrap();
     // NC loop detector: contact closed (level high) while the lane is empty.
     sim.set_input(0, true);
     let (tx, mut rx) = mpsc::channel(64);
@@ -238,7 +256,9 @@ async fn close_is_refused_while_the_loop_is_occupied() {
 
 #[tokio::test]
 async fn short_glitches_are_debounced_and_link_state_is_reported() {
-    let sim = RelaySim::start(Framing::Tcp, SimConfig::default()).await.unwrap();
+    let sim = RelaySim::start(Framing::Tcp, SimConfig::default())
+        .await
+        .unwrap();
     let s = settings(
         r#"
 timeout_ms = 100
@@ -269,7 +289,11 @@ loop = { di = 4 }
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < until && !offline {
         if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
-            if let EventKind::Link { online: false, error } = ev.kind {
+            if let EventKind::Link {
+                online: false,
+                error,
+            } = ev.kind
+            {
                 assert!(error.is_some());
                 offline = true;
             }

@@ -22,11 +22,16 @@ fn opts(timeout_ms: u64) -> BusOptions {
 }
 
 async fn sim(framing: Framing) -> RelaySim {
-    RelaySim::start(framing, SimConfig::default()).await.unwrap()
+    RelaySim::start(framing, SimConfig::default())
+        .await
+        .unwrap()
 }
 
 fn bus(sim: &RelaySim, timeout_ms: u64) -> ModbusBus {
-    ModbusBus::open(Transport::from_address(&sim.address()).unwrap(), opts(timeout_ms))
+    ModbusBus::open(
+        Transport::from_address(&sim.address()).unwrap(),
+        opts(timeout_ms),
+    )
 }
 
 #[tokio::test]
@@ -86,14 +91,20 @@ async fn exception_is_an_answer_not_an_outage() {
     let sim = sim(Framing::Tcp).await;
     let dev = bus(&sim, 500).device(1);
     let err = dev.read_coils(100, 1).await.unwrap_err();
-    assert!(matches!(&err, ModbusError::Exception { code, .. } if code.contains("IllegalDataAddress")), "{err:?}");
+    assert!(
+        matches!(&err, ModbusError::Exception { code, .. } if code.contains("IllegalDataAddress")),
+        "{err:?}"
+    );
     assert!(dev.health().borrow().online);
     // The flash write with a bad address comes back as a raw exception frame.
     let err = dev.write_single_coil_raw(0x0300, 5).await.unwrap_err();
     assert!(matches!(err, ModbusError::Exception { .. }), "{err:?}");
     sim.set_fault(Fault::Exception(0x04));
     let err = dev.read_discrete_inputs(0, 8).await.unwrap_err();
-    assert!(matches!(&err, ModbusError::Exception { code, .. } if code.contains("ServerDeviceFailure")), "{err:?}");
+    assert!(
+        matches!(&err, ModbusError::Exception { code, .. } if code.contains("ServerDeviceFailure")),
+        "{err:?}"
+    );
 }
 
 /// The late answer to request #1 arrives while request #2 is waiting. Without the reopen after a

@@ -7,14 +7,16 @@ use ecogate_drivers::camera::{generic, hik, vz};
 use ecogate_drivers::io::{ModbusIoSettings, PulseMode};
 
 fn profiles(kind: &str) -> Vec<(String, toml::Table)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../profiles").join(kind);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../profiles")
+        .join(kind);
     let mut out = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().and_then(|x| x.to_str()) == Some("toml") {
             let text = std::fs::read_to_string(&p).unwrap();
-            let t: toml::Table = toml::from_str(&text)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let t: toml::Table =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             out.push((p.file_name().unwrap().to_string_lossy().into_owned(), t));
         }
     }
@@ -25,7 +27,10 @@ fn profiles(kind: &str) -> Vec<(String, toml::Table)> {
 fn header(name: &str, t: &toml::Table, kind: &str) -> String {
     assert_eq!(t["kind"].as_str(), Some(kind), "{name}: kind");
     for key in ["driver", "model"] {
-        assert!(t[key].as_str().is_some_and(|s| !s.is_empty()), "{name}: {key}");
+        assert!(
+            t[key].as_str().is_some_and(|s| !s.is_empty()),
+            "{name}: {key}"
+        );
     }
     for key in ["transports", "roles"] {
         let a = t[key].as_array().unwrap_or_else(|| panic!("{name}: {key}"));
@@ -89,7 +94,8 @@ fn camera_profiles_parse() {
 
 #[test]
 fn unknown_settings_keys_are_tolerated_and_defaults_fill_in() {
-    let s: ModbusIoSettings = toml::from_str("vendor_note = 'x'\n[outputs]\nopen = { coil = 3 }").unwrap();
+    let s: ModbusIoSettings =
+        toml::from_str("vendor_note = 'x'\n[outputs]\nopen = { coil = 3 }").unwrap();
     assert_eq!(s.unit, 1);
     assert_eq!(s.timeout_ms, 500);
     assert_eq!(s.pulse.mode, PulseMode::Host);

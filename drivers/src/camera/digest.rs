@@ -41,7 +41,11 @@ fn params(s: &str) -> Vec<(String, String)> {
     let mut rest = s.trim();
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else { break };
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = rest[..eq]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         rest = rest[eq + 1..].trim_start();
         let value;
         if let Some(r) = rest.strip_prefix('"') {
@@ -118,7 +122,15 @@ pub fn response(
 }
 
 /// The `Authorization` header value.
-pub fn authorization(c: &Challenge, user: &str, pass: &str, method: &str, uri: &str, nc: u32, cnonce: &str) -> String {
+pub fn authorization(
+    c: &Challenge,
+    user: &str,
+    pass: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+    cnonce: &str,
+) -> String {
     let nc = format!("{nc:08x}");
     let resp = response(c, user, pass, method, uri, &nc, cnonce);
     let mut h = format!(
@@ -154,7 +166,15 @@ pub fn verify(header: &str, user: &str, pass: &str, method: &str, realm: &str) -
         sess: get("algorithm").eq_ignore_ascii_case("MD5-sess"),
         stale: false,
     };
-    response(&c, user, pass, method, &get("uri"), &get("nc"), &get("cnonce")) == get("response")
+    response(
+        &c,
+        user,
+        pass,
+        method,
+        &get("uri"),
+        &get("nc"),
+        &get("cnonce"),
+    ) == get("response")
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -164,7 +184,11 @@ pub enum HttpError {
     #[error("{url}: credentials refused (401); not retrying for {retry_in_s} s to avoid the camera's lockout")]
     Unauthorized { url: String, retry_in_s: u64 },
     #[error("{url}: HTTP {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
 }
 
 /// An HTTP client that answers Digest challenges and backs off after refused credentials
@@ -199,7 +223,10 @@ impl DigestClient {
             challenge: Mutex::new(None),
             nc: AtomicU32::new(0),
             blocked_until: Mutex::new(None),
-            lockout: Mutex::new(Backoff::new(Duration::from_secs(30), Duration::from_secs(300))),
+            lockout: Mutex::new(Backoff::new(
+                Duration::from_secs(30),
+                Duration::from_secs(300),
+            )),
         })
     }
 
@@ -218,11 +245,24 @@ impl DigestClient {
             .unwrap_or_else(|e| e.into_inner())
             .clone()?;
         let nc = self.nc.fetch_add(1, Ordering::Relaxed) + 1;
-        Some(authorization(&c, &self.user, &self.pass, method.as_str(), path, nc, &self.cnonce()))
+        Some(authorization(
+            &c,
+            &self.user,
+            &self.pass,
+            method.as_str(),
+            path,
+            nc,
+            &self.cnonce(),
+        ))
     }
 
     /// Send a request with a body; returns the body of a 2xx answer.
-    pub async fn send(&self, method: Method, path: &str, body: Option<String>) -> Result<String, HttpError> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<String, HttpError> {
         let url = format!("{}{path}", self.base);
         if let Some(until) = *self.blocked_until.lock().unwrap_or_else(|e| e.into_inner()) {
             let now = Instant::now();
@@ -236,7 +276,9 @@ impl DigestClient {
         for attempt in 0..2 {
             let mut req = self.http.request(method.clone(), &url);
             if let Some(b) = &body {
-                req = req.header("content-type", "application/xml").body(b.clone());
+                req = req
+                    .header("content-type", "application/xml")
+                    .body(b.clone());
             }
             if let Some(h) = self.auth_header(&method, path) {
                 req = req.header("authorization", h);
@@ -304,11 +346,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.qop.as_deref(), Some("auth"));
-        assert_eq!(c.opaque.as_deref(), Some("5ccc069c403ebaf9f0171e9517f40e41"));
-        let r = response(&c, "Mufasa", "Circle Of Life", "GET", "/dir/index.html", "00000001", "0a4f113b");
+        assert_eq!(
+            c.opaque.as_deref(),
+            Some("5ccc069c403ebaf9f0171e9517f40e41")
+        );
+        let r = response(
+            &c,
+            "Mufasa",
+            "Circle Of Life",
+            "GET",
+            "/dir/index.html",
+            "00000001",
+            "0a4f113b",
+        );
         assert_eq!(r, "6629fae49393a05397450978507c4ef1");
-        let h = authorization(&c, "Mufasa", "Circle Of Life", "GET", "/dir/index.html", 1, "0a4f113b");
-        assert!(verify(&h, "Mufasa", "Circle Of Life", "GET", "testrealm@host.com"));
+        let h = authorization(
+            &c,
+            "Mufasa",
+            "Circle Of Life",
+            "GET",
+            "/dir/index.html",
+            1,
+            "0a4f113b",
+        );
+        assert!(verify(
+            &h,
+            "Mufasa",
+            "Circle Of Life",
+            "GET",
+            "testrealm@host.com"
+        ));
         assert!(!verify(&h, "Mufasa", "wrong", "GET", "testrealm@host.com"));
     }
 

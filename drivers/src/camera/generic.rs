@@ -80,7 +80,12 @@ impl Default for JsonSettings {
             utc_offset_hours: 8,
             id: None,
             images: Vec::new(),
-            no_plate: vec!["_无_".into(), "无牌".into(), "Unknown".into(), String::new()],
+            no_plate: vec![
+                "_无_".into(),
+                "无牌".into(),
+                "Unknown".into(),
+                String::new(),
+            ],
             reply: r#"{"code":0,"msg":"ok"}"#.into(),
             debounce_s: 5.0,
             offline_after_s: 0.0,

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::digest::{DigestClient, HttpError};
 use super::{
-    bad_request, ingest_id, register_until_closed, CameraCore, CameraRead, Direction,
-    DriverError, Endpoint, IngestRegistry, PushError, MAX_PUSH_BYTES,
+    bad_request, ingest_id, register_until_closed, CameraCore, CameraRead, Direction, DriverError,
+    Endpoint, IngestRegistry, PushError, MAX_PUSH_BYTES,
 };
 use crate::address::Address;
 use crate::command::Command;
@@ -93,7 +93,12 @@ fn first_text<'a>(doc: &'a roxmltree::Document<'a>, name: &str) -> Option<&'a st
 }
 
 pub fn color_from_name(s: &str) -> PlateColor {
-    match s.trim().to_ascii_lowercase().replace(['_', '-', ' '], "").as_str() {
+    match s
+        .trim()
+        .to_ascii_lowercase()
+        .replace(['_', '-', ' '], "")
+        .as_str()
+    {
         "blue" => PlateColor::Blue,
         "yellow" => PlateColor::Yellow,
         "white" => PlateColor::White,
@@ -310,7 +315,9 @@ impl HikIngest {
 fn read_password(s: &HikSettings) -> Result<String, DriverError> {
     if let Some(var) = &s.password_env {
         return std::env::var(var).map_err(|_| {
-            DriverError::Settings(format!("password_env: environment variable `{var}` is not set"))
+            DriverError::Settings(format!(
+                "password_env: environment variable `{var}` is not set"
+            ))
         });
     }
     if let Some(path) = &s.password_file {

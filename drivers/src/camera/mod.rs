@@ -126,7 +126,12 @@ impl Dedupe {
 
     /// True when the read is new. `key` is the device's record id (with whatever else makes it
     /// unique across a camera reboot); `None` skips the replay check.
-    pub fn admit(&mut self, key: Option<&str>, plate: &str, captured: Option<DateTime<Utc>>) -> bool {
+    pub fn admit(
+        &mut self,
+        key: Option<&str>,
+        plate: &str,
+        captured: Option<DateTime<Utc>>,
+    ) -> bool {
         self.admit_at(key, plate, captured, Instant::now())
     }
 
@@ -162,7 +167,8 @@ impl Dedupe {
         self.last.insert(plate.to_string(), (now, captured));
         if self.last.len() > 4096 {
             let window = self.window;
-            self.last.retain(|_, (at, _)| now.saturating_duration_since(*at) < window);
+            self.last
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < window);
         }
         !repeat
     }
@@ -228,11 +234,11 @@ impl CameraCore {
 
     /// Emit a read unless it is a replay or a repeat. Returns whether it was emitted.
     pub async fn plate(&self, read: CameraRead, dedupe_key: Option<&str>) -> bool {
-        let fresh = self
-            .dedupe
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(dedupe_key, &read.plate, read.captured_at);
+        let fresh = self.dedupe.lock().unwrap_or_else(|e| e.into_inner()).admit(
+            dedupe_key,
+            &read.plate,
+            read.captured_at,
+        );
         if !fresh {
             tracing::debug!(device = %self.name, plate = %read.plate, "duplicate plate read dropped");
             return false;

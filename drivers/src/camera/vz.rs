@@ -235,11 +235,18 @@ pub fn color_from_code(code: i64) -> PlateColor {
 
 /// Plate text a camera uses for "no plate".
 pub(crate) fn is_no_plate(s: &str) -> bool {
-    matches!(s.trim(), "" | "_无_" | "无牌" | "无" | "无车牌" | "Unknown" | "unknown")
+    matches!(
+        s.trim(),
+        "" | "_无_" | "无牌" | "无" | "无车牌" | "Unknown" | "unknown"
+    )
 }
 
 /// Parse one push body. `images` = decode the base64 images; `utc_offset_hours` for `recotime`.
-pub fn parse_push(body: &[u8], images: bool, utc_offset_hours: i32) -> Result<VzMessage, PushError> {
+pub fn parse_push(
+    body: &[u8],
+    images: bool,
+    utc_offset_hours: i32,
+) -> Result<VzMessage, PushError> {
     let push: Push<'_> =
         serde_json::from_slice(body).map_err(|e| PushError::Json(e.to_string()))?;
     if let Some(p) = push.plate {
@@ -247,7 +254,9 @@ pub fn parse_push(body: &[u8], images: bool, utc_offset_hours: i32) -> Result<Vz
             .result
             .and_then(|r| r.plate_result)
             .ok_or(PushError::Missing("AlarmInfoPlate.result.PlateResult"))?;
-        let license = pr.license.ok_or(PushError::Missing("PlateResult.license"))?;
+        let license = pr
+            .license
+            .ok_or(PushError::Missing("PlateResult.license"))?;
         let plate = if is_no_plate(&license) {
             String::new()
         } else {
@@ -266,7 +275,11 @@ pub fn parse_push(body: &[u8], images: bool, utc_offset_hours: i32) -> Result<Vz
                 let nanos = (tv.usec.unwrap_or(0).clamp(0, 999_999) * 1000) as u32;
                 DateTime::<Utc>::from_timestamp(sec, nanos)
             })
-            .or_else(|| pr.recotime.as_deref().and_then(|t| local_text(t, utc_offset_hours)));
+            .or_else(|| {
+                pr.recotime
+                    .as_deref()
+                    .and_then(|t| local_text(t, utc_offset_hours))
+            });
         let plateid = pr.plateid.as_ref().and_then(Num::as_i64);
         let mut imgs = Vec::new();
         if images {
@@ -322,7 +335,8 @@ pub fn parse_push(body: &[u8], images: bool, utc_offset_hours: i32) -> Result<Vz
             .ok_or(PushError::Missing("AlarmGioIn.result.TriggerResult"))?;
         let source = t.source.as_ref().and_then(Num::as_i64).unwrap_or(-1);
         let value = t.value.as_ref().and_then(Num::as_i64).unwrap_or(0);
-        let source = u8::try_from(source).map_err(|_| PushError::Missing("TriggerResult.source"))?;
+        let source =
+            u8::try_from(source).map_err(|_| PushError::Missing("TriggerResult.source"))?;
         return Ok(VzMessage::Input {
             source,
             value: u8::from(value != 0),

@@ -170,7 +170,9 @@ impl ModbusIoSettings {
             ));
         }
         if self.pulse.flash_unit_ms == 0 {
-            return Err(DriverError::Settings("pulse.flash_unit_ms must be above 0".into()));
+            return Err(DriverError::Settings(
+                "pulse.flash_unit_ms must be above 0".into(),
+            ));
         }
         Ok(())
     }
@@ -312,7 +314,10 @@ impl Drop for OffGuard {
                     }
                 });
             }
-            Err(_) => tracing::error!(coil, "no runtime to switch the relay off after a cancelled pulse"),
+            Err(_) => tracing::error!(
+                coil,
+                "no runtime to switch the relay off after a cancelled pulse"
+            ),
         }
     }
 }
@@ -414,7 +419,12 @@ pub fn spawn(
             }
             let sample = if s.inputs.is_empty() {
                 // Nothing to poll: probe one coil so the link state is still known.
-                module.device().read_coils(0, 1).await.map(|_| BTreeMap::new()).map_err(DriverError::from)
+                module
+                    .device()
+                    .read_coils(0, 1)
+                    .await
+                    .map(|_| BTreeMap::new())
+                    .map_err(DriverError::from)
             } else {
                 module.sample_inputs().await
             };
@@ -425,7 +435,10 @@ pub fn spawn(
                 let ev = DeviceEvent {
                     device: name.clone(),
                     at: Utc::now(),
-                    kind: EventKind::Link { online: now_online, error },
+                    kind: EventKind::Link {
+                        online: now_online,
+                        error,
+                    },
                 };
                 if events.send(ev).await.is_err() {
                     break;
@@ -452,7 +465,10 @@ pub fn spawn(
                     let ev = DeviceEvent {
                         device: name.clone(),
                         at: Utc::now(),
-                        kind: EventKind::Input { input: role, active },
+                        kind: EventKind::Input {
+                            input: role,
+                            active,
+                        },
                     };
                     if events.send(ev).await.is_err() {
                         return;
@@ -493,7 +509,10 @@ async fn run_command(
         }
         Command::RelayPulse { output, ms } => m.pulse(output, *ms).await,
         other => {
-            tracing::warn!(command = other.name(), "a relay module cannot do this; ignored");
+            tracing::warn!(
+                command = other.name(),
+                "a relay module cannot do this; ignored"
+            );
             Ok(())
         }
     }

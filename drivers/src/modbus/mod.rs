@@ -26,9 +26,18 @@ use crate::health::DeviceHealth;
 /// Where a bus lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    Tcp { host: String, port: u16 },
-    Rtu { path: String, serial: SerialSettings },
-    RtuOverTcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Rtu {
+        path: String,
+        serial: SerialSettings,
+    },
+    RtuOverTcp {
+        host: String,
+        port: u16,
+    },
 }
 
 impl Transport {
@@ -125,7 +134,10 @@ enum Op {
     /// FC05 with a raw value (vendor "flash" pulse: value = time in 100 ms units).
     /// tokio-modbus only encodes and decodes FF00/0000 for FC05, so this goes out as a hand-built
     /// frame on a fresh connection of its own.
-    RawCoil { addr: u16, value: u16 },
+    RawCoil {
+        addr: u16,
+        value: u16,
+    },
 }
 
 struct Job {
@@ -258,7 +270,11 @@ impl ModbusDevice {
         }
     }
 
-    pub async fn read_discrete_inputs(&self, addr: u16, count: u16) -> Result<Vec<bool>, ModbusError> {
+    pub async fn read_discrete_inputs(
+        &self,
+        addr: u16,
+        count: u16,
+    ) -> Result<Vec<bool>, ModbusError> {
         match self.call(Request::ReadDiscreteInputs(addr, count)).await? {
             Response::ReadDiscreteInputs(mut v) => {
                 check_len(self.unit, v.len(), count)?;
@@ -269,8 +285,15 @@ impl ModbusDevice {
         }
     }
 
-    pub async fn read_holding_registers(&self, addr: u16, count: u16) -> Result<Vec<u16>, ModbusError> {
-        match self.call(Request::ReadHoldingRegisters(addr, count)).await? {
+    pub async fn read_holding_registers(
+        &self,
+        addr: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, ModbusError> {
+        match self
+            .call(Request::ReadHoldingRegisters(addr, count))
+            .await?
+        {
             Response::ReadHoldingRegisters(v) if v.len() == count as usize => Ok(v),
             other => Err(self.mismatch("ReadHoldingRegisters", &other)),
         }
@@ -381,7 +404,10 @@ async fn run_bus(
             .await;
             last_io = Instant::now();
             let out = match res {
-                Ok(Ok(())) => Ok((Response::WriteSingleCoil(addr, value != 0), last_io - started)),
+                Ok(Ok(())) => Ok((
+                    Response::WriteSingleCoil(addr, value != 0),
+                    last_io - started,
+                )),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(ModbusError::Timeout {
                     unit: job.unit,
@@ -421,7 +447,10 @@ async fn run_bus(
                 failed => {
                     let reason = match failed {
                         Ok(Err(e)) => e,
-                        _ => format!("no connection within {} ms", opts.connect_timeout.as_millis()),
+                        _ => format!(
+                            "no connection within {} ms",
+                            opts.connect_timeout.as_millis()
+                        ),
                     };
                     let delay = backoff.next_delay();
                     retry_at = Some(Instant::now() + delay);
@@ -491,7 +520,11 @@ pub fn crc16(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
         }
     }
     crc
@@ -581,11 +614,18 @@ async fn raw_write_coil(
             unit,
             code: format!("0x{:02X}", reply_pdu.get(1).copied().unwrap_or(0)),
         }),
-        _ => Err(proto(format!("flash write: unexpected reply {reply_pdu:02X?}"))),
+        _ => Err(proto(format!(
+            "flash write: unexpected reply {reply_pdu:02X?}"
+        ))),
     }
 }
 
-async fn rtu_exchange<S>(mut s: S, unit: u8, pdu: &[u8], timeout: Duration) -> Result<Vec<u8>, ModbusError>
+async fn rtu_exchange<S>(
+    mut s: S,
+    unit: u8,
+    pdu: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ModbusError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -617,7 +657,10 @@ where
         return Err(proto(format!("bad CRC in reply {frame:02X?}")));
     }
     if frame[0] != unit {
-        return Err(proto(format!("reply from unit {} instead of {unit}", frame[0])));
+        return Err(proto(format!(
+            "reply from unit {} instead of {unit}",
+            frame[0]
+        )));
     }
     Ok(frame[1..n - 2].to_vec())
 }

@@ -163,10 +163,17 @@ impl CameraSim {
 
     /// Every reply so far, in order.
     pub fn replies(&self) -> Vec<Reply> {
-        self.replies.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    pub async fn post_raw(&self, content_type: &str, body: Vec<u8>) -> Result<Reply, reqwest::Error> {
+    pub async fn post_raw(
+        &self,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Reply, reqwest::Error> {
         let resp = self
             .http
             .post(&self.url)
@@ -219,7 +226,12 @@ impl CameraSim {
     }
 
     /// Hikvision listening-mode push: `anpr.xml` plus plate and scene JPEGs.
-    pub async fn hik_anpr(&self, plate: &str, uuid: &str, jpeg_bytes: usize) -> Result<Reply, reqwest::Error> {
+    pub async fn hik_anpr(
+        &self,
+        plate: &str,
+        uuid: &str,
+        jpeg_bytes: usize,
+    ) -> Result<Reply, reqwest::Error> {
         let xml = hik_anpr_xml(plate, uuid, "blue", false);
         let crop = fake_jpeg(jpeg_bytes / 20 + 64);
         let scene = fake_jpeg(jpeg_bytes.max(64));
@@ -227,7 +239,12 @@ impl CameraSim {
         let body = multipart_body(
             b,
             &[
-                ("anpr.xml", Some("anpr.xml"), "application/xml", xml.as_bytes()),
+                (
+                    "anpr.xml",
+                    Some("anpr.xml"),
+                    "application/xml",
+                    xml.as_bytes(),
+                ),
                 (
                     "licensePlatePicture.jpg",
                     Some("licensePlatePicture.jpg"),
@@ -342,7 +359,10 @@ async fn isapi_any(
     if !ok {
         st.unauthorized += 1;
         st.nonce_counter += 1;
-        let nonce = format!("{:032x}", st.nonce_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let nonce = format!(
+            "{:032x}",
+            st.nonce_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        );
         let challenge =
             format!(r#"Digest qop="auth", realm="{REALM}", nonce="{nonce}", stale="FALSE""#);
         return (

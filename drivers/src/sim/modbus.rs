@@ -171,11 +171,19 @@ impl RelaySim {
     }
 
     pub fn input(&self, di: u16) -> bool {
-        lock(&self.state).dis.get(di as usize).copied().unwrap_or(false)
+        lock(&self.state)
+            .dis
+            .get(di as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     pub fn coil(&self, n: u16) -> bool {
-        lock(&self.state).coils.get(n as usize).copied().unwrap_or(false)
+        lock(&self.state)
+            .coils
+            .get(n as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Every coil change so far, in order.
@@ -337,7 +345,7 @@ fn process(st: &Shared, pdu: &[u8]) -> Vec<u8> {
                 return exc(0x02);
             }
             let mut out = vec![fc, (v * 2) as u8];
-            out.extend(std::iter::repeat_n(0u8, v as usize * 2));
+            out.resize(2 + v as usize * 2, 0);
             out
         }
         0x05 => {
