@@ -111,15 +111,15 @@ async fn exception_is_an_answer_not_an_outage() {
 /// timeout, request #2 would return the stale DI pattern.
 async fn late_reply_is_never_the_next_answer(framing: Framing) {
     let sim = sim(framing).await;
-    let dev = bus(&sim, 200).device(1);
+    let dev = bus(&sim, 400).device(1);
     sim.set_input(0, true); // pattern A
-    sim.set_fault(Fault::Late(Duration::from_millis(300)));
+    sim.set_fault(Fault::Late(Duration::from_millis(500)));
     let err = dev.read_discrete_inputs(0, 8).await.unwrap_err();
     assert!(matches!(err, ModbusError::Timeout { .. }), "{err:?}");
     assert!(!dev.health().borrow().online);
     sim.set_input(0, false);
     sim.set_input(1, true); // pattern B
-    sim.set_fault(Fault::Late(Duration::from_millis(150)));
+    sim.set_fault(Fault::Late(Duration::from_millis(250)));
     let second = dev.read_discrete_inputs(0, 8).await;
     match second {
         Ok(bits) => assert!(!bits[0] && bits[1], "stale reply taken as answer: {bits:?}"),
@@ -210,4 +210,34 @@ async fn unreachable_bus_fails_fast_while_backing_off() {
     assert!(matches!(first, ModbusError::Connect { .. }), "{first:?}");
     let second = dev.read_coils(0, 1).await.unwrap_err();
     assert!(matches!(second, ModbusError::Offline { .. }), "{second:?}");
+}
+
+/// The reference's own experiment (§7.2): RTU over a real pty, the device answering at 500 ms
+/// while the client gives up at 400 ms. The reply lands on the reopened port; the silence wait
+/// must swallow it.
+#[cfg(unix)]
+#[tokio::test]
+async fn late_reply_over_a_pty_serial_port_is_discarded() {
+    use tokio_serial::SerialPort;
+    let (master, slave) = tokio_serial::SerialStream::pair().unwrap();
+    let path = slave.name().unwrap();
+    let sim = RelaySim::serve_rtu_stream(master, SimConfig::default());
+    let transport = Transport::Rtu {
+        path: path.clone(),
+        serial: ecogate_drivers::SerialSettings::default(),
+    };
+    let dev = ModbusBus::open(transport, opts(400)).device(1);
+    // Keep the slave end open so the pty stays alive while the bus reopens its own handle.
+    let _keep = slave;
+    sim.set_input(0, true);
+    assert!(dev.read_discrete_inputs(0, 8).await.unwrap()[0]);
+    sim.set_fault(Fault::Late(Duration::from_millis(500)));
+    let err = dev.read_discrete_inputs(0, 8).await.unwrap_err();
+    assert!(matches!(err, ModbusError::Timeout { .. }), "{err:?}");
+    sim.set_input(0, false);
+    sim.set_input(1, true);
+    // Answered after the stale reply has reached the port.
+    sim.set_fault(Fault::Late(Duration::from_millis(250)));
+    let bits = dev.read_discrete_inputs(0, 8).await.unwrap();
+    assert!(!bits[0] && bits[1], "stale reply taken as answer: {bits:?}");
 }

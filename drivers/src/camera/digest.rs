@@ -83,10 +83,8 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
             "realm" => c.realm = v,
             "nonce" => c.nonce = v,
             "opaque" => c.opaque = Some(v),
-            "qop" => {
-                if v.split(',').any(|q| q.trim() == "auth") {
-                    c.qop = Some("auth".into());
-                }
+            "qop" if v.split(',').any(|q| q.trim() == "auth") => {
+                c.qop = Some("auth".into());
             }
             "algorithm" => c.sess = v.eq_ignore_ascii_case("MD5-sess"),
             "stale" => c.stale = v.eq_ignore_ascii_case("true"),

@@ -109,8 +109,10 @@ pub struct BusOptions {
     /// Extra silence kept between an RTU reply and the next request (device turnaround), on top
     /// of the 3.5-character gap.
     pub turnaround: Duration,
-    /// After an RTU timeout, wait this long before reopening so a late reply still on the wire
-    /// lands on the old (closed) port instead of the new one.
+    /// After an RTU timeout the port is reopened and must then stay silent for this long (at
+    /// least `timeout`) before the next request: bytes of a late reply that arrive meanwhile are
+    /// read and thrown away. RTU frames carry no transaction id, so this is the only thing that
+    /// keeps a late answer from being taken for the next one.
     pub quiet_after_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -122,7 +124,7 @@ impl Default for BusOptions {
             timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
             turnaround: Duration::from_millis(2),
-            quiet_after_timeout: Duration::from_millis(50),
+            quiet_after_timeout: Duration::ZERO,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
         }
@@ -340,7 +342,34 @@ fn check_len(unit: u8, got: usize, want: u16) -> Result<(), ModbusError> {
     Ok(())
 }
 
-async fn connect(transport: &Transport, unit: u8) -> Result<Context, String> {
+/// Read and discard until the line has been silent for `quiet` (bounded, for a babbling device).
+async fn drain<S: tokio::io::AsyncRead + Unpin>(s: &mut S, quiet: Duration) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let cap = Instant::now() + quiet * 4 + Duration::from_secs(1);
+    let mut buf = [0u8; 256];
+    let mut dropped = 0usize;
+    loop {
+        if Instant::now() > cap {
+            return Err(format!("line never went quiet ({dropped} bytes discarded)"));
+        }
+        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
+            Err(_) => break,
+            Ok(Ok(0)) => return Err("connection closed while waiting for silence".into()),
+            Ok(Ok(n)) => dropped += n,
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
+    }
+    if dropped > 0 {
+        tracing::debug!(dropped, "discarded late bytes after an RTU timeout");
+    }
+    Ok(())
+}
+
+async fn connect(
+    transport: &Transport,
+    unit: u8,
+    quiet: Option<Duration>,
+) -> Result<Context, String> {
     match transport {
         Transport::Tcp { host, port } => {
             let s = TcpStream::connect((host.as_str(), *port))
@@ -350,14 +379,20 @@ async fn connect(transport: &Transport, unit: u8) -> Result<Context, String> {
             Ok(tokio_modbus::client::tcp::attach_slave(s, Slave(unit)))
         }
         Transport::RtuOverTcp { host, port } => {
-            let s = TcpStream::connect((host.as_str(), *port))
+            let mut s = TcpStream::connect((host.as_str(), *port))
                 .await
                 .map_err(|e| e.to_string())?;
             let _ = s.set_nodelay(true);
+            if let Some(q) = quiet {
+                drain(&mut s, q).await?;
+            }
             Ok(tokio_modbus::client::rtu::attach_slave(s, Slave(unit)))
         }
         Transport::Rtu { .. } => {
-            let port = open_serial(transport)?;
+            let mut port = open_serial(transport)?;
+            if let Some(q) = quiet {
+                drain(&mut port, q).await?;
+            }
             Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(unit)))
         }
     }
@@ -379,7 +414,9 @@ async fn run_bus(
     let mut backoff = Backoff::new(opts.backoff_initial, opts.backoff_max);
     let mut retry_at: Option<Instant> = None;
     let mut last_io = Instant::now();
-    let mut quiet_until: Option<Instant> = None;
+    // Set after an RTU timeout: the next open must wait for silence first.
+    let mut drain_next = false;
+    let quiet = opts.quiet_after_timeout.max(opts.timeout);
 
     while let Some(job) = rx.recv().await {
         if job.reply.is_closed() {
@@ -389,17 +426,18 @@ async fn run_bus(
             // The raw frame needs the stream to itself: close the context, and reopen it on the
             // next ordinary request.
             ctx = None;
-            if let Some(q) = quiet_until.take() {
-                tokio::time::sleep_until(q.into()).await;
-            }
+            let q = std::mem::take(&mut drain_next).then_some(quiet);
             let ready = last_io + gap;
             if Instant::now() < ready {
                 tokio::time::sleep_until(ready.into()).await;
             }
             let started = Instant::now();
             let res = tokio::time::timeout(
-                opts.connect_timeout + opts.timeout,
-                raw_write_coil(&transport, job.unit, addr, value, opts.timeout),
+                opts.connect_timeout
+                    + opts.timeout
+                    + q.map(|q| q * 4 + Duration::from_secs(1))
+                        .unwrap_or_default(),
+                raw_write_coil(&transport, job.unit, addr, value, opts.timeout, q),
             )
             .await;
             last_io = Instant::now();
@@ -415,7 +453,7 @@ async fn run_bus(
                 }),
             };
             if out.is_err() && transport.is_rtu() {
-                quiet_until = Some(Instant::now() + opts.quiet_after_timeout);
+                drain_next = true;
             }
             let _ = job.reply.send(out);
             continue;
@@ -435,14 +473,16 @@ async fn run_bus(
                     continue;
                 }
             }
-            if let Some(q) = quiet_until.take() {
-                tokio::time::sleep_until(q.into()).await;
-            }
-            match tokio::time::timeout(opts.connect_timeout, connect(&transport, job.unit)).await {
+            let q = drain_next.then_some(quiet);
+            let limit = opts.connect_timeout
+                + q.map(|q| q * 4 + Duration::from_secs(1))
+                    .unwrap_or_default();
+            match tokio::time::timeout(limit, connect(&transport, job.unit, q)).await {
                 Ok(Ok(c)) => {
                     tracing::debug!(bus = %name, "modbus connected");
                     ctx = Some(c);
                     retry_at = None;
+                    drain_next = false;
                 }
                 failed => {
                     let reason = match failed {
@@ -498,7 +538,7 @@ async fn run_bus(
                 tracing::warn!(bus = %name, unit = job.unit, timeout_ms = opts.timeout.as_millis() as u64, "modbus timeout; reopening");
                 ctx = None;
                 if transport.is_rtu() {
-                    quiet_until = Some(Instant::now() + opts.quiet_after_timeout);
+                    drain_next = true;
                 }
                 Err(ModbusError::Timeout {
                     unit: job.unit,
@@ -557,6 +597,7 @@ async fn raw_write_coil(
     addr: u16,
     value: u16,
     timeout: Duration,
+    quiet: Option<Duration>,
 ) -> Result<(), ModbusError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut pdu = vec![0x05];
@@ -598,13 +639,19 @@ async fn raw_write_coil(
             body
         }
         Transport::RtuOverTcp { host, port } => {
-            let s = TcpStream::connect((host.as_str(), *port))
+            let mut s = TcpStream::connect((host.as_str(), *port))
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
+            if let Some(q) = quiet {
+                drain(&mut s, q).await.map_err(connect_err)?;
+            }
             rtu_exchange(s, unit, &pdu, timeout).await?
         }
         Transport::Rtu { .. } => {
-            let port = open_serial(transport).map_err(connect_err)?;
+            let mut port = open_serial(transport).map_err(connect_err)?;
+            if let Some(q) = quiet {
+                drain(&mut port, q).await.map_err(connect_err)?;
+            }
             rtu_exchange(port, unit, &pdu, timeout).await?
         }
     };

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::address::Address;
@@ -145,6 +145,32 @@ impl RelaySim {
         })
     }
 
+    /// Serve RTU frames on an existing stream (one end of a pty pair, a duplex pipe) instead of
+    /// a listener. `addr()`/`address()` mean nothing for such a simulator.
+    pub fn serve_rtu_stream<S>(stream: S, cfg: SimConfig) -> RelaySim
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let n = cfg.channels as usize;
+        let state = Arc::new(Mutex::new(State {
+            cfg,
+            coils: vec![false; n],
+            dis: vec![false; n],
+            fault: Fault::None,
+            frames: Vec::new(),
+            coil_log: Vec::new(),
+            requests: 0,
+            barrier_gen: 0,
+        }));
+        let task = tokio::spawn(serve_conn(stream, Framing::RtuOverTcp, state.clone()));
+        RelaySim {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            framing: Framing::RtuOverTcp,
+            state,
+            task,
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -201,8 +227,11 @@ impl RelaySim {
     }
 }
 
-async fn serve_conn(sock: TcpStream, framing: Framing, st: Shared) {
-    let (mut rd, wr) = sock.into_split();
+async fn serve_conn<S>(sock: S, framing: Framing, st: Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(sock);
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
     let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
