@@ -156,6 +156,15 @@ fn vz_bench() {
         std::hint::black_box(m);
     }
     let per = t0.elapsed() / n;
+    let t1 = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(vz::parse_push(&body, false, 8).expect("parse"));
+    }
+    let json_only = t1.elapsed() / n;
+    println!(
+        "vz push parse without image decode (JSON only): {:.3} ms per push",
+        json_only.as_secs_f64() * 1000.0
+    );
     println!(
         "vz push parse: {:.2} MB body with images decoded: {:.3} ms per push ({n} runs)",
         body.len() as f64 / 1e6,

@@ -447,11 +447,11 @@ pub(crate) fn decode_base64(s: &str) -> Option<Vec<u8>> {
     if s.is_empty() {
         return None;
     }
-    if s.bytes().any(|b| b == b'\n' || b == b'\r') {
+    // Line breaks inside the base64 are rare: try the fast path first, clean up only on failure.
+    LENIENT.decode(s).ok().or_else(|| {
         let clean: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        return LENIENT.decode(clean).ok();
-    }
-    LENIENT.decode(s).ok()
+        LENIENT.decode(clean).ok()
+    })
 }
 
 /// Register under `kind/id`, and unregister when the command channel closes.
