@@ -1,16 +1,20 @@
-//! Field-device side of ecogate: the typed [`Event`]s devices produce, the [`Command`]s the
-//! lanes send them, and (filled in by the drivers work) transports, codecs and simulators.
+//! Field-device side of ecogate: the typed [`DeviceEvent`]s devices produce, the [`Command`]s
+//! the lanes send them, transports (Modbus, serial, serial-over-TCP, HTTP ingest), device codecs
+//! and drivers, and a simulator for every protocol.
 //!
 //! The core never speaks a wire protocol and drivers never decide policy: this crate is the
 //! boundary between the two.
 
 pub mod address;
 pub mod backoff;
+pub mod camera;
 pub mod command;
 pub mod event;
 pub mod health;
+pub mod io;
 pub mod led;
 pub mod mass;
+pub mod modbus;
 pub mod plate;
 pub mod scale;
 pub mod sim;
