@@ -702,7 +702,7 @@ impl LedgerReader {
                 out.push(decode(r?)?);
             }
         }
-        out.sort_by(|a, b| (a.occurred_at, a.seq).cmp(&(b.occurred_at, b.seq)));
+        out.sort_by_key(|a| (a.occurred_at, a.seq));
         Ok(out)
     }
 }

@@ -177,7 +177,7 @@ impl Visit {
 /// Pair passes (any order) into visits, by the rules in the module documentation.
 pub fn pair(passes: &[Pass]) -> Vec<Visit> {
     let mut sorted: Vec<&Pass> = passes.iter().collect();
-    sorted.sort_by(|a, b| (a.at, a.seq).cmp(&(b.at, b.seq)));
+    sorted.sort_by_key(|a| (a.at, a.seq));
     let mut visits: Vec<Visit> = Vec::new();
     let mut open: HashMap<(&str, PlateColor), usize> = HashMap::new();
     for p in sorted {
