@@ -386,3 +386,24 @@ pub fn export(
     }
     Ok(t.rows.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tonnes_round_half_away_from_zero_to_one_decimal() {
+        assert_eq!(tonnes(Mass::from_kg(32_500)), "32.5");
+        assert_eq!(tonnes(Mass::from_kg(32_449)), "32.4");
+        assert_eq!(tonnes(Mass::from_kg(32_450)), "32.5");
+        assert_eq!(tonnes(Mass::from_kg(40)), "0.0");
+        assert_eq!(tonnes(Mass::from_kg(-1_250)), "-1.3");
+    }
+
+    #[test]
+    fn photo_cells_are_relative_paths() {
+        let h = "ab".repeat(32);
+        assert_eq!(photo_path(&h), format!("photos/ab/ab/{h}.jpg"));
+        assert_eq!(photo_paths(&[h.clone(), h.clone()]).matches(';').count(), 1);
+    }
+}
