@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "LEDGER_CRASH_CHILD_DIR";
 
-/// Not a test of its own: the body of the child process, run only when the crash test starts
-/// this binary with `LEDGER_CRASH_CHILD_DIR` set.
+/// Not a test of its own: the body of the child process, which the crash test starts as
+/// `<this binary> --ignored --exact crash_child_helper` with `LEDGER_CRASH_CHILD_DIR` set.
 #[test]
+#[ignore = "child process of the crash test"]
 fn crash_child_helper() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
@@ -90,6 +91,7 @@ fn sigkill_at_random_points_loses_no_recorded_pass() {
         }
         let mut child = Command::new(&exe)
             .args([
+                "--ignored",
                 "--exact",
                 "crash_child_helper",
                 "--nocapture",

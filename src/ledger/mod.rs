@@ -115,3 +115,19 @@ pub fn local_day_start(d: chrono::NaiveDate) -> DateTime<Utc> {
         .map(|x| x.with_timezone(&Utc))
         .unwrap_or_else(|| Utc.from_utc_datetime(&n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_times_are_gmt8() {
+        let t = parse_local_time("2026-03-01 23:50:00").unwrap();
+        assert_eq!(db_time(t), "2026-03-01T15:50:00.000000Z");
+        assert_eq!(local_time(t), "2026-03-01 23:50:00");
+        assert_eq!(parse_db_time(&db_time(t)), Some(t));
+        assert!(parse_local_time("2026-02-30 08:00:00").is_none());
+        let d = parse_date("20260302").unwrap();
+        assert_eq!(db_time(local_day_start(d)), "2026-03-01T16:00:00.000000Z");
+    }
+}

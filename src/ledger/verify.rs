@@ -6,7 +6,7 @@ use super::events::Purge;
 use super::photos::{is_photo_hash, PhotoState, PhotoStore};
 use super::store::{open_ro, ChainHead, PHOTOS_DIR};
 use super::LedgerError;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -141,7 +141,8 @@ pub fn verify_with(data_dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport
     let mut events: u64 = 0;
     let mut head = ChainHead::EMPTY;
     let mut photo_refs: Vec<(i64, String, String)> = Vec::new();
-    let mut purged: HashSet<String> = HashSet::new();
+    let mut purged: HashMap<String, i64> = HashMap::new();
+    let mut last_ref: HashMap<String, i64> = HashMap::new();
     let report = |broken: Broken, events: u64, head: ChainHead| VerifyReport {
         events,
         head,
@@ -296,6 +297,7 @@ pub fn verify_with(data_dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport
             match serde_json::from_str::<Vec<String>>(photos) {
                 Ok(list) => {
                     for h in list {
+                        last_ref.insert(h.clone(), seq);
                         photo_refs.push((seq, id.to_string(), h));
                     }
                 }
@@ -313,7 +315,9 @@ pub fn verify_with(data_dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport
             if let Ok(super::events::EventBody::Purge(Purge { photos, .. })) =
                 serde_json::from_str(body)
             {
-                purged.extend(photos);
+                for h in photos {
+                    purged.insert(h, seq);
+                }
             }
         }
         if let Some(exp) = opts.expect_head {
@@ -377,7 +381,10 @@ pub fn verify_with(data_dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport
             }
             match store.check(h) {
                 PhotoState::Ok => checked += 1,
-                PhotoState::Missing if purged.contains(h) => purged_count += 1,
+                // Excused only when the purge came after every event that names the photo.
+                PhotoState::Missing if purged.get(h).is_some_and(|p| Some(p) > last_ref.get(h)) => {
+                    purged_count += 1
+                }
                 PhotoState::Missing => {
                     return Ok(report(
                         bad(BreakKind::PhotoMissing { hash: h.clone() }),
