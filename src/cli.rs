@@ -32,6 +32,16 @@ pub enum Cmd {
         #[command(subcommand)]
         command: LaneCmd,
     },
+    /// The tamper-evident ledger: verify, export, backfill (补录), purge, head.
+    Ledger {
+        #[command(subcommand)]
+        command: crate::ledger::cli::LedgerCommand,
+    },
+    /// The vehicle registries (一车一档, in-plant vehicles, non-road machinery).
+    Registry {
+        #[command(subcommand)]
+        command: crate::ledger::cli::RegistryCommand,
+    },
     /// Run a whole simulated site: no hardware, no setup.
     Demo(crate::demo::DemoArgs),
     /// Measure the core's speed (config check, lane interpreter, policy).
@@ -62,6 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     events,
                 },
         } => trace(&config, &lane, &events),
+        Cmd::Ledger { command } => command.run().map(|()| ExitCode::SUCCESS),
+        Cmd::Registry { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Demo(args) => crate::demo::run(args),
         Cmd::Bench(args) => crate::bench::run(args),
     }
