@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod devices;
 pub mod lane;
 pub mod ledger;
 pub mod logging;

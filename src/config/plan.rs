@@ -555,7 +555,7 @@ impl Validator<'_> {
         for (k, v) in &d.settings {
             settings.insert(k.clone(), v.clone());
         }
-        Some(DevicePlan {
+        let plan = DevicePlan {
             name: name.to_string(),
             profile_name: d.profile.clone(),
             profile,
@@ -567,7 +567,15 @@ impl Validator<'_> {
             username: d.username.clone(),
             password,
             settings,
-        })
+        };
+        if !crate::devices::DRIVERS.contains(&plan.profile.driver.as_str()) {
+            self.err(&pp, At::Value, format!("profile `{}` names driver `{}`, which ecogate does not have", d.profile, plan.profile.driver), format!("drivers are: {}", crate::devices::DRIVERS.join(", ")));
+        } else if let Err(e) = crate::devices::check(&plan) {
+            let mut sp = p.to_vec();
+            sp.push(if d.settings.is_empty() { "profile" } else { "settings" }.into());
+            self.err(&sp, At::Key, format!("device `{name}`: its settings do not fit driver `{}`: {e}", plan.profile.driver), format!("fix [settings] in {} or [devices.{name}.settings]; see docs/profiles.md", plan.profile.source.display()));
+        }
+        Some(plan)
     }
 
     fn machines(&mut self, raw: &RawSite) -> BTreeMap<String, Arc<Machine>> {
@@ -686,6 +694,18 @@ impl Validator<'_> {
             }
             return None;
         };
+        if let Some(ch) = &channel {
+            let (outputs, inputs) = crate::devices::channels(d);
+            let (names, what) = if role == Role::Barrier { (outputs, "output") } else { (inputs, "input") };
+            if !names.is_empty() && !names.contains(ch) {
+                let list: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                let help = match closest(ch, list.iter().copied()) {
+                    Some(s) => format!("did you mean `{dev}.{s}`? {what}s of `{dev}`: {}", list.join(", ")),
+                    None => format!("{what}s of `{dev}`: {} (from its profile's [settings.{what}s])", list.join(", ")),
+                };
+                self.err(p, At::Value, format!("device `{dev}` has no {what} `{ch}`"), help);
+            }
+        }
         let roles = &d.profile.roles;
         if !roles.iter().any(|r| r == role.name()) {
             self.err(
