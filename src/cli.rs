@@ -27,6 +27,8 @@ pub enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a site: devices, lanes, ledger, HTTP listener (camera ingest, /healthz, /metrics).
+    Run(crate::gateway::RunArgs),
     /// Lane machine tools.
     Lane {
         #[command(subcommand)]
@@ -72,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     events,
                 },
         } => trace(&config, &lane, &events),
+        Cmd::Run(args) => crate::gateway::run(args),
         Cmd::Ledger { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Registry { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Demo(args) => crate::demo::run(args),

@@ -7,7 +7,6 @@
 //! lane does (weigh when asked, declare cargo, reverse when refused, drive through when the
 //! barrier is seen open). Half-way a heavy-pollution warning (orange, strategy 2) is declared.
 
-use crate::config::Plan;
 use crate::decide::SiteDecider;
 use crate::lane::engine::{Input, Lane, Record, Release};
 use crate::policy::{ControlMeasure, ListEntry, Strategy, WarningLevel};
@@ -232,20 +231,19 @@ exit = "allow"
                 (false, "in") => "entry",
                 (false, _) => "exit",
             };
-            let n = k + 1;
             let _ = write!(
                 s,
-                "\n[[gates.lanes]]\nid = \"{g}-{dir}\"\ndirection = \"{dir}\"\nmachine = \"{machine}\"\nbarrier_no = \"{i:02}\"\ncamera = \"cam{i}\"\nbarrier = \"io{g}.out{n}\"\nloop = \"io{g}.in{n}\"\nlimit_open = \"io{g}.in{}\"\nlimit_closed = \"io{g}.in{}\"\nsign = \"led{i}\"\nvoice = \"led{i}\"\n",
-                2 + 2 * n - 1,
-                2 + 2 * n
+                "\n[[gates.lanes]]\nid = \"{g}-{dir}\"\ndirection = \"{dir}\"\nmachine = \"{machine}\"\nbarrier_no = \"{i:02}\"\ncamera = \"cam{i}\"\nbarrier = \"io{i}\"\nloop = \"io{i}\"\nsign = \"led{i}\"\nvoice = \"led{i}\"\n",
             );
             if weigh {
                 let _ = writeln!(s, "scale = \"scale{i}\"");
             }
         }
     }
-    for g in 1..=gates {
-        let _ = write!(s, "\n[devices.io{g}]\nprofile = \"io/modbus-relay-8ch\"\naddress = \"tcp://127.0.0.1:{}\"\nunit = 1\n", 15020 + g);
+    for i in 1..=lanes {
+        // One relay/DI module per lane; a gate's modules share one RS-485 bus.
+        let g = (i - 1) / 2 + 1;
+        let _ = write!(s, "\n[devices.io{i}]\nprofile = \"io/modbus-relay-8ch\"\naddress = \"rtu-over-tcp://127.0.0.1:{}\"\nunit = {}\n", 15020 + g, (i - 1) % 2 + 1);
     }
     for i in 1..=lanes {
         // Odd gates weigh: each of their lanes has its own weighbridge.
@@ -308,26 +306,17 @@ impl RecordSink for DemoSink {
     }
 }
 
-/// In-process relay/limit-switch module: a pulse on `outN` opens the barrier of the lane that
-/// owns it (its limit inputs follow 10 ms later) and the barrier closes by itself 40 ms later.
+/// In-process relay/limit-switch module: `barrier.open` on it makes its limit inputs report
+/// the barrier open 10 ms later, and closed again 40 ms after that.
 async fn io_standin(
     name: String,
     mut rx: mpsc::Receiver<Command>,
-    plan: Arc<Plan>,
     events: mpsc::Sender<DeviceEvent>,
 ) {
     while let Some(c) = rx.recv().await {
-        let Command::RelayPulse { output, .. } = c else {
+        if !matches!(c, Command::BarrierOpen | Command::RelayPulse { .. }) {
             continue;
-        };
-        let lane = plan.lanes.iter().find(|l| {
-            l.spec
-                .bindings
-                .get(&crate::lane::builtin::Role::Barrier)
-                .is_some_and(|b| b.device == name && b.channel.as_deref() == Some(output.as_str()))
-        });
-        let Some(l) = lane else { continue };
-        let (open, closed) = (l.limit_open.clone(), l.limit_closed.clone());
+        }
         let (events, name) = (events.clone(), name.clone());
         tokio::spawn(async move {
             let ev = |input: &str, active: bool| DeviceEvent {
@@ -339,17 +328,11 @@ async fn io_standin(
                 },
             };
             tokio::time::sleep(Duration::from_millis(10)).await;
-            for e in [
-                ev(closed.channel.as_deref().unwrap_or(""), false),
-                ev(open.channel.as_deref().unwrap_or(""), true),
-            ] {
+            for e in [ev("limit_closed", false), ev("limit_open", true)] {
                 let _ = events.send(e).await;
             }
             tokio::time::sleep(Duration::from_millis(40)).await;
-            for e in [
-                ev(open.channel.as_deref().unwrap_or(""), false),
-                ev(closed.channel.as_deref().unwrap_or(""), true),
-            ] {
+            for e in [ev("limit_open", false), ev("limit_closed", true)] {
                 let _ = events.send(e).await;
             }
         });
@@ -632,12 +615,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         bus.attach(name, tx);
         match d.profile.kind {
             crate::config::profile::DeviceKind::Io => {
-                tokio::spawn(io_standin(
-                    name.clone(),
-                    rx,
-                    Arc::clone(&plan),
-                    events_tx.clone(),
-                ));
+                tokio::spawn(io_standin(name.clone(), rx, events_tx.clone()));
             }
             _ => {
                 tokio::spawn(sink_standin(rx, Arc::clone(&shown)));

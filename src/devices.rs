@@ -27,7 +27,10 @@ pub fn settings_value(d: &DevicePlan) -> toml::Value {
         if let Some(u) = d.unit {
             t.insert("unit".into(), toml::Value::Integer(i64::from(u)));
         }
-        t.insert("timeout_ms".into(), toml::Value::Integer(d.timeout.as_millis() as i64));
+        t.insert(
+            "timeout_ms".into(),
+            toml::Value::Integer(d.timeout.as_millis() as i64),
+        );
         if let Some(p) = d.poll {
             t.insert("poll_ms".into(), toml::Value::Integer(p.as_millis() as i64));
         }
@@ -54,13 +57,20 @@ fn parse(d: &DevicePlan) -> Result<Parsed, String> {
             s.validate().map_err(|e| e.to_string())?;
             Parsed::Io(s)
         }
-        "scale-stream" => Parsed::Scale(scale::ScaleSettings::from_toml(&v).map_err(|e| e.to_string())?),
+        "scale-stream" => {
+            Parsed::Scale(scale::ScaleSettings::from_toml(&v).map_err(|e| e.to_string())?)
+        }
         "sign-stream" => Parsed::Sign(led::SignSettings::from_toml(&v).map_err(|e| e.to_string())?),
         "ups-megatec" => Parsed::Ups(ups::UpsSettings::from_toml(&v).map_err(|e| e.to_string())?),
         "vz-push" => Parsed::Vz(v.try_into().map_err(de)?),
         "hik-isapi" => Parsed::Hik(v.try_into().map_err(de)?),
         "json-push" => Parsed::Json(v.try_into().map_err(de)?),
-        other => return Err(format!("no driver `{other}`; drivers are: {}", DRIVERS.join(", "))),
+        other => {
+            return Err(format!(
+                "no driver `{other}`; drivers are: {}",
+                DRIVERS.join(", ")
+            ))
+        }
     })
 }
 
@@ -89,7 +99,10 @@ pub struct Devices {
 
 impl Devices {
     pub fn health(&self) -> BTreeMap<String, watch::Receiver<DeviceHealth>> {
-        self.handles.iter().map(|(n, h)| (n.clone(), h.health.clone())).collect()
+        self.handles
+            .iter()
+            .map(|(n, h)| (n.clone(), h.health.clone()))
+            .collect()
     }
 }
 
@@ -101,11 +114,16 @@ fn spawn_via_camera(
     camera: &str,
     ingest: &IngestRegistry,
 ) -> Result<DeviceHandle, String> {
-    let out = ingest
-        .vz_passthrough(camera)
-        .ok_or_else(|| format!("sign `{name}`: camera `{camera}` has no serial passthrough (only vz-push cameras do)"))?;
+    let out = ingest.vz_passthrough(camera).ok_or_else(|| {
+        format!(
+            "sign `{name}`: camera `{camera}` has no serial passthrough (only vz-push cameras do)"
+        )
+    })?;
     let (tx, mut rx) = mpsc::channel::<Command>(16);
-    let (htx, hrx) = watch::channel(DeviceHealth { online: true, ..Default::default() });
+    let (htx, hrx) = watch::channel(DeviceHealth {
+        online: true,
+        ..Default::default()
+    });
     let device = name.to_string();
     tokio::spawn(async move {
         while let Some(c) = rx.recv().await {
@@ -114,7 +132,13 @@ fn spawn_via_camera(
                     for data in frames {
                         // The camera drains its queue on its next reply; a full queue means the
                         // camera is not polling, which its own health already reports.
-                        if out.try_send(camera::vz::SerialOut { channel: None, data }).is_err() {
+                        if out
+                            .try_send(camera::vz::SerialOut {
+                                channel: None,
+                                data,
+                            })
+                            .is_err()
+                        {
                             htx.send_modify(|h| {
                                 h.errors += 1;
                                 h.last_error = Some("camera passthrough queue full".into());
@@ -132,7 +156,11 @@ fn spawn_via_camera(
             }
         }
     });
-    Ok(DeviceHandle { name: name.to_string(), commands: tx, health: hrx })
+    Ok(DeviceHandle {
+        name: name.to_string(),
+        commands: tx,
+        health: hrx,
+    })
 }
 
 /// Starts every device of the plan. Cameras first, so signs behind them find their passthrough.
@@ -145,7 +173,12 @@ pub fn spawn_all(
     let mut handles = BTreeMap::new();
     let mut errors = Vec::new();
     let mut order: Vec<&DevicePlan> = devices.values().collect();
-    order.sort_by_key(|d| (d.via.is_some(), d.profile.kind != crate::config::profile::DeviceKind::Camera));
+    order.sort_by_key(|d| {
+        (
+            d.via.is_some(),
+            d.profile.kind != crate::config::profile::DeviceKind::Camera,
+        )
+    });
     for d in order {
         let started = parse(d).and_then(|p| {
             let ev = events.clone();
@@ -153,13 +186,27 @@ pub fn spawn_all(
             match (p, &d.address, &d.via) {
                 (Parsed::Sign(s), None, Some(cam)) => spawn_via_camera(name, s, cam, &ingest),
                 (_, None, _) => Err("no address".to_string()),
-                (Parsed::Io(s), Some(a), _) => io::spawn(name, a, &s, ev).map_err(|e| e.to_string()),
-                (Parsed::Scale(s), Some(a), _) => scale::spawn(name, a, &s, ev).map_err(|e| e.to_string()),
-                (Parsed::Sign(s), Some(a), _) => led::spawn(name, a, &s, ev).map_err(|e| e.to_string()),
-                (Parsed::Ups(s), Some(a), _) => ups::spawn(name, a, &s, ev).map_err(|e| e.to_string()),
-                (Parsed::Vz(s), Some(a), _) => camera::vz::spawn(name, a, &s, ev, &ingest).map_err(|e| e.to_string()),
-                (Parsed::Hik(s), Some(a), _) => camera::hik::spawn(name, a, &s, ev, &ingest).map_err(|e| e.to_string()),
-                (Parsed::Json(s), Some(a), _) => camera::generic::spawn(name, a, &s, ev, &ingest).map_err(|e| e.to_string()),
+                (Parsed::Io(s), Some(a), _) => {
+                    io::spawn(name, a, &s, ev).map_err(|e| e.to_string())
+                }
+                (Parsed::Scale(s), Some(a), _) => {
+                    scale::spawn(name, a, &s, ev).map_err(|e| e.to_string())
+                }
+                (Parsed::Sign(s), Some(a), _) => {
+                    led::spawn(name, a, &s, ev).map_err(|e| e.to_string())
+                }
+                (Parsed::Ups(s), Some(a), _) => {
+                    ups::spawn(name, a, &s, ev).map_err(|e| e.to_string())
+                }
+                (Parsed::Vz(s), Some(a), _) => {
+                    camera::vz::spawn(name, a, &s, ev, &ingest).map_err(|e| e.to_string())
+                }
+                (Parsed::Hik(s), Some(a), _) => {
+                    camera::hik::spawn(name, a, &s, ev, &ingest).map_err(|e| e.to_string())
+                }
+                (Parsed::Json(s), Some(a), _) => {
+                    camera::generic::spawn(name, a, &s, ev, &ingest).map_err(|e| e.to_string())
+                }
             }
         });
         match started {

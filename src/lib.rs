@@ -10,6 +10,7 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod devices;
+pub mod gateway;
 pub mod lane;
 pub mod ledger;
 pub mod logging;

@@ -569,11 +569,37 @@ impl Validator<'_> {
             settings,
         };
         if !crate::devices::DRIVERS.contains(&plan.profile.driver.as_str()) {
-            self.err(&pp, At::Value, format!("profile `{}` names driver `{}`, which ecogate does not have", d.profile, plan.profile.driver), format!("drivers are: {}", crate::devices::DRIVERS.join(", ")));
+            self.err(
+                &pp,
+                At::Value,
+                format!(
+                    "profile `{}` names driver `{}`, which ecogate does not have",
+                    d.profile, plan.profile.driver
+                ),
+                format!("drivers are: {}", crate::devices::DRIVERS.join(", ")),
+            );
         } else if let Err(e) = crate::devices::check(&plan) {
             let mut sp = p.to_vec();
-            sp.push(if d.settings.is_empty() { "profile" } else { "settings" }.into());
-            self.err(&sp, At::Key, format!("device `{name}`: its settings do not fit driver `{}`: {e}", plan.profile.driver), format!("fix [settings] in {} or [devices.{name}.settings]; see docs/profiles.md", plan.profile.source.display()));
+            sp.push(
+                if d.settings.is_empty() {
+                    "profile"
+                } else {
+                    "settings"
+                }
+                .into(),
+            );
+            self.err(
+                &sp,
+                At::Key,
+                format!(
+                    "device `{name}`: its settings do not fit driver `{}`: {e}",
+                    plan.profile.driver
+                ),
+                format!(
+                    "fix [settings] in {} or [devices.{name}.settings]; see docs/profiles.md",
+                    plan.profile.source.display()
+                ),
+            );
         }
         Some(plan)
     }
@@ -696,14 +722,29 @@ impl Validator<'_> {
         };
         if let Some(ch) = &channel {
             let (outputs, inputs) = crate::devices::channels(d);
-            let (names, what) = if role == Role::Barrier { (outputs, "output") } else { (inputs, "input") };
+            let (names, what) = if role == Role::Barrier {
+                (outputs, "output")
+            } else {
+                (inputs, "input")
+            };
             if !names.is_empty() && !names.contains(ch) {
                 let list: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
                 let help = match closest(ch, list.iter().copied()) {
-                    Some(s) => format!("did you mean `{dev}.{s}`? {what}s of `{dev}`: {}", list.join(", ")),
-                    None => format!("{what}s of `{dev}`: {} (from its profile's [settings.{what}s])", list.join(", ")),
+                    Some(s) => format!(
+                        "did you mean `{dev}.{s}`? {what}s of `{dev}`: {}",
+                        list.join(", ")
+                    ),
+                    None => format!(
+                        "{what}s of `{dev}`: {} (from its profile's [settings.{what}s])",
+                        list.join(", ")
+                    ),
                 };
-                self.err(p, At::Value, format!("device `{dev}` has no {what} `{ch}`"), help);
+                self.err(
+                    p,
+                    At::Value,
+                    format!("device `{dev}` has no {what} `{ch}`"),
+                    help,
+                );
             }
         }
         let roles = &d.profile.roles;

@@ -1,0 +1,271 @@
+//! `ecogate run`: one site, live. Devices by profile, one task per lane, the ledger, the HTTP
+//! listener (camera ingest, `/healthz`, `/metrics`), and the event router between them.
+
+use crate::config::Plan;
+use crate::decide::SiteDecider;
+use crate::devices::{self, Devices};
+use crate::lane::engine::{Input, Lane};
+use crate::ledger::events::{Alarm, EventBody};
+use crate::ledger::registry::SqliteRegistry;
+use crate::ledger::Ledger;
+use crate::runtime::{self, CommandBus, LaneAlarm, LaneDeps, LaneHandle, Router};
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::Utc;
+use ecogate_drivers::{DeviceEvent, EventKind};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override `[http] listen` (e.g. 127.0.0.1:0 for an ephemeral port in tests).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// A running site.
+pub struct Gateway {
+    pub plan: Arc<Plan>,
+    pub lanes: Vec<LaneHandle>,
+    pub devices: Devices,
+    pub ledger: Ledger,
+    pub decider: Arc<SiteDecider>,
+    pub http_addr: SocketAddr,
+    /// Devices that could not be started (their lanes run degraded).
+    pub device_errors: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Http {
+    lanes: Vec<LaneHandle>,
+    health: Vec<(
+        String,
+        tokio::sync::watch::Receiver<ecogate_drivers::DeviceHealth>,
+    )>,
+    ledger: Ledger,
+    site: String,
+}
+
+impl Gateway {
+    /// Starts everything; returns once the HTTP listener is bound.
+    pub async fn start(plan: Plan, listen: Option<SocketAddr>) -> anyhow::Result<Gateway> {
+        let plan = Arc::new(plan);
+        let ledger = Ledger::open(&plan.data_dir)
+            .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
+        let registry = SqliteRegistry::open(&plan.data_dir)
+            .with_context(|| format!("opening the registries in {}", plan.data_dir.display()))?;
+        let decider = Arc::new(SiteDecider::new(plan.policy.clone(), Arc::new(registry)));
+
+        let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
+        let (devices, device_errors) = devices::spawn_all(&plan.devices, events_tx.clone());
+        for e in &device_errors {
+            tracing::error!(error = %e, "device not started; its lanes run degraded");
+        }
+        let mut bus = CommandBus::new();
+        for (name, h) in &devices.handles {
+            bus.attach(name, h.commands.clone());
+        }
+
+        let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel::<LaneAlarm>();
+        {
+            // Alarms are ledger events too (they are part of what an inspector reviews).
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                while let Some(a) = alarm_rx.recv().await {
+                    tracing::warn!(lane = %a.lane, code = %a.code, raised = a.raised, "lane alarm");
+                    let body = EventBody::Alarm(Alarm {
+                        source: format!("lane:{}", a.lane),
+                        code: a.code.clone(),
+                        message: String::new(),
+                        active: a.raised,
+                        lane: Some(a.lane.clone()),
+                    });
+                    if let Err(e) = ledger.append(body, Vec::new(), a.at).await {
+                        tracing::error!(error = %e, "alarm not recorded");
+                    }
+                }
+            });
+        }
+
+        let deps = LaneDeps {
+            decider: Arc::clone(&decider),
+            sink: Arc::new(ledger.clone()),
+            bus: Arc::new(bus),
+            alarms: alarm_tx,
+        };
+        let mut lanes = Vec::new();
+        for l in &plan.lanes {
+            let (h, _task) = runtime::spawn_lane(
+                Lane::new(l.spec.clone(), Arc::clone(&l.machine)),
+                deps.clone(),
+            );
+            lanes.push(h);
+        }
+
+        let mut router = Router::new(&plan);
+        let inputs: Vec<_> = lanes.iter().map(|h| h.inputs.clone()).collect();
+        tokio::spawn(async move {
+            let mut on_battery_low = false;
+            while let Some(ev) = events_rx.recv().await {
+                if let EventKind::Ups(u) = &ev.kind {
+                    // Battery low: every lane goes to its power-loss state (once per episode).
+                    if u.battery_low && !on_battery_low {
+                        tracing::error!(device = %ev.device, "UPS battery low: lanes to power-loss mode");
+                        for tx in &inputs {
+                            let _ = tx.try_send(Input::PowerLoss);
+                        }
+                    }
+                    on_battery_low = u.battery_low;
+                }
+                for (i, input) in router.route(ev) {
+                    if let Some(tx) = inputs.get(i) {
+                        // A lane that stopped draining its queue must not stall the others.
+                        if tx.try_send(input).is_err() {
+                            tracing::warn!(lane = i, "lane input queue full; event dropped");
+                        }
+                    }
+                }
+            }
+        });
+
+        let state = Http {
+            lanes: lanes.clone(),
+            health: devices.health().into_iter().collect(),
+            ledger: ledger.clone(),
+            site: plan.site_id.clone(),
+        };
+        let app = ecogate_drivers::camera::ingest_router(devices.ingest.clone()).merge(
+            axum::Router::new()
+                .route("/healthz", get(healthz))
+                .route("/metrics", get(metrics))
+                .with_state(state),
+        );
+        let addr = listen.unwrap_or(plan.http_listen);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {addr}"))?;
+        let http_addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP listener stopped");
+            }
+        });
+        tracing::info!(site = %plan.site_id, http = %http_addr, lanes = lanes.len(), devices = devices.handles.len(), "site running");
+        Ok(Gateway {
+            plan,
+            lanes,
+            devices,
+            ledger,
+            decider,
+            http_addr,
+            device_errors,
+        })
+    }
+}
+
+async fn healthz(State(s): State<Http>) -> impl IntoResponse {
+    let lanes: Vec<_> = s.lanes.iter().map(|l| l.status.borrow().clone()).collect();
+    let devices: serde_json::Map<String, serde_json::Value> = s
+        .health
+        .iter()
+        .map(|(n, h)| {
+            (
+                n.clone(),
+                serde_json::to_value(&*h.borrow()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let head = s.ledger.head();
+    let body = serde_json::json!({
+        "site": s.site,
+        "time": Utc::now(),
+        "ledger_head": head.to_string(),
+        "lanes": lanes,
+        "devices": devices,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn metrics(State(s): State<Http>) -> impl IntoResponse {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP ecogate_lane_records_total Records made durable by the lane.\n# TYPE ecogate_lane_records_total counter");
+    for l in &s.lanes {
+        let st = l.status.borrow();
+        let _ = writeln!(
+            out,
+            "ecogate_lane_records_total{{site=\"{}\",lane=\"{}\"}} {}",
+            s.site, st.lane, st.records
+        );
+    }
+    let _ = writeln!(out, "# HELP ecogate_lane_record_failures_total Records that could not be made durable.\n# TYPE ecogate_lane_record_failures_total counter");
+    for l in &s.lanes {
+        let st = l.status.borrow();
+        let _ = writeln!(
+            out,
+            "ecogate_lane_record_failures_total{{site=\"{}\",lane=\"{}\"}} {}",
+            s.site, st.lane, st.record_failures
+        );
+    }
+    let _ = writeln!(out, "# HELP ecogate_device_online 1 when the device answers.\n# TYPE ecogate_device_online gauge");
+    for (n, h) in &s.health {
+        let _ = writeln!(
+            out,
+            "ecogate_device_online{{site=\"{}\",device=\"{n}\"}} {}",
+            s.site,
+            u8::from(h.borrow().online)
+        );
+    }
+    let _ = writeln!(out, "# HELP ecogate_device_errors_total Failed requests or frames.\n# TYPE ecogate_device_errors_total counter");
+    for (n, h) in &s.health {
+        let _ = writeln!(
+            out,
+            "ecogate_device_errors_total{{site=\"{}\",device=\"{n}\"}} {}",
+            s.site,
+            h.borrow().errors
+        );
+    }
+    let _ = writeln!(out, "# HELP ecogate_ledger_events Events in the ledger.\n# TYPE ecogate_ledger_events gauge\necogate_ledger_events{{site=\"{}\"}} {}", s.site, s.ledger.head().seq);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = match crate::config::load(&args.config) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("{d}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let gw = Gateway::start(plan, args.listen).await?;
+        println!(
+            "ecogate: site `{}` running, {} lane(s), HTTP on {}",
+            gw.plan.site_id,
+            gw.lanes.len(),
+            gw.http_addr
+        );
+        for e in &gw.device_errors {
+            println!("  not started: {e}");
+        }
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        println!("ecogate: stopping; ledger head {}", gw.ledger.head());
+        Ok(ExitCode::SUCCESS)
+    })
+}
