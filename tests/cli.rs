@@ -33,7 +33,7 @@ fn check_reports_every_error_and_exits_nonzero() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("12 errors found"), "{stderr}");
+    assert!(stderr.contains("14 errors found"), "{stderr}");
     assert!(
         stderr.contains(
             "tests/configs/broken/devices.toml:20:10: error: camera device `cam9` is not defined"
