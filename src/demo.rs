@@ -8,20 +8,25 @@
 //! barrier is seen open). Half-way a heavy-pollution warning (orange, strategy 2) is declared.
 
 use crate::decide::SiteDecider;
-use crate::lane::engine::{Input, Lane, Record, Release};
+use crate::lane::engine::{Input, Lane, Release};
 use crate::policy::{ControlMeasure, ListEntry, Strategy, WarningLevel};
 use crate::registry::MemoryRegistry;
-use crate::runtime::{self, CommandBus, LaneDeps, LaneHandle, LaneStatus, RecordSink};
+use crate::runtime::{self, CommandBus, LaneDeps, LaneHandle, LaneStatus};
 use crate::vehicle::{EmissionStage, Fuel, PlateColor, RegistryKind, VehicleFacts};
 use anyhow::Context as _;
 use chrono::Utc;
+use ecogate_drivers::scale::codec::ScaleFormat;
+use ecogate_drivers::sim::camera::{CameraSim, VzPlate};
+use ecogate_drivers::sim::modbus::{BarrierModel, Framing, RelaySim, SimConfig};
+use ecogate_drivers::sim::scale::{ScaleSim, ScaleSimConfig, Segment};
 use ecogate_drivers::{Command, DeviceEvent, EventKind, Mass, PlateRead};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -42,6 +47,12 @@ pub struct DemoArgs {
     /// Print only the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Run the real drivers against the in-repo device simulators over loopback (Modbus relay
+    /// modules, weighbridge indicators, VZ cameras pushing to the HTTP ingest, signs through the
+    /// cameras' passthrough) instead of in-process stand-ins. Slower: trucks wait for polls and
+    /// for the scale to settle.
+    #[arg(long)]
+    pub simulators: bool,
 }
 
 /// SplitMix64: tiny, seedable, and the same on every platform.
@@ -187,8 +198,19 @@ pub fn vehicle(seed: u64, i: u64) -> DemoVehicle {
     }
 }
 
+/// Lanes of odd-numbered gates weigh (entry-weigh / exit-weigh-cargo).
+fn weighs(lane: u16) -> bool {
+    ((lane - 1) / 2 + 1) % 2 == 1
+}
+
 /// The generated site file for `lanes` lanes.
 pub fn site_toml(lanes: u16, data_dir: &Path) -> String {
+    site_toml_with(lanes, data_dir, None)
+}
+
+/// The generated site; with `sims`, each lane's relay module (and scale) address points at its
+/// loopback simulator.
+fn site_toml_with(lanes: u16, data_dir: &Path, sims: Option<&[(SocketAddr, Option<SocketAddr>)]>) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -241,69 +263,30 @@ exit = "allow"
         }
     }
     for i in 1..=lanes {
-        // One relay/DI module per lane; a gate's modules share one RS-485 bus.
-        let g = (i - 1) / 2 + 1;
-        let _ = write!(s, "\n[devices.io{i}]\nprofile = \"io/modbus-relay-8ch\"\naddress = \"rtu-over-tcp://127.0.0.1:{}\"\nunit = {}\n", 15020 + g, (i - 1) % 2 + 1);
-    }
-    for i in 1..=lanes {
-        // Odd gates weigh: each of their lanes has its own weighbridge.
-        if ((i - 1) / 2 + 1) % 2 == 1 {
-            let _ = write!(s, "\n[devices.scale{i}]\nprofile = \"scale/yaohua-xk3190-a9\"\naddress = \"serial-over-tcp://127.0.0.1:{}\"\n", 14000 + i);
+        let sim = sims.and_then(|a| a.get(usize::from(i) - 1));
+        match sim {
+            Some((io, _)) => {
+                let _ = write!(s, "\n[devices.io{i}]\nprofile = \"io/modbus-relay-8ch\"\naddress = \"tcp://{io}\"\ntimeout = \"300ms\"\npoll = \"50ms\"\n");
+            }
+            None => {
+                // One relay/DI module per lane; a gate's modules share one RS-485 bus.
+                let g = (i - 1) / 2 + 1;
+                let _ = write!(s, "\n[devices.io{i}]\nprofile = \"io/modbus-relay-8ch\"\naddress = \"rtu-over-tcp://127.0.0.1:{}\"\nunit = {}\n", 15020 + g, (i - 1) % 2 + 1);
+            }
+        }
+        if weighs(i) {
+            let addr = sim.and_then(|(_, sc)| *sc).map(|a| a.to_string()).unwrap_or_else(|| format!("127.0.0.1:{}", 14000 + i));
+            let _ = write!(s, "\n[devices.scale{i}]\nprofile = \"scale/yaohua-xk3190-a9\"\naddress = \"serial-over-tcp://{addr}\"\n");
+            if sim.is_some() {
+                // Settle faster than a real site would, so the demo keeps moving.
+                let _ = write!(s, "[devices.scale{i}.settings.stability]\nuse_indicator_flag = true\nmin_weight = 500\ndivision = 20\nequal_count = 3\nwindow_ms = 400\nhold_ms = 300\n");
+            }
         }
     }
     for i in 1..=lanes {
         let _ = write!(s, "\n[devices.cam{i}]\nprofile = \"camera/vz-ivs\"\naddress = \"ingest:cam{i}\"\n\n[devices.led{i}]\nprofile = \"led/parking-0x64\"\nvia = \"cam{i}\"\n");
     }
     s
-}
-
-/// Tallies what the lanes record, and forwards each record to the ledger.
-struct DemoSink {
-    ledger: crate::ledger::Ledger,
-    tally: Mutex<Tally>,
-}
-
-#[derive(Default, Debug, Clone)]
-struct Tally {
-    allowed: u64,
-    denied: u64,
-    manual: u64,
-    review: u64,
-    weighings: u64,
-    exceptions: u64,
-    denied_by: BTreeMap<String, (u64, String)>,
-}
-
-impl RecordSink for DemoSink {
-    async fn record(&self, r: &Record) -> Result<u64, String> {
-        let seq = crate::recorder::record_lane(&self.ledger, r)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
-        match r {
-            Record::Pass(p) if p.release.is_some() => t.manual += 1,
-            Record::Pass(p) => match &p.verdict {
-                Some(v) if v.allow => {
-                    t.allowed += 1;
-                    if v.review {
-                        t.review += 1;
-                    }
-                }
-                Some(v) => {
-                    t.denied += 1;
-                    let e = t
-                        .denied_by
-                        .entry(v.reason.clone())
-                        .or_insert((0, v.text.clone()));
-                    e.0 += 1;
-                }
-                None => t.exceptions += 1,
-            },
-            Record::Weighing(_) => t.weighings += 1,
-            Record::Exception(_) => t.exceptions += 1,
-        }
-        Ok(seq)
-    }
 }
 
 /// In-process relay/limit-switch module: `barrier.open` on it makes its limit inputs report
@@ -339,11 +322,9 @@ async fn io_standin(
     }
 }
 
-/// A sign or camera stand-in: takes commands and counts them.
-async fn sink_standin(mut rx: mpsc::Receiver<Command>, shown: Arc<AtomicU64>) {
-    while rx.recv().await.is_some() {
-        shown.fetch_add(1, Ordering::Relaxed);
-    }
+/// A sign or camera stand-in: takes commands (the trace shows them; here they only drain).
+async fn sink_standin(mut rx: mpsc::Receiver<Command>) {
+    while rx.recv().await.is_some() {}
 }
 
 async fn wait_for(
@@ -365,14 +346,30 @@ struct Shared {
     warning_at: u64,
     warning_on: AtomicBool,
     stop: AtomicBool,
+    /// How long a truck waits for its lane before it counts the lane as not responding.
+    patience: Duration,
+}
+
+/// How a truck acts on its lane: through in-process stand-ins (device events straight into the
+/// router), or through the in-repo simulators over loopback, which the real drivers read.
+enum Field {
+    StandIn {
+        events: mpsc::Sender<DeviceEvent>,
+        camera: String,
+        io: String,
+        loop_in: String,
+        scale: Option<String>,
+    },
+    Sim {
+        camera: CameraSim,
+        relay: Arc<RelaySim>,
+        scale: Option<Arc<ScaleSim>>,
+    },
 }
 
 struct LaneKit {
     handle: LaneHandle,
-    camera: String,
-    io: String,
-    loop_in: String,
-    scale: Option<String>,
+    field: Field,
 }
 
 async fn send(events: &mpsc::Sender<DeviceEvent>, device: &str, kind: EventKind) {
@@ -385,6 +382,92 @@ async fn send(events: &mpsc::Sender<DeviceEvent>, device: &str, kind: EventKind)
         .await;
 }
 
+fn vz_color(c: PlateColor) -> u8 {
+    match c {
+        PlateColor::Blue => 1,
+        PlateColor::Yellow => 2,
+        PlateColor::White => 3,
+        PlateColor::Black => 4,
+        PlateColor::Green => 5,
+        PlateColor::YellowGreen => 6,
+        PlateColor::Other => 0,
+    }
+}
+
+impl LaneKit {
+    fn has_scale(&self) -> bool {
+        match &self.field {
+            Field::StandIn { scale, .. } => scale.is_some(),
+            Field::Sim { scale, .. } => scale.is_some(),
+        }
+    }
+
+    /// The truck on (or off) the lane's loop detector.
+    async fn set_loop(&self, on: bool) {
+        match &self.field {
+            Field::StandIn { events, io, loop_in, .. } => {
+                send(events, io, EventKind::Input { input: loop_in.clone(), active: on }).await
+            }
+            // DI 0 is the trigger loop of the modbus-relay-8ch profile.
+            Field::Sim { relay, .. } => relay.set_input(0, on),
+        }
+    }
+
+    async fn show_plate(&self, v: &DemoVehicle, rng: &mut Rng) {
+        let id = rng.next() % 1_000_000_000;
+        match &self.field {
+            Field::StandIn { events, camera, .. } => {
+                let read = PlateRead {
+                    plate: v.plate.clone(),
+                    color: v.color,
+                    confidence: 90 + rng.below(10) as u8,
+                    source_id: Some(id.to_string()),
+                    captured_at: Some(Utc::now()),
+                    images: Vec::new(),
+                };
+                send(events, camera, EventKind::Plate(read)).await
+            }
+            Field::Sim { camera, .. } => {
+                let mut p = VzPlate::new(&v.plate, id);
+                p.color = vz_color(v.color);
+                p.image_bytes = 20_000;
+                if let Err(e) = camera.vz_plate(&p).await {
+                    tracing::warn!(error = %e, "camera simulator could not push");
+                }
+            }
+        }
+    }
+
+    /// The truck drives onto the weighbridge and stands still.
+    async fn load(&self, gross: Mass) {
+        match &self.field {
+            Field::StandIn { events, scale: Some(scale), .. } => {
+                for frac in [40, 85, 98] {
+                    let m = Mass::from_grams(gross.grams * frac / 100);
+                    send(events, scale, EventKind::Weight { mass: m, stable: false, raw: bytes::Bytes::new() }).await;
+                }
+                send(events, scale, EventKind::Weight { mass: gross, stable: true, raw: bytes::Bytes::new() }).await;
+            }
+            Field::Sim { scale: Some(scale), .. } => scale.play(vec![
+                Segment::Ramp { to: gross, over: Duration::from_millis(300) },
+                Segment::Hold { duration: Duration::from_secs(3600) },
+            ]),
+            _ => {}
+        }
+    }
+
+    /// The truck leaves the weighbridge.
+    async fn unload(&self) {
+        match &self.field {
+            Field::StandIn { events, scale: Some(scale), .. } => {
+                send(events, scale, EventKind::Weight { mass: Mass::ZERO, stable: true, raw: bytes::Bytes::new() }).await
+            }
+            Field::Sim { scale: Some(scale), .. } => scale.set_weight(Mass::ZERO),
+            _ => {}
+        }
+    }
+}
+
 /// One lane's stream of trucks.
 /// Lane `first` of `step` lanes takes vehicles first, first + step, …: which lane (and so which
 /// direction) a vehicle uses depends only on the seed, not on timing.
@@ -392,7 +475,6 @@ async fn lane_agent(
     kit: LaneKit,
     (first, step): (u64, u64),
     shared: Arc<Shared>,
-    events: mpsc::Sender<DeviceEvent>,
     decider: Arc<SiteDecider>,
 ) {
     let mut status = kit.handle.status.clone();
@@ -429,7 +511,7 @@ async fn lane_agent(
         }
         let v = vehicle(shared.seed, i);
         let mut rng = Rng(shared.seed ^ i.rotate_left(32));
-        let ok = drive(&kit, &v, &mut status, &events, &mut rng).await;
+        let ok = drive(&kit, &v, &mut status, &mut rng, shared.patience).await;
         if !ok {
             shared.stuck.fetch_add(1, Ordering::Relaxed);
             let _ = kit.handle.inputs.send(Input::Reset).await;
@@ -440,67 +522,32 @@ async fn lane_agent(
 }
 
 /// One truck through one lane, reacting to what the lane shows; false when the lane did not
-/// respond as expected within 5 s.
-async fn drive(
-    kit: &LaneKit,
-    v: &DemoVehicle,
-    status: &mut watch::Receiver<LaneStatus>,
-    events: &mpsc::Sender<DeviceEvent>,
-    rng: &mut Rng,
-) -> bool {
+/// respond as expected within `patience`.
+async fn drive(kit: &LaneKit, v: &DemoVehicle, status: &mut watch::Receiver<LaneStatus>, rng: &mut Rng, patience: Duration) -> bool {
     // The next truck arrives once the previous one's barrier is down again.
     if wait_for(status, |s| !s.barrier_open).await.is_none() {
         return false;
     }
-    let plate_read = PlateRead {
-        plate: v.plate.clone(),
-        color: v.color,
-        confidence: 90 + rng.below(10) as u8,
-        source_id: Some(format!("{}", rng.next() % 1_000_000)),
-        captured_at: Some(Utc::now()),
-        images: Vec::new(),
-    };
-    let weigh = |mass: Mass, stable: bool| EventKind::Weight {
-        mass,
-        stable,
-        raw: bytes::Bytes::new(),
-    };
-    let loop_input = |active| EventKind::Input {
-        input: kit.loop_in.clone(),
-        active,
-    };
     status.mark_unchanged();
-    send(events, &kit.io, loop_input(true)).await;
-    send(events, &kit.camera, EventKind::Plate(plate_read)).await;
+    kit.set_loop(true).await;
+    kit.show_plate(v, rng).await;
     let (mut weighed, mut declared, mut handled_refusal, mut left) = (false, false, false, false);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         let st = status.borrow_and_update().clone();
         let ours = st.plate.as_deref() == Some(v.plate.as_str());
         match st.state.as_str() {
             "idle" if left => return true,
             "weighing" if ours && !weighed => {
-                let Some(scale) = kit.scale.as_deref() else {
+                if !kit.has_scale() {
                     return false;
-                };
-                for frac in [40, 85, 98] {
-                    send(
-                        events,
-                        scale,
-                        weigh(Mass::from_grams(v.gross.grams * frac / 100), false),
-                    )
-                    .await;
                 }
-                send(events, scale, weigh(v.gross, true)).await;
+                kit.load(v.gross).await;
                 weighed = true;
             }
             "awaiting_cargo" if ours && !declared => {
                 let cargo = ["钢材", "焦炭", "铁精粉", "石灰石"][rng.below(4) as usize];
-                let _ = kit
-                    .handle
-                    .inputs
-                    .send(Input::CargoDeclared(cargo.into()))
-                    .await;
+                let _ = kit.handle.inputs.send(Input::CargoDeclared(cargo.into())).await;
                 declared = true;
             }
             "refused" if ours && !handled_refusal => {
@@ -516,28 +563,21 @@ async fn drive(
                     let _ = kit.handle.inputs.send(Input::ManualRelease(release)).await;
                 } else {
                     // Turned away: the truck reverses off the loop (and the scale).
-                    if let Some(scale) = kit.scale.as_deref() {
-                        send(events, scale, weigh(Mass::ZERO, true)).await;
-                    }
-                    send(events, &kit.io, loop_input(false)).await;
+                    kit.unload().await;
+                    kit.set_loop(false).await;
                     left = true;
                 }
             }
             // Drive through once the barrier is seen open (limit switch), off the scale and loop.
             "opening" | "released" if ours && st.barrier_open && !left => {
-                if let Some(scale) = kit.scale.as_deref() {
-                    send(events, scale, weigh(Mass::ZERO, true)).await;
-                }
-                send(events, &kit.io, loop_input(false)).await;
+                kit.unload().await;
+                kit.set_loop(false).await;
                 left = true;
             }
             "fault" | "power_loss" => return false,
             _ => {}
         }
-        if tokio::time::timeout_at(deadline, status.changed())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, status.changed()).await.is_err() {
             let st = status.borrow();
             tracing::warn!(lane = %st.lane, state = %st.state, plate = %v.plate, barrier_open = st.barrier_open, weighed, declared, left, "demo vehicle got no response from its lane");
             return false;
@@ -553,109 +593,226 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(run_async(args))
 }
 
+/// Loopback simulators for one lane: its relay/DI module and, on weighing lanes, its scale.
+struct LaneSims {
+    relay: Arc<RelaySim>,
+    scale: Option<(Arc<ScaleSim>, SocketAddr)>,
+}
+
+/// The summary, read back from the ledger (not from the lanes' own counting).
+#[derive(Default)]
+struct Summary {
+    allowed: u64,
+    denied: u64,
+    manual: u64,
+    weighings: u64,
+    exceptions: u64,
+    alarms: u64,
+    denied_by: BTreeMap<String, (u64, String)>,
+}
+
+fn summarize(data_dir: &Path) -> anyhow::Result<Summary> {
+    use crate::ledger::events::{Decision, EventBody};
+    let reader = crate::ledger::store::LedgerReader::open(data_dir)?;
+    let mut sum = Summary::default();
+    let mut after = 0;
+    loop {
+        let batch = reader.events_after(after, 10_000)?;
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        for e in batch {
+            match e.body {
+                EventBody::PassAttempt(p) if p.decision == Decision::Allow => sum.allowed += 1,
+                EventBody::PassAttempt(p) => {
+                    sum.denied += 1;
+                    let d = sum.denied_by.entry(p.reason.clone()).or_insert((0, p.reason_text.clone()));
+                    d.0 += 1;
+                }
+                EventBody::ManualRelease(_) => sum.manual += 1,
+                EventBody::Weighing(_) => sum.weighings += 1,
+                EventBody::BarrierException(_) => sum.exceptions += 1,
+                EventBody::Alarm(a) if a.active => sum.alarms += 1,
+                _ => {}
+            }
+        }
+    }
+    Ok(sum)
+}
+
 async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!(
-            "ecogate-demo-{}-{}",
-            std::process::id(),
-            Utc::now().timestamp()
-        )),
+        None => std::env::temp_dir().join(format!("ecogate-demo-{}-{}", std::process::id(), Utc::now().timestamp())),
     };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let ledger_dir = data_dir.join("ledger");
+
+    // With --simulators every lane gets a Modbus relay simulator and weighing lanes a scale
+    // simulator, all on 127.0.0.1 ephemeral ports; the generated site points the real drivers
+    // at them.
+    let mut sims: Vec<LaneSims> = Vec::new();
+    if args.simulators {
+        for i in 1..=args.lanes {
+            let cfg = SimConfig {
+                barrier: Some(BarrierModel {
+                    open_coil: 0,
+                    close_coil: 1,
+                    limit_open_di: 1,
+                    limit_closed_di: 2,
+                    travel: Duration::from_millis(60),
+                    auto_close: Some(Duration::from_millis(400)),
+                }),
+                ..SimConfig::default()
+            };
+            let relay = Arc::new(RelaySim::start(Framing::Tcp, cfg).await.context("starting a relay simulator")?);
+            let scale = if weighs(i) {
+                let mut c = ScaleSimConfig::new(ScaleFormat::A9);
+                c.noise = Mass::from_kg(40);
+                let (sim, addr) = ScaleSim::bind("127.0.0.1:0", c).await.context("starting a scale simulator")?;
+                Some((Arc::new(sim), addr))
+            } else {
+                None
+            };
+            sims.push(LaneSims { relay, scale });
+        }
+    }
     let site_file = data_dir.join("site.toml");
-    std::fs::write(&site_file, site_toml(args.lanes, &data_dir.join("ledger")))
+    let addrs: Vec<(SocketAddr, Option<SocketAddr>)> = sims.iter().map(|s| (s.relay.addr(), s.scale.as_ref().map(|x| x.1))).collect();
+    std::fs::write(&site_file, site_toml_with(args.lanes, &ledger_dir, args.simulators.then_some(addrs.as_slice())))
         .with_context(|| format!("writing {}", site_file.display()))?;
     let plan = crate::config::load(&site_file)
         .map_err(|d| anyhow::anyhow!("the generated demo site does not validate:\n{d}"))?;
-    let plan = Arc::new(plan);
 
     // The registry knows every registered truck of the stream; a few are black-listed.
     let registry = Arc::new(MemoryRegistry::new());
     let limit = args.vehicles;
     let fleet = limit.unwrap_or(100_000).min(100_000);
-    let decider = Arc::new(SiteDecider::new(plan.policy.clone(), registry.clone()));
-    {
-        let state = decider.state();
-        let mut state = state.write().unwrap_or_else(|e| e.into_inner());
-        for i in 0..fleet {
-            let v = vehicle(args.seed, i);
-            if let Some(f) = v.facts.clone() {
-                registry.insert(f);
-            }
-            if v.black {
-                state.add_black(ListEntry {
-                    plate: v.plate.clone(),
-                    color: Some(v.color),
-                    from: None,
-                    until: None,
-                    gates: None,
-                    exempt_warnings: false,
-                    note: "演示黑名单".into(),
-                    source: "demo".into(),
-                });
-            }
+    let mut black = Vec::new();
+    for i in 0..fleet {
+        let v = vehicle(args.seed, i);
+        if let Some(f) = v.facts.clone() {
+            registry.insert(f);
+        }
+        if v.black {
+            black.push(ListEntry {
+                plate: v.plate.clone(),
+                color: Some(v.color),
+                from: None,
+                until: None,
+                gates: None,
+                exempt_warnings: false,
+                note: "演示黑名单".into(),
+                source: "demo".into(),
+            });
         }
     }
 
-    let ledger = crate::ledger::Ledger::open(&plan.data_dir)
-        .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
-    let sink = Arc::new(DemoSink {
-        ledger: ledger.clone(),
-        tally: Mutex::new(Tally::default()),
-    });
-    let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
-    let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel();
-    let shown = Arc::new(AtomicU64::new(0));
-    let mut bus = CommandBus::new();
-    for (name, d) in &plan.devices {
-        let (tx, rx) = mpsc::channel(64);
-        bus.attach(name, tx);
-        match d.profile.kind {
-            crate::config::profile::DeviceKind::Io => {
+    let (handles, decider, ledger, mut kits, gateway) = if args.simulators {
+        let gw = crate::gateway::Gateway::start(plan, Some("127.0.0.1:0".parse()?), Some(registry.clone())).await?;
+        anyhow::ensure!(gw.device_errors.is_empty(), "devices did not start: {:?}", gw.device_errors);
+        let mut kits = Vec::new();
+        for (i, l) in gw.plan.lanes.iter().enumerate() {
+            let cam = l.spec.bindings.get(&crate::lane::builtin::Role::Camera).map(|c| c.device.clone()).unwrap_or_default();
+            kits.push(LaneKit {
+                handle: gw.lanes[i].clone(),
+                field: Field::Sim {
+                    camera: CameraSim::new(format!("http://{}/ingest/vz/{cam}", gw.http_addr)),
+                    relay: Arc::clone(&sims[i].relay),
+                    scale: sims[i].scale.as_ref().map(|s| Arc::clone(&s.0)),
+                },
+            });
+        }
+        (gw.lanes.clone(), Arc::clone(&gw.decider), gw.ledger.clone(), kits, Some(gw))
+    } else {
+        let decider = Arc::new(SiteDecider::new(plan.policy.clone(), registry.clone()));
+        let ledger = crate::ledger::Ledger::open(&plan.data_dir)
+            .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
+        let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
+        let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel::<runtime::LaneAlarm>();
+        let mut bus = CommandBus::new();
+        for (name, d) in &plan.devices {
+            let (tx, rx) = mpsc::channel(64);
+            bus.attach(name, tx);
+            if d.profile.kind == crate::config::profile::DeviceKind::Io {
                 tokio::spawn(io_standin(name.clone(), rx, events_tx.clone()));
-            }
-            _ => {
-                tokio::spawn(sink_standin(rx, Arc::clone(&shown)));
+            } else {
+                tokio::spawn(sink_standin(rx));
             }
         }
-    }
-    let deps = LaneDeps {
-        decider: Arc::clone(&decider),
-        sink: Arc::clone(&sink),
-        bus: Arc::new(bus),
-        alarms: alarm_tx,
-    };
-    let mut handles = Vec::new();
-    for l in &plan.lanes {
-        let lane = Lane::new(l.spec.clone(), Arc::clone(&l.machine));
-        let (h, _task) = runtime::spawn_lane(lane, deps.clone());
-        handles.push(h);
-    }
-    // Router: device events → lane inputs.
-    let mut router = runtime::Router::new(&plan);
-    let lane_inputs: Vec<_> = handles.iter().map(|h| h.inputs.clone()).collect();
-    tokio::spawn(async move {
-        while let Some(ev) = events_rx.recv().await {
-            for (i, input) in router.route(ev) {
-                if let Some(tx) = lane_inputs.get(i) {
-                    let _ = tx.send(input).await;
+        {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                while let Some(a) = alarm_rx.recv().await {
+                    let body = crate::ledger::events::EventBody::Alarm(crate::ledger::events::Alarm {
+                        source: format!("lane:{}", a.lane),
+                        code: a.code,
+                        message: String::new(),
+                        active: a.raised,
+                        lane: Some(a.lane),
+                    });
+                    let _ = ledger.append(body, Vec::new(), a.at).await;
                 }
-            }
+            });
         }
-    });
-    let alarms = Arc::new(AtomicU64::new(0));
-    {
-        let alarms = Arc::clone(&alarms);
+        let deps = LaneDeps { decider: Arc::clone(&decider), sink: Arc::new(ledger.clone()), bus: Arc::new(bus), alarms: alarm_tx };
+        let mut handles = Vec::new();
+        for l in &plan.lanes {
+            let (h, _task) = runtime::spawn_lane(Lane::new(l.spec.clone(), Arc::clone(&l.machine)), deps.clone());
+            handles.push(h);
+        }
+        let mut router = runtime::Router::new(&plan);
+        let lane_inputs: Vec<_> = handles.iter().map(|h| h.inputs.clone()).collect();
         tokio::spawn(async move {
-            while let Some(a) = alarm_rx.recv().await {
-                if a.raised {
-                    alarms.fetch_add(1, Ordering::Relaxed);
+            while let Some(ev) = events_rx.recv().await {
+                for (i, input) in router.route(ev) {
+                    if let Some(tx) = lane_inputs.get(i) {
+                        let _ = tx.send(input).await;
+                    }
                 }
             }
         });
+        let mut kits = Vec::new();
+        for (i, l) in plan.lanes.iter().enumerate() {
+            use crate::lane::builtin::Role;
+            let b = &l.spec.bindings;
+            let (Some(cam), Some(lp)) = (b.get(&Role::Camera).cloned(), b.get(&Role::Loop).cloned()) else { continue };
+            kits.push(LaneKit {
+                handle: handles[i].clone(),
+                field: Field::StandIn {
+                    events: events_tx.clone(),
+                    camera: cam.device,
+                    io: lp.device,
+                    loop_in: lp.channel.unwrap_or_else(|| "loop".into()),
+                    scale: b.get(&Role::Scale).map(|s| s.device.clone()),
+                },
+            });
+        }
+        (handles, decider, ledger, kits, None)
+    };
+    {
+        let state = decider.state();
+        let mut state = state.write().unwrap_or_else(|e| e.into_inner());
+        for e in black {
+            state.add_black(e);
+        }
+    }
+    if args.simulators {
+        // The relay modules must be polled once before the first truck, or its loop is missed.
+        for kit in &kits {
+            if let Field::Sim { .. } = kit.field {
+                let mut st = kit.handle.status.clone();
+                let _ = tokio::time::timeout(Duration::from_secs(5), st.wait_for(|s| s.updated.is_some())).await;
+            }
+        }
+        if let Some(gw) = &gateway {
+            for (name, h) in &gw.devices.handles {
+                let mut rx = h.health.clone();
+                if gw.plan.devices.get(name).is_some_and(|d| d.profile.kind == crate::config::profile::DeviceKind::Io) {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|h| h.online)).await;
+                }
+            }
+        }
     }
 
     let shared = Arc::new(Shared {
@@ -666,52 +823,29 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         warning_at: limit.map(|n| n / 2).unwrap_or(200),
         warning_on: AtomicBool::new(false),
         stop: AtomicBool::new(false),
+        patience: if args.simulators { Duration::from_secs(15) } else { Duration::from_secs(5) },
     });
     let started = Instant::now();
     if !args.quiet {
-        println!(
-            "ecogate demo: {} lane(s), seed {}, ledger in {}",
-            plan.lanes.len(),
-            args.seed,
-            plan.data_dir.display()
-        );
-        println!(
-            "site file: {}  (try: ecogate check --config {})",
-            site_file.display(),
-            site_file.display()
-        );
+        let mode = if args.simulators { "real drivers against loopback simulators" } else { "in-process device stand-ins" };
+        println!("ecogate demo: {} lane(s), seed {}, {mode}; ledger in {}", handles.len(), args.seed, ledger_dir.display());
+        if let Some(gw) = &gateway {
+            println!("HTTP on {} (try: curl http://{}/healthz)", gw.http_addr, gw.http_addr);
+        }
+        println!("site file: {}  (try: ecogate check --config {})", site_file.display(), site_file.display());
         match limit {
             Some(n) => println!("{n} vehicles; an orange warning (strategy 2: 禁行国四及以下重型柴油(燃气)车) starts at vehicle {}", n / 2),
             None => println!("running until Ctrl-C; an orange warning starts at vehicle 200"),
         }
     }
     let mut agents = Vec::new();
-    let step = plan.lanes.len() as u64;
-    for (i, l) in plan.lanes.iter().enumerate() {
-        let b = &l.spec.bindings;
-        let role = |r| b.get(&r).cloned();
-        use crate::lane::builtin::Role;
-        let (Some(cam), Some(lp)) = (role(Role::Camera), role(Role::Loop)) else {
-            continue;
-        };
-        let kit = LaneKit {
-            handle: handles[i].clone(),
-            camera: cam.device,
-            io: lp.device,
-            loop_in: lp.channel.unwrap_or_else(|| "loop".into()),
-            scale: role(Role::Scale).map(|s| s.device),
-        };
-        agents.push(tokio::spawn(lane_agent(
-            kit,
-            (i as u64, step),
-            Arc::clone(&shared),
-            events_tx.clone(),
-            Arc::clone(&decider),
-        )));
+    let step = kits.len() as u64;
+    for (i, kit) in kits.drain(..).enumerate() {
+        agents.push(tokio::spawn(lane_agent(kit, (i as u64, step), Arc::clone(&shared), Arc::clone(&decider))));
     }
     let progress = {
         let shared = Arc::clone(&shared);
-        let sink = Arc::clone(&sink);
+        let ledger = ledger.clone();
         let quiet = args.quiet;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -719,15 +853,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             loop {
                 tick.tick().await;
                 if !quiet {
-                    let t = sink.tally.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     let done = shared.done.load(Ordering::Relaxed);
                     let of = shared.limit.map(|n| format!("/{n}")).unwrap_or_default();
-                    let warn = if shared.warning_on.load(Ordering::Relaxed) {
-                        "orange warning (strategy 2)"
-                    } else {
-                        "normal day"
-                    };
-                    println!("[{:>6.1}s] {done}{of} vehicles | allowed {} denied {} manual {} | weighings {} | {warn}", started.elapsed().as_secs_f64(), t.allowed, t.denied, t.manual, t.weighings);
+                    let warn = if shared.warning_on.load(Ordering::Relaxed) { "orange warning (strategy 2)" } else { "normal day" };
+                    println!("[{:>6.1}s] {done}{of} vehicles | ledger {} events | {warn}", started.elapsed().as_secs_f64(), ledger.head().seq);
                 }
             }
         })
@@ -745,26 +874,19 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     progress.abort();
     ctrl_c.abort();
-    // Let the last records land.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Let the last alarms land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let elapsed = started.elapsed();
-    let t = sink.tally.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let done = shared.done.load(Ordering::SeqCst);
     let stuck = shared.stuck.load(Ordering::SeqCst);
     drop(ledger);
-    let report = crate::ledger::verify(&plan.data_dir);
+    drop(gateway);
+    let t = summarize(&ledger_dir)?;
+    let report = crate::ledger::verify(&ledger_dir);
 
     println!("\n== ecogate demo summary ==");
-    println!(
-        "vehicles            {done} in {:.1}s ({:.0}/s) on {} lane(s)",
-        elapsed.as_secs_f64(),
-        done as f64 / elapsed.as_secs_f64().max(1e-9),
-        plan.lanes.len()
-    );
-    println!(
-        "allowed             {} (of which flagged for review: {})",
-        t.allowed, t.review
-    );
+    println!("vehicles            {done} in {:.1}s ({:.0}/s) on {} lane(s)", elapsed.as_secs_f64(), done as f64 / elapsed.as_secs_f64().max(1e-9), handles.len());
+    println!("allowed             {}", t.allowed);
     println!("denied              {}", t.denied);
     for (reason, (n, text)) in &t.denied_by {
         println!("  {reason:<22}{n:>6}  {text}");
@@ -772,15 +894,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("manual releases     {} (denied vehicles released by the guard, recorded before the barrier)", t.manual);
     println!("weighings           {}", t.weighings);
     println!("exceptions          {}", t.exceptions);
-    println!("LED/voice commands  {}", shown.load(Ordering::Relaxed));
-    println!("lane alarms         {}", alarms.load(Ordering::Relaxed));
+    println!("alarms raised       {}", t.alarms);
     println!("lanes not responding {stuck}");
     let ok_ledger = match &report {
         Ok(r) if r.ok() => {
-            println!(
-                "ledger              {} events, chain verified, head {}",
-                r.events, r.head
-            );
+            println!("ledger              {} events, chain verified, head {}", r.events, r.head);
             true
         }
         Ok(r) => {
@@ -795,16 +913,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("data                {}", data_dir.display());
     let adds_up = t.allowed + t.denied == done && stuck == 0;
     if adds_up {
-        println!(
-            "check               allowed + denied = vehicles ({} + {} = {done})",
-            t.allowed, t.denied
-        );
+        println!("check               allowed + denied = vehicles ({} + {} = {done})", t.allowed, t.denied);
     } else {
         println!("check               MISMATCH: allowed {} + denied {} != vehicles {done} (stuck {stuck})", t.allowed, t.denied);
     }
-    Ok(if adds_up && ok_ledger {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if adds_up && ok_ledger { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -8,6 +8,7 @@ use crate::lane::engine::{Input, Lane};
 use crate::ledger::events::{Alarm, EventBody};
 use crate::ledger::registry::SqliteRegistry;
 use crate::ledger::Ledger;
+use crate::registry::VehicleRegistry;
 use crate::runtime::{self, CommandBus, LaneAlarm, LaneDeps, LaneHandle, Router};
 use anyhow::Context as _;
 use axum::extract::State;
@@ -57,13 +58,22 @@ struct Http {
 
 impl Gateway {
     /// Starts everything; returns once the HTTP listener is bound.
-    pub async fn start(plan: Plan, listen: Option<SocketAddr>) -> anyhow::Result<Gateway> {
+    /// `registry` replaces the site's SQLite registries (the demo's generated fleet, tests).
+    pub async fn start(
+        plan: Plan,
+        listen: Option<SocketAddr>,
+        registry: Option<Arc<dyn VehicleRegistry>>,
+    ) -> anyhow::Result<Gateway> {
         let plan = Arc::new(plan);
         let ledger = Ledger::open(&plan.data_dir)
             .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
-        let registry = SqliteRegistry::open(&plan.data_dir)
-            .with_context(|| format!("opening the registries in {}", plan.data_dir.display()))?;
-        let decider = Arc::new(SiteDecider::new(plan.policy.clone(), Arc::new(registry)));
+        let registry: Arc<dyn VehicleRegistry> = match registry {
+            Some(r) => r,
+            None => Arc::new(SqliteRegistry::open(&plan.data_dir).with_context(|| {
+                format!("opening the registries in {}", plan.data_dir.display())
+            })?),
+        };
+        let decider = Arc::new(SiteDecider::new(plan.policy.clone(), registry));
 
         let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
         let (devices, device_errors) = devices::spawn_all(&plan.devices, events_tx.clone());
@@ -252,7 +262,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let gw = Gateway::start(plan, args.listen).await?;
+        let gw = Gateway::start(plan, args.listen, None).await?;
         println!(
             "ecogate: site `{}` running, {} lane(s), HTTP on {}",
             gw.plan.site_id,

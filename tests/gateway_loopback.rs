@@ -101,7 +101,7 @@ async fn camera_push_records_then_opens_the_barrier() {
     let sim = relay().await;
     let plan =
         ecogate::config::load(&site(dir.path(), sim.addr(), "unknown = \"allow_flag\"")).unwrap();
-    let gw = Gateway::start(plan, None).await.unwrap();
+    let gw = Gateway::start(plan, None, None).await.unwrap();
     assert!(gw.device_errors.is_empty(), "{:?}", gw.device_errors);
     let io = gw.devices.handles["io1"].health.clone();
     wait("io1 online", || io.borrow().online.then_some(())).await;
@@ -158,7 +158,7 @@ async fn a_refused_vehicle_never_moves_the_barrier() {
     let sim = relay().await;
     let plan =
         ecogate::config::load(&site(dir.path(), sim.addr(), "require_registered = true")).unwrap();
-    let gw = Gateway::start(plan, None).await.unwrap();
+    let gw = Gateway::start(plan, None, None).await.unwrap();
     let io = gw.devices.handles["io1"].health.clone();
     wait("io1 online", || io.borrow().online.then_some(())).await;
 
