@@ -1,7 +1,8 @@
 //! Ledger benchmarks: durable passes/s from 16 concurrent lanes with commit latency
 //! percentiles, bulk registry import rows/s, and `verify` of 1,000,000 events.
 //!
-//! `cargo bench --bench ledger` (set LEDGER_BENCH_VERIFY_EVENTS to change the 1,000,000).
+//! `cargo bench --bench ledger` (LEDGER_BENCH=lanes,import,verify picks some;
+//! LEDGER_BENCH_VERIFY_EVENTS changes the 1,000,000).
 
 use bytes::Bytes;
 use chrono::{Duration as CDuration, TimeZone, Utc};
@@ -177,9 +178,18 @@ fn verify_events(n: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    lanes("lanes (no photos)", 1_000, 0);
-    lanes("lanes (3 x 60 KB photos each)", 200, 60_000);
-    registry_import(100_000);
+    let only = std::env::var("LEDGER_BENCH").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only.split(',').any(|s| s == name);
+    if run("lanes") {
+        lanes("lanes (no photos)", 1_000, 0);
+        lanes("lanes (3 x 60 KB photos each)", 200, 60_000);
+    }
+    if run("import") {
+        registry_import(100_000);
+    }
+    if !run("verify") {
+        return;
+    }
     let n = std::env::var("LEDGER_BENCH_VERIFY_EVENTS")
         .ok()
         .and_then(|s| s.parse().ok())
