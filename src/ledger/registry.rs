@@ -476,7 +476,95 @@ pub fn import_csv(
             .unwrap_or_default()
     );
     let imported = good.len();
-    let last_seq = ledger.transaction_blocking(move |txn| {
+    let last_seq = write_rows(ledger, kind, good, source, true)?;
+    Ok(ImportReport {
+        imported,
+        skipped: total - imported,
+        errors,
+        last_seq,
+    })
+}
+
+/// Add or replace one registry record given as `(column, value)` pairs (English or Chinese
+/// column names, as in the CSV). Photo columns take a path. For the HTTP API and platform
+/// registry downloads; recorded as a `registry_change` event with `source`.
+pub fn upsert(
+    ledger: &Ledger,
+    kind: RegistryKind,
+    record: &[(&str, &str)],
+    source: &str,
+) -> Result<i64, ImportError> {
+    let (_, fields, _) = spec(kind);
+    let mut errors = Vec::new();
+    let mut values = vec![None; fields.len()];
+    let mut photos = Vec::new();
+    for (name, raw) in record {
+        let Some(fi) = fields
+            .iter()
+            .position(|f| f.name == *name || f.chinese == *name)
+        else {
+            errors.push(RowError {
+                line: 0,
+                column: name.to_string(),
+                reason: "unknown field".into(),
+            });
+            continue;
+        };
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match check_value(fields[fi].check, raw, Path::new(".")) {
+            Ok((_, Some(bytes))) => photos.push((fi, bytes)),
+            Ok((v, None)) => values[fi] = Some(v),
+            Err(reason) => errors.push(RowError {
+                line: 0,
+                column: fields[fi].name.into(),
+                reason,
+            }),
+        }
+    }
+    for (fi, f) in fields.iter().enumerate() {
+        let reported = errors.iter().any(|e| e.column == f.name);
+        if f.required && !reported && values[fi].is_none() && !photos.iter().any(|(p, _)| *p == fi)
+        {
+            errors.push(RowError {
+                line: 0,
+                column: f.name.into(),
+                reason: "required value is missing".into(),
+            });
+        }
+    }
+    if kind == RegistryKind::InPlant && values[1].is_some() != values[2].is_some() {
+        errors.push(RowError {
+            line: 0,
+            column: "color".into(),
+            reason: "plate and colour go together: give both or neither".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ImportError::BadRows(errors));
+    }
+    for (fi, bytes) in photos {
+        values[fi] = Some(ledger.photos().put(&bytes)?);
+    }
+    let row = GoodRow {
+        line: 0,
+        values,
+        photos: Vec::new(),
+    };
+    let seq = write_rows(ledger, kind, vec![row], source.to_string(), false)?;
+    seq.ok_or_else(|| ImportError::Ledger(LedgerError::Write("nothing written".into())))
+}
+
+/// Upsert validated rows and append one `registry_change` event per row, in one transaction.
+fn write_rows(
+    ledger: &Ledger,
+    kind: RegistryKind,
+    good: Vec<GoodRow>,
+    source: String,
+    with_line: bool,
+) -> Result<Option<i64>, LedgerError> {
+    ledger.transaction_blocking(move |txn| {
         let (table, fields, key) = spec(kind);
         let cols: Vec<&str> = fields.iter().map(|f| f.name).collect();
         let sql = format!(
@@ -534,7 +622,11 @@ pub fn import_csv(
             buf.extend_from_slice(b"},\"registry\":");
             chain::push_json_str(&mut buf, kind.name());
             buf.extend_from_slice(b",\"source\":");
-            chain::push_json_str(&mut buf, &format!("{source}:{}", row.line));
+            if with_line {
+                chain::push_json_str(&mut buf, &format!("{source}:{}", row.line));
+            } else {
+                chain::push_json_str(&mut buf, &source);
+            }
             buf.push(b'}');
             let body = std::str::from_utf8(&buf)
                 .map_err(|e| LedgerError::Write(format!("registry body: {e}")))?;
@@ -547,12 +639,6 @@ pub fn import_csv(
             last = Some(r.seq);
         }
         Ok(last)
-    })?;
-    Ok(ImportReport {
-        imported,
-        skipped: total - imported,
-        errors,
-        last_seq,
     })
 }
 
