@@ -1,7 +1,8 @@
 //! Ledger benchmarks: durable passes/s from 16 concurrent lanes with commit latency
 //! percentiles, bulk registry import rows/s, and `verify` of 1,000,000 events.
 //!
-//! `cargo bench --bench ledger` (set LEDGER_BENCH_VERIFY_EVENTS to change the 1,000,000).
+//! `cargo bench --bench ledger` (LEDGER_BENCH=lanes,import,verify picks some;
+//! LEDGER_BENCH_VERIFY_EVENTS changes the 1,000,000).
 
 use bytes::Bytes;
 use chrono::{Duration as CDuration, TimeZone, Utc};
@@ -96,6 +97,20 @@ fn lanes(label: &str, per_lane: usize, photo_bytes: usize) {
     );
 }
 
+/// User + system CPU seconds of this process so far (Linux /proc; ticks at 100 Hz), so that a
+/// figure taken on a busy shared machine can be read next to the wall-clock one.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let ut: f64 = rest.get(11)?.parse().ok()?;
+            let st: f64 = rest.get(12)?.parse().ok()?;
+            Some((ut + st) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn registry_import(rows: usize) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let csv = tmp.path().join("vehicles.csv");
@@ -116,13 +131,17 @@ fn registry_import(rows: usize) {
     drop(f);
     let ledger = Ledger::open(&tmp.path().join("data")).expect("open");
     let t = Instant::now();
+    let cpu0 = cpu_seconds();
     let r = import_csv(&ledger, RegistryKind::Transport, &csv, false).expect("import");
     let el = t.elapsed();
+    let cpu = cpu_seconds() - cpu0;
     println!(
-        "registry import: {} rows (each upserted + one chained registry_change event) in {:.2}s = {:.0} rows/s",
+        "registry import: {} rows (each upserted + one chained registry_change event) in {:.2}s = {:.0} rows/s (CPU {:.2}s = {:.0} rows per CPU-second)",
         r.imported,
         el.as_secs_f64(),
-        r.imported as f64 / el.as_secs_f64()
+        r.imported as f64 / el.as_secs_f64(),
+        cpu,
+        r.imported as f64 / cpu
     );
 }
 
@@ -152,6 +171,7 @@ fn verify_events(n: usize) {
     let fill_el = fill.elapsed();
     drop(ledger);
     let t = Instant::now();
+    let cpu0 = cpu_seconds();
     let rep = verify_with(
         tmp.path(),
         &VerifyOptions {
@@ -161,15 +181,17 @@ fn verify_events(n: usize) {
     )
     .expect("verify");
     let el = t.elapsed();
+    let cpu = cpu_seconds() - cpu0;
     assert!(rep.ok(), "{rep}");
     let size = std::fs::metadata(tmp.path().join("ledger.db"))
         .map(|m| m.len())
         .unwrap_or(0);
     println!(
-        "verify: {} events ({:.0} MB database) in {:.2}s = {:.0} events/s (filled in {:.1}s)",
+        "verify: {} events ({:.0} MB database) in {:.2}s (CPU {:.2}s) = {:.0} events/s (filled in {:.1}s)",
         rep.events,
         size as f64 / 1e6,
         el.as_secs_f64(),
+        cpu,
         rep.events as f64 / el.as_secs_f64(),
         fill_el.as_secs_f64()
     );
@@ -177,9 +199,18 @@ fn verify_events(n: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    lanes("lanes (no photos)", 1_000, 0);
-    lanes("lanes (3 x 60 KB photos each)", 200, 60_000);
-    registry_import(100_000);
+    let only = std::env::var("LEDGER_BENCH").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only.split(',').any(|s| s == name);
+    if run("lanes") {
+        lanes("lanes (no photos)", 1_000, 0);
+        lanes("lanes (3 x 60 KB photos each)", 200, 60_000);
+    }
+    if run("import") {
+        registry_import(100_000);
+    }
+    if !run("verify") {
+        return;
+    }
     let n = std::env::var("LEDGER_BENCH_VERIFY_EVENTS")
         .ok()
         .and_then(|s| s.parse().ok())

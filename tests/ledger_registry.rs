@@ -208,3 +208,46 @@ fn in_plant_without_plate_and_non_road_stage_limits() {
     assert_eq!(f.stage, EmissionStage::China(4));
     assert!(verify(&data).unwrap().ok());
 }
+
+#[test]
+fn single_record_upsert_validates_and_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let ledger = Ledger::open(&data).unwrap();
+    let mut rec = vec![
+        ("plate", "豫A54321"),
+        ("车牌颜色", "黄"),
+        ("vin", "LZZ1CLVB7KA999999"),
+        ("engine_no", "-"),
+        ("vehicle_type", "Q11"),
+        ("fuel", "B"),
+        ("stage", "国Ⅵ"),
+        ("registered_on", "2023-07-01"),
+        ("fleet", "自有车队"),
+    ];
+    let seq = ecogate::ledger::registry::upsert(&ledger, RegistryKind::Transport, &rec, "platform")
+        .unwrap();
+    let reg = SqliteRegistry::open(&data).unwrap();
+    let f = reg.lookup("豫A54321", PlateColor::Yellow).unwrap();
+    assert_eq!(f.stage, EmissionStage::China(6));
+    let e = LedgerReader::open(&data)
+        .unwrap()
+        .event(seq)
+        .unwrap()
+        .unwrap();
+    let EventBody::RegistryChange(rc) = e.body else {
+        panic!()
+    };
+    assert_eq!(rc.source, "platform");
+
+    rec[6] = ("stage", "9");
+    rec.push(("colour", "x"));
+    let Err(ImportError::BadRows(errs)) =
+        ecogate::ledger::registry::upsert(&ledger, RegistryKind::Transport, &rec, "api")
+    else {
+        panic!("bad record must be refused")
+    };
+    let cols: Vec<&str> = errs.iter().map(|e| e.column.as_str()).collect();
+    assert_eq!(cols, vec!["stage", "colour"]);
+    assert_eq!(ledger.head().seq, seq);
+}

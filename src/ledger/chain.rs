@@ -22,40 +22,47 @@ pub const GENESIS: Hash = [0u8; 32];
 /// Canonical JSON text of any serializable value.
 pub fn canonical_json<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
     let v = serde_json::to_value(value)?;
-    let mut out = String::with_capacity(256);
+    let mut out = Vec::with_capacity(512);
     write_canonical(&v, &mut out)?;
-    Ok(out)
+    // Only valid UTF-8 was written (JSON text from serde_json and `&str` keys).
+    String::from_utf8(out).map_err(|e| serde::ser::Error::custom(e.to_string()))
 }
 
-fn write_canonical(v: &Value, out: &mut String) -> Result<(), serde_json::Error> {
+/// Append `s` as a JSON string (escaped as serde_json escapes it) to canonical text.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail, and a &str always serializes.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_canonical(v: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     match v {
         Value::Object(map) => {
             // Sort explicitly: serde_json keeps insertion order when another crate in the build
             // turns on its `preserve_order` feature, and the hash must not depend on that.
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (k, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&serde_json::to_string(k)?);
-                out.push(':');
-                write_canonical(&map[k], out)?;
+                serde_json::to_writer(&mut *out, k)?;
+                out.push(b':');
+                write_canonical(item, out)?;
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out)?;
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&serde_json::to_string(other)?),
+        other => serde_json::to_writer(&mut *out, other)?,
     }
     Ok(())
 }

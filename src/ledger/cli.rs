@@ -70,6 +70,14 @@ pub enum LedgerCommand {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// List the vehicles in the plant now (last pass within the window is an entry).
+    InPlant {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// How many days back to look for entries.
+        #[arg(long, default_value_t = 7)]
+        days: i64,
+    },
 }
 
 fn parse_from(s: &str) -> anyhow::Result<DateTime<Utc>> {
@@ -186,6 +194,22 @@ impl LedgerCommand {
             LedgerCommand::Head { data_dir } => {
                 let reader = LedgerReader::open(&data_dir)?;
                 println!("{}", reader.head()?);
+                Ok(())
+            }
+            LedgerCommand::InPlant { data_dir, days } => {
+                let reader = LedgerReader::open(&data_dir)?;
+                let visits = reader.in_plant_now(Utc::now(), Duration::days(days))?;
+                for v in &visits {
+                    let entry = v.entry.as_ref();
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        v.plate,
+                        v.color.chinese(),
+                        entry.map(|p| super::local_time(p.at)).unwrap_or_default(),
+                        entry.map(|p| p.lane.as_str()).unwrap_or_default()
+                    );
+                }
+                eprintln!("{} vehicles in the plant", visits.len());
                 Ok(())
             }
         }

@@ -101,6 +101,15 @@ pub fn parse_local_time(s: &str) -> Option<DateTime<Utc>> {
 /// Parse a date `yyyy-MM-dd` (also `yyyyMMdd`, `yyyy/MM/dd`).
 pub fn parse_date(s: &str) -> Option<chrono::NaiveDate> {
     let t = s.trim();
+    // Fast path for the usual yyyy-MM-dd: bulk imports parse one per row, and chrono's
+    // format-string parser costs more than the rest of the row's checks.
+    let b = t.as_bytes();
+    if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+        let num = |r: std::ops::Range<usize>| t.get(r).and_then(|x| x.parse::<u32>().ok());
+        if let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) {
+            return chrono::NaiveDate::from_ymd_opt(y as i32, m, d);
+        }
+    }
     ["%Y-%m-%d", "%Y%m%d", "%Y/%m/%d"]
         .iter()
         .find_map(|f| chrono::NaiveDate::parse_from_str(t, f).ok())
@@ -127,6 +136,9 @@ mod tests {
         assert_eq!(local_time(t), "2026-03-01 23:50:00");
         assert_eq!(parse_db_time(&db_time(t)), Some(t));
         assert!(parse_local_time("2026-02-30 08:00:00").is_none());
+        assert_eq!(parse_date("2026-03-02"), parse_date("20260302"));
+        assert!(parse_date("2026-02-30").is_none());
+        assert!(parse_date("2026-1-301").is_none());
         let d = parse_date("20260302").unwrap();
         assert_eq!(db_time(local_day_start(d)), "2026-03-01T16:00:00.000000Z");
     }

@@ -5,7 +5,7 @@
 
 use super::events::{EventBody, RegistryChange, RegistryOp};
 use super::store::{open_ro, Ledger};
-use super::{db_time, parse_date, LedgerError};
+use super::{chain, db_time, parse_date, LedgerError};
 use crate::registry::VehicleRegistry;
 use crate::vehicle::{EmissionStage, Fuel, PlateColor, RegistryKind, VehicleFacts};
 use chrono::Utc;
@@ -268,7 +268,8 @@ fn check_value(check: Check, raw: &str, base: &Path) -> Result<(String, Option<V
             Err(e) => Err(e.to_string()),
         },
         Check::Date => parse_date(v)
-            .map(|d| (d.format("%Y-%m-%d").to_string(), None))
+            // NaiveDate's Display is yyyy-MM-dd, and much cheaper than a format string.
+            .map(|d| (d.to_string(), None))
             .ok_or_else(|| format!("`{v}` is not a date (yyyy-MM-dd)")),
         Check::Bool01 => match v {
             "0" | "否" | "未联网" | "false" => ok("0".into()),
@@ -475,7 +476,95 @@ pub fn import_csv(
             .unwrap_or_default()
     );
     let imported = good.len();
-    let last_seq = ledger.transaction_blocking(move |txn| {
+    let last_seq = write_rows(ledger, kind, good, source, true)?;
+    Ok(ImportReport {
+        imported,
+        skipped: total - imported,
+        errors,
+        last_seq,
+    })
+}
+
+/// Add or replace one registry record given as `(column, value)` pairs (English or Chinese
+/// column names, as in the CSV). Photo columns take a path. For the HTTP API and platform
+/// registry downloads; recorded as a `registry_change` event with `source`.
+pub fn upsert(
+    ledger: &Ledger,
+    kind: RegistryKind,
+    record: &[(&str, &str)],
+    source: &str,
+) -> Result<i64, ImportError> {
+    let (_, fields, _) = spec(kind);
+    let mut errors = Vec::new();
+    let mut values = vec![None; fields.len()];
+    let mut photos = Vec::new();
+    for (name, raw) in record {
+        let Some(fi) = fields
+            .iter()
+            .position(|f| f.name == *name || f.chinese == *name)
+        else {
+            errors.push(RowError {
+                line: 0,
+                column: name.to_string(),
+                reason: "unknown field".into(),
+            });
+            continue;
+        };
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match check_value(fields[fi].check, raw, Path::new(".")) {
+            Ok((_, Some(bytes))) => photos.push((fi, bytes)),
+            Ok((v, None)) => values[fi] = Some(v),
+            Err(reason) => errors.push(RowError {
+                line: 0,
+                column: fields[fi].name.into(),
+                reason,
+            }),
+        }
+    }
+    for (fi, f) in fields.iter().enumerate() {
+        let reported = errors.iter().any(|e| e.column == f.name);
+        if f.required && !reported && values[fi].is_none() && !photos.iter().any(|(p, _)| *p == fi)
+        {
+            errors.push(RowError {
+                line: 0,
+                column: f.name.into(),
+                reason: "required value is missing".into(),
+            });
+        }
+    }
+    if kind == RegistryKind::InPlant && values[1].is_some() != values[2].is_some() {
+        errors.push(RowError {
+            line: 0,
+            column: "color".into(),
+            reason: "plate and colour go together: give both or neither".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ImportError::BadRows(errors));
+    }
+    for (fi, bytes) in photos {
+        values[fi] = Some(ledger.photos().put(&bytes)?);
+    }
+    let row = GoodRow {
+        line: 0,
+        values,
+        photos: Vec::new(),
+    };
+    let seq = write_rows(ledger, kind, vec![row], source.to_string(), false)?;
+    seq.ok_or_else(|| ImportError::Ledger(LedgerError::Write("nothing written".into())))
+}
+
+/// Upsert validated rows and append one `registry_change` event per row, in one transaction.
+fn write_rows(
+    ledger: &Ledger,
+    kind: RegistryKind,
+    good: Vec<GoodRow>,
+    source: String,
+    with_line: bool,
+) -> Result<Option<i64>, LedgerError> {
+    ledger.transaction_blocking(move |txn| {
         let (table, fields, key) = spec(kind);
         let cols: Vec<&str> = fields.iter().map(|f| f.name).collect();
         let sql = format!(
@@ -488,53 +577,68 @@ pub fn import_csv(
         );
         let now = Utc::now();
         let now_text = db_time(now);
+        let mut stmt = txn.conn().prepare(&sql)?;
         let mut last = None;
+        // Canonical JSON needs the record's keys in byte order.
+        let mut sorted: Vec<usize> = (0..fields.len()).collect();
+        sorted.sort_by_key(|i| fields[*i].name.as_bytes());
+        let key_idx: Vec<usize> = key
+            .iter()
+            .filter_map(|k| fields.iter().position(|f| f.name == *k))
+            .collect();
+        let mut buf: Vec<u8> = Vec::with_capacity(1024);
+        let mut photos = Vec::new();
         for row in &good {
-            let mut record = serde_json::Map::new();
-            let mut photos = Vec::new();
+            photos.clear();
             for (f, v) in fields.iter().zip(&row.values) {
-                if let Some(v) = v {
-                    record.insert(f.name.into(), serde_json::Value::String(v.clone()));
-                    if f.check == Check::Photo {
-                        photos.push(v.clone());
-                    }
+                if let (Some(v), Check::Photo) = (v, f.check) {
+                    photos.push(v.clone());
                 }
             }
-            let key_text = key
+            let key_text = key_idx
                 .iter()
-                .filter_map(|k| record.get(*k).and_then(|v| v.as_str()))
+                .filter_map(|i| row.values[*i].as_deref())
                 .collect::<Vec<_>>()
                 .join(" ");
-            let body = EventBody::RegistryChange(RegistryChange {
-                registry: kind,
-                op: RegistryOp::Upsert,
-                key: key_text,
-                record: Some(serde_json::Value::Object(record)),
-                source: format!("{source}:{}", row.line),
-            });
-            let r = txn.append(&body, &photos, now)?;
-            let mut stmt = txn.conn().prepare_cached(&sql)?;
-            let params = row
-                .values
-                .iter()
-                .map(|v| match v {
-                    Some(t) => rusqlite::types::Value::Text(t.clone()),
-                    None => rusqlite::types::Value::Null,
-                })
-                .chain([
-                    rusqlite::types::Value::Text(now_text.clone()),
-                    rusqlite::types::Value::Integer(r.seq),
-                ]);
-            stmt.execute(params_from_iter(params))?;
+            // The canonical JSON of `EventBody::RegistryChange`, written directly (keys in
+            // byte order: key, kind, op, record, registry, source); the unit test below
+            // checks it against the serde path.
+            buf.clear();
+            buf.extend_from_slice(b"{\"key\":");
+            chain::push_json_str(&mut buf, &key_text);
+            buf.extend_from_slice(b",\"kind\":\"registry_change\",\"op\":\"upsert\",\"record\":{");
+            let mut first = true;
+            for i in &sorted {
+                if let Some(v) = &row.values[*i] {
+                    if !first {
+                        buf.push(b',');
+                    }
+                    first = false;
+                    chain::push_json_str(&mut buf, fields[*i].name);
+                    buf.push(b':');
+                    chain::push_json_str(&mut buf, v);
+                }
+            }
+            buf.extend_from_slice(b"},\"registry\":");
+            chain::push_json_str(&mut buf, kind.name());
+            buf.extend_from_slice(b",\"source\":");
+            if with_line {
+                chain::push_json_str(&mut buf, &format!("{source}:{}", row.line));
+            } else {
+                chain::push_json_str(&mut buf, &source);
+            }
+            buf.push(b'}');
+            let body = std::str::from_utf8(&buf)
+                .map_err(|e| LedgerError::Write(format!("registry body: {e}")))?;
+            let r = txn.append_canonical("registry_change", body, &photos, now)?;
+            let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(row.values.len() + 2);
+            params.extend(row.values.iter().map(|v| v as &dyn rusqlite::ToSql));
+            params.push(&now_text);
+            params.push(&r.seq);
+            stmt.execute(params.as_slice())?;
             last = Some(r.seq);
         }
         Ok(last)
-    })?;
-    Ok(ImportReport {
-        imported,
-        skipped: total - imported,
-        errors,
-        last_seq,
     })
 }
 
@@ -739,5 +843,35 @@ impl VehicleRegistry for SqliteRegistry {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_registry_body_is_the_serde_body() {
+        let tmp = tempfile::tempdir().unwrap();
+        let csv = tmp.path().join("x.csv");
+        std::fs::write(
+            &csv,
+            "plate,color,vin,engine_no,vehicle_type,fuel,stage,registered_on,fleet,stage_basis\n\
+             豫A12345,黄,LZZ1CLVB7KA123456,\"E\"\"1\\\",H11,B,6,2021-05-01,某运输公司,\n",
+        )
+        .unwrap();
+        let ledger = Ledger::open(&tmp.path().join("d")).unwrap();
+        import_csv(&ledger, RegistryKind::Transport, &csv, false).unwrap();
+        let conn = open_ro(&tmp.path().join("d")).unwrap();
+        let stored: String = conn
+            .query_row("SELECT body FROM events WHERE seq = 1", [], |r| r.get(0))
+            .unwrap();
+        let parsed: EventBody = serde_json::from_str(&stored).unwrap();
+        assert_eq!(chain::canonical_json(&parsed).unwrap(), stored);
+        let EventBody::RegistryChange(rc) = parsed else {
+            panic!()
+        };
+        assert_eq!(rc.record.unwrap()["engine_no"], "E\"1\\");
+        assert_eq!(rc.source, "import:x.csv:2");
     }
 }
