@@ -22,10 +22,10 @@ use ecogate_drivers::sim::scale::{ScaleSim, ScaleSimConfig, Segment};
 use ecogate_drivers::{Command, DeviceEvent, EventKind, Mass, PlateRead};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -210,7 +210,11 @@ pub fn site_toml(lanes: u16, data_dir: &Path) -> String {
 
 /// The generated site; with `sims`, each lane's relay module (and scale) address points at its
 /// loopback simulator.
-fn site_toml_with(lanes: u16, data_dir: &Path, sims: Option<&[(SocketAddr, Option<SocketAddr>)]>) -> String {
+fn site_toml_with(
+    lanes: u16,
+    data_dir: &Path,
+    sims: Option<&[(SocketAddr, Option<SocketAddr>)]>,
+) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -275,7 +279,10 @@ exit = "allow"
             }
         }
         if weighs(i) {
-            let addr = sim.and_then(|(_, sc)| *sc).map(|a| a.to_string()).unwrap_or_else(|| format!("127.0.0.1:{}", 14000 + i));
+            let addr = sim
+                .and_then(|(_, sc)| *sc)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| format!("127.0.0.1:{}", 14000 + i));
             let _ = write!(s, "\n[devices.scale{i}]\nprofile = \"scale/yaohua-xk3190-a9\"\naddress = \"serial-over-tcp://{addr}\"\n");
             if sim.is_some() {
                 // Settle faster than a real site would, so the demo keeps moving.
@@ -405,11 +412,28 @@ impl LaneKit {
     /// The truck on (or off) the lane's loop detector.
     async fn set_loop(&self, on: bool) {
         match &self.field {
-            Field::StandIn { events, io, loop_in, .. } => {
-                send(events, io, EventKind::Input { input: loop_in.clone(), active: on }).await
+            Field::StandIn {
+                events,
+                io,
+                loop_in,
+                ..
+            } => {
+                send(
+                    events,
+                    io,
+                    EventKind::Input {
+                        input: loop_in.clone(),
+                        active: on,
+                    },
+                )
+                .await
             }
-            // DI 0 is the trigger loop of the modbus-relay-8ch profile.
-            Field::Sim { relay, .. } => relay.set_input(0, on),
+            // DI 0 is the trigger loop of the modbus-relay-8ch profile. A truck stays on a loop
+            // for seconds; hold the level for a few polls so the debounced driver sees it.
+            Field::Sim { relay, .. } => {
+                relay.set_input(0, on);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 
@@ -441,16 +465,45 @@ impl LaneKit {
     /// The truck drives onto the weighbridge and stands still.
     async fn load(&self, gross: Mass) {
         match &self.field {
-            Field::StandIn { events, scale: Some(scale), .. } => {
+            Field::StandIn {
+                events,
+                scale: Some(scale),
+                ..
+            } => {
                 for frac in [40, 85, 98] {
                     let m = Mass::from_grams(gross.grams * frac / 100);
-                    send(events, scale, EventKind::Weight { mass: m, stable: false, raw: bytes::Bytes::new() }).await;
+                    send(
+                        events,
+                        scale,
+                        EventKind::Weight {
+                            mass: m,
+                            stable: false,
+                            raw: bytes::Bytes::new(),
+                        },
+                    )
+                    .await;
                 }
-                send(events, scale, EventKind::Weight { mass: gross, stable: true, raw: bytes::Bytes::new() }).await;
+                send(
+                    events,
+                    scale,
+                    EventKind::Weight {
+                        mass: gross,
+                        stable: true,
+                        raw: bytes::Bytes::new(),
+                    },
+                )
+                .await;
             }
-            Field::Sim { scale: Some(scale), .. } => scale.play(vec![
-                Segment::Ramp { to: gross, over: Duration::from_millis(300) },
-                Segment::Hold { duration: Duration::from_secs(3600) },
+            Field::Sim {
+                scale: Some(scale), ..
+            } => scale.play(vec![
+                Segment::Ramp {
+                    to: gross,
+                    over: Duration::from_millis(300),
+                },
+                Segment::Hold {
+                    duration: Duration::from_secs(3600),
+                },
             ]),
             _ => {}
         }
@@ -459,10 +512,25 @@ impl LaneKit {
     /// The truck leaves the weighbridge.
     async fn unload(&self) {
         match &self.field {
-            Field::StandIn { events, scale: Some(scale), .. } => {
-                send(events, scale, EventKind::Weight { mass: Mass::ZERO, stable: true, raw: bytes::Bytes::new() }).await
+            Field::StandIn {
+                events,
+                scale: Some(scale),
+                ..
+            } => {
+                send(
+                    events,
+                    scale,
+                    EventKind::Weight {
+                        mass: Mass::ZERO,
+                        stable: true,
+                        raw: bytes::Bytes::new(),
+                    },
+                )
+                .await
             }
-            Field::Sim { scale: Some(scale), .. } => scale.set_weight(Mass::ZERO),
+            Field::Sim {
+                scale: Some(scale), ..
+            } => scale.set_weight(Mass::ZERO),
             _ => {}
         }
     }
@@ -523,7 +591,13 @@ async fn lane_agent(
 
 /// One truck through one lane, reacting to what the lane shows; false when the lane did not
 /// respond as expected within `patience`.
-async fn drive(kit: &LaneKit, v: &DemoVehicle, status: &mut watch::Receiver<LaneStatus>, rng: &mut Rng, patience: Duration) -> bool {
+async fn drive(
+    kit: &LaneKit,
+    v: &DemoVehicle,
+    status: &mut watch::Receiver<LaneStatus>,
+    rng: &mut Rng,
+    patience: Duration,
+) -> bool {
     // The next truck arrives once the previous one's barrier is down again.
     if wait_for(status, |s| !s.barrier_open).await.is_none() {
         return false;
@@ -547,7 +621,11 @@ async fn drive(kit: &LaneKit, v: &DemoVehicle, status: &mut watch::Receiver<Lane
             }
             "awaiting_cargo" if ours && !declared => {
                 let cargo = ["钢材", "焦炭", "铁精粉", "石灰石"][rng.below(4) as usize];
-                let _ = kit.handle.inputs.send(Input::CargoDeclared(cargo.into())).await;
+                let _ = kit
+                    .handle
+                    .inputs
+                    .send(Input::CargoDeclared(cargo.into()))
+                    .await;
                 declared = true;
             }
             "refused" if ours && !handled_refusal => {
@@ -577,7 +655,10 @@ async fn drive(kit: &LaneKit, v: &DemoVehicle, status: &mut watch::Receiver<Lane
             "fault" | "power_loss" => return false,
             _ => {}
         }
-        if tokio::time::timeout_at(deadline, status.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, status.changed())
+            .await
+            .is_err()
+        {
             let st = status.borrow();
             tracing::warn!(lane = %st.lane, state = %st.state, plate = %v.plate, barrier_open = st.barrier_open, weighed, declared, left, "demo vehicle got no response from its lane");
             return false;
@@ -625,7 +706,10 @@ fn summarize(data_dir: &Path) -> anyhow::Result<Summary> {
                 EventBody::PassAttempt(p) if p.decision == Decision::Allow => sum.allowed += 1,
                 EventBody::PassAttempt(p) => {
                     sum.denied += 1;
-                    let d = sum.denied_by.entry(p.reason.clone()).or_insert((0, p.reason_text.clone()));
+                    let d = sum
+                        .denied_by
+                        .entry(p.reason.clone())
+                        .or_insert((0, p.reason_text.clone()));
                     d.0 += 1;
                 }
                 EventBody::ManualRelease(_) => sum.manual += 1,
@@ -642,9 +726,14 @@ fn summarize(data_dir: &Path) -> anyhow::Result<Summary> {
 async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("ecogate-demo-{}-{}", std::process::id(), Utc::now().timestamp())),
+        None => std::env::temp_dir().join(format!(
+            "ecogate-demo-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp()
+        )),
     };
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let ledger_dir = data_dir.join("ledger");
 
@@ -665,11 +754,17 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 }),
                 ..SimConfig::default()
             };
-            let relay = Arc::new(RelaySim::start(Framing::Tcp, cfg).await.context("starting a relay simulator")?);
+            let relay = Arc::new(
+                RelaySim::start(Framing::Tcp, cfg)
+                    .await
+                    .context("starting a relay simulator")?,
+            );
             let scale = if weighs(i) {
                 let mut c = ScaleSimConfig::new(ScaleFormat::A9);
                 c.noise = Mass::from_kg(40);
-                let (sim, addr) = ScaleSim::bind("127.0.0.1:0", c).await.context("starting a scale simulator")?;
+                let (sim, addr) = ScaleSim::bind("127.0.0.1:0", c)
+                    .await
+                    .context("starting a scale simulator")?;
                 Some((Arc::new(sim), addr))
             } else {
                 None
@@ -678,9 +773,19 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let site_file = data_dir.join("site.toml");
-    let addrs: Vec<(SocketAddr, Option<SocketAddr>)> = sims.iter().map(|s| (s.relay.addr(), s.scale.as_ref().map(|x| x.1))).collect();
-    std::fs::write(&site_file, site_toml_with(args.lanes, &ledger_dir, args.simulators.then_some(addrs.as_slice())))
-        .with_context(|| format!("writing {}", site_file.display()))?;
+    let addrs: Vec<(SocketAddr, Option<SocketAddr>)> = sims
+        .iter()
+        .map(|s| (s.relay.addr(), s.scale.as_ref().map(|x| x.1)))
+        .collect();
+    std::fs::write(
+        &site_file,
+        site_toml_with(
+            args.lanes,
+            &ledger_dir,
+            args.simulators.then_some(addrs.as_slice()),
+        ),
+    )
+    .with_context(|| format!("writing {}", site_file.display()))?;
     let plan = crate::config::load(&site_file)
         .map_err(|d| anyhow::anyhow!("the generated demo site does not validate:\n{d}"))?;
 
@@ -709,11 +814,25 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     let (handles, decider, ledger, mut kits, gateway) = if args.simulators {
-        let gw = crate::gateway::Gateway::start(plan, Some("127.0.0.1:0".parse()?), Some(registry.clone())).await?;
-        anyhow::ensure!(gw.device_errors.is_empty(), "devices did not start: {:?}", gw.device_errors);
+        let gw = crate::gateway::Gateway::start(
+            plan,
+            Some("127.0.0.1:0".parse()?),
+            Some(registry.clone()),
+        )
+        .await?;
+        anyhow::ensure!(
+            gw.device_errors.is_empty(),
+            "devices did not start: {:?}",
+            gw.device_errors
+        );
         let mut kits = Vec::new();
         for (i, l) in gw.plan.lanes.iter().enumerate() {
-            let cam = l.spec.bindings.get(&crate::lane::builtin::Role::Camera).map(|c| c.device.clone()).unwrap_or_default();
+            let cam = l
+                .spec
+                .bindings
+                .get(&crate::lane::builtin::Role::Camera)
+                .map(|c| c.device.clone())
+                .unwrap_or_default();
             kits.push(LaneKit {
                 handle: gw.lanes[i].clone(),
                 field: Field::Sim {
@@ -723,7 +842,13 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 },
             });
         }
-        (gw.lanes.clone(), Arc::clone(&gw.decider), gw.ledger.clone(), kits, Some(gw))
+        (
+            gw.lanes.clone(),
+            Arc::clone(&gw.decider),
+            gw.ledger.clone(),
+            kits,
+            Some(gw),
+        )
     } else {
         let decider = Arc::new(SiteDecider::new(plan.policy.clone(), registry.clone()));
         let ledger = crate::ledger::Ledger::open(&plan.data_dir)
@@ -744,21 +869,30 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             let ledger = ledger.clone();
             tokio::spawn(async move {
                 while let Some(a) = alarm_rx.recv().await {
-                    let body = crate::ledger::events::EventBody::Alarm(crate::ledger::events::Alarm {
-                        source: format!("lane:{}", a.lane),
-                        code: a.code,
-                        message: String::new(),
-                        active: a.raised,
-                        lane: Some(a.lane),
-                    });
+                    let body =
+                        crate::ledger::events::EventBody::Alarm(crate::ledger::events::Alarm {
+                            source: format!("lane:{}", a.lane),
+                            code: a.code,
+                            message: String::new(),
+                            active: a.raised,
+                            lane: Some(a.lane),
+                        });
                     let _ = ledger.append(body, Vec::new(), a.at).await;
                 }
             });
         }
-        let deps = LaneDeps { decider: Arc::clone(&decider), sink: Arc::new(ledger.clone()), bus: Arc::new(bus), alarms: alarm_tx };
+        let deps = LaneDeps {
+            decider: Arc::clone(&decider),
+            sink: Arc::new(ledger.clone()),
+            bus: Arc::new(bus),
+            alarms: alarm_tx,
+        };
         let mut handles = Vec::new();
         for l in &plan.lanes {
-            let (h, _task) = runtime::spawn_lane(Lane::new(l.spec.clone(), Arc::clone(&l.machine)), deps.clone());
+            let (h, _task) = runtime::spawn_lane(
+                Lane::new(l.spec.clone(), Arc::clone(&l.machine)),
+                deps.clone(),
+            );
             handles.push(h);
         }
         let mut router = runtime::Router::new(&plan);
@@ -776,7 +910,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         for (i, l) in plan.lanes.iter().enumerate() {
             use crate::lane::builtin::Role;
             let b = &l.spec.bindings;
-            let (Some(cam), Some(lp)) = (b.get(&Role::Camera).cloned(), b.get(&Role::Loop).cloned()) else { continue };
+            let (Some(cam), Some(lp)) =
+                (b.get(&Role::Camera).cloned(), b.get(&Role::Loop).cloned())
+            else {
+                continue;
+            };
             kits.push(LaneKit {
                 handle: handles[i].clone(),
                 field: Field::StandIn {
@@ -802,14 +940,24 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         for kit in &kits {
             if let Field::Sim { .. } = kit.field {
                 let mut st = kit.handle.status.clone();
-                let _ = tokio::time::timeout(Duration::from_secs(5), st.wait_for(|s| s.updated.is_some())).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    st.wait_for(|s| s.updated.is_some()),
+                )
+                .await;
             }
         }
         if let Some(gw) = &gateway {
             for (name, h) in &gw.devices.handles {
                 let mut rx = h.health.clone();
-                if gw.plan.devices.get(name).is_some_and(|d| d.profile.kind == crate::config::profile::DeviceKind::Io) {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|h| h.online)).await;
+                if gw
+                    .plan
+                    .devices
+                    .get(name)
+                    .is_some_and(|d| d.profile.kind == crate::config::profile::DeviceKind::Io)
+                {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|h| h.online))
+                        .await;
                 }
             }
         }
@@ -823,16 +971,36 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         warning_at: limit.map(|n| n / 2).unwrap_or(200),
         warning_on: AtomicBool::new(false),
         stop: AtomicBool::new(false),
-        patience: if args.simulators { Duration::from_secs(15) } else { Duration::from_secs(5) },
+        patience: if args.simulators {
+            Duration::from_secs(15)
+        } else {
+            Duration::from_secs(5)
+        },
     });
     let started = Instant::now();
     if !args.quiet {
-        let mode = if args.simulators { "real drivers against loopback simulators" } else { "in-process device stand-ins" };
-        println!("ecogate demo: {} lane(s), seed {}, {mode}; ledger in {}", handles.len(), args.seed, ledger_dir.display());
+        let mode = if args.simulators {
+            "real drivers against loopback simulators"
+        } else {
+            "in-process device stand-ins"
+        };
+        println!(
+            "ecogate demo: {} lane(s), seed {}, {mode}; ledger in {}",
+            handles.len(),
+            args.seed,
+            ledger_dir.display()
+        );
         if let Some(gw) = &gateway {
-            println!("HTTP on {} (try: curl http://{}/healthz)", gw.http_addr, gw.http_addr);
+            println!(
+                "HTTP on {} (try: curl http://{}/healthz)",
+                gw.http_addr, gw.http_addr
+            );
         }
-        println!("site file: {}  (try: ecogate check --config {})", site_file.display(), site_file.display());
+        println!(
+            "site file: {}  (try: ecogate check --config {})",
+            site_file.display(),
+            site_file.display()
+        );
         match limit {
             Some(n) => println!("{n} vehicles; an orange warning (strategy 2: 禁行国四及以下重型柴油(燃气)车) starts at vehicle {}", n / 2),
             None => println!("running until Ctrl-C; an orange warning starts at vehicle 200"),
@@ -841,7 +1009,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut agents = Vec::new();
     let step = kits.len() as u64;
     for (i, kit) in kits.drain(..).enumerate() {
-        agents.push(tokio::spawn(lane_agent(kit, (i as u64, step), Arc::clone(&shared), Arc::clone(&decider))));
+        agents.push(tokio::spawn(lane_agent(
+            kit,
+            (i as u64, step),
+            Arc::clone(&shared),
+            Arc::clone(&decider),
+        )));
     }
     let progress = {
         let shared = Arc::clone(&shared);
@@ -855,8 +1028,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 if !quiet {
                     let done = shared.done.load(Ordering::Relaxed);
                     let of = shared.limit.map(|n| format!("/{n}")).unwrap_or_default();
-                    let warn = if shared.warning_on.load(Ordering::Relaxed) { "orange warning (strategy 2)" } else { "normal day" };
-                    println!("[{:>6.1}s] {done}{of} vehicles | ledger {} events | {warn}", started.elapsed().as_secs_f64(), ledger.head().seq);
+                    let warn = if shared.warning_on.load(Ordering::Relaxed) {
+                        "orange warning (strategy 2)"
+                    } else {
+                        "normal day"
+                    };
+                    println!(
+                        "[{:>6.1}s] {done}{of} vehicles | ledger {} events | {warn}",
+                        started.elapsed().as_secs_f64(),
+                        ledger.head().seq
+                    );
                 }
             }
         })
@@ -885,7 +1066,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let report = crate::ledger::verify(&ledger_dir);
 
     println!("\n== ecogate demo summary ==");
-    println!("vehicles            {done} in {:.1}s ({:.0}/s) on {} lane(s)", elapsed.as_secs_f64(), done as f64 / elapsed.as_secs_f64().max(1e-9), handles.len());
+    println!(
+        "vehicles            {done} in {:.1}s ({:.0}/s) on {} lane(s)",
+        elapsed.as_secs_f64(),
+        done as f64 / elapsed.as_secs_f64().max(1e-9),
+        handles.len()
+    );
     println!("allowed             {}", t.allowed);
     println!("denied              {}", t.denied);
     for (reason, (n, text)) in &t.denied_by {
@@ -898,7 +1084,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("lanes not responding {stuck}");
     let ok_ledger = match &report {
         Ok(r) if r.ok() => {
-            println!("ledger              {} events, chain verified, head {}", r.events, r.head);
+            println!(
+                "ledger              {} events, chain verified, head {}",
+                r.events, r.head
+            );
             true
         }
         Ok(r) => {
@@ -913,9 +1102,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("data                {}", data_dir.display());
     let adds_up = t.allowed + t.denied == done && stuck == 0;
     if adds_up {
-        println!("check               allowed + denied = vehicles ({} + {} = {done})", t.allowed, t.denied);
+        println!(
+            "check               allowed + denied = vehicles ({} + {} = {done})",
+            t.allowed, t.denied
+        );
     } else {
         println!("check               MISMATCH: allowed {} + denied {} != vehicles {done} (stuck {stuck})", t.allowed, t.denied);
     }
-    Ok(if adds_up && ok_ledger { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if adds_up && ok_ledger {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

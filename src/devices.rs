@@ -77,7 +77,9 @@ fn parse(d: &DevicePlan) -> Result<Parsed, String> {
 /// Checks a device's settings the way its driver will read them.
 pub fn check(d: &DevicePlan) -> Result<(), String> {
     // Driver messages may span lines (serde's "… in `format`"); a diagnostic is one line.
-    parse(d).map(|_| ()).map_err(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+    parse(d)
+        .map(|_| ())
+        .map_err(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// Output and input channel names a lane may bind to (`io1.open`, `cam1.loop`).

@@ -187,3 +187,40 @@ fn demo_runs_500_vehicles_and_its_summary_adds_up() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+#[test]
+fn demo_over_real_drivers_and_loopback_simulators_adds_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ecogate()
+        .args([
+            "demo",
+            "--simulators",
+            "--vehicles",
+            "24",
+            "--lanes",
+            "4",
+            "--seed",
+            "3",
+            "--quiet",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("allowed + denied = vehicles"), "{stdout}");
+    let weighings = stdout
+        .lines()
+        .find(|l| l.starts_with("weighings"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(
+        weighings.is_some_and(|w| w > 0),
+        "the scale simulators' weights must reach the ledger: {stdout}"
+    );
+}
