@@ -91,7 +91,7 @@ fn lane_trace_replays_a_script() {
     assert!(pos("idle -> deciding  on plate") < pos("deciding -> weighing  on allow"));
     let record = pos("record pass");
     let weighing = pos("record weighing");
-    let barrier = pos("command relay.pulse -> io1 out1");
+    let barrier = pos("command barrier.open -> io1");
     assert!(record < weighing && weighing < barrier, "{stdout}");
     assert!(stdout.contains("(end in state idle)"), "{stdout}");
 }
