@@ -556,18 +556,7 @@ fn exception_name(code: ExceptionCode) -> String {
 
 /// CRC16/Modbus (poly 0xA001 reflected, init 0xFFFF), sent low byte first.
 pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0xFFFF;
-    for &b in data {
-        crc ^= u16::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
+    crate::stream::crc16(0xFFFF, data)
 }
 
 /// An RTU frame: unit, PDU, CRC (low byte first).
