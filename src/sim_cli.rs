@@ -166,7 +166,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("`{s}`: the duration must be more than 0 seconds"));
     }
     Duration::try_from_secs_f64(v).map_err(|_| format!("`{s}` seconds is out of range"))
