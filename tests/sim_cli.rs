@@ -722,3 +722,39 @@ async fn camera_reports_failed_posts_as_an_error() {
     let e = within(sim.task).await.unwrap().unwrap_err();
     assert!(e.to_string().contains("2 of 2 posts failed"), "{e}");
 }
+
+#[tokio::test]
+async fn camera_hik_posts_anpr_xml_with_plate_and_colour() {
+    let (url, gw, _) = fake_gateway("").await;
+    let mut sim = Running::start(&[
+        "camera",
+        "--url",
+        &url,
+        "--kind",
+        "hik",
+        "--plate",
+        "沪D12345",
+        "--color",
+        "white",
+        "--count",
+        "2",
+        "--interval-ms",
+        "1",
+    ]);
+    sim.expect("沪D12345 white → 200").await;
+    within(sim.task).await.unwrap().unwrap();
+    let bodies = gw.await.unwrap();
+    assert_eq!(bodies.len(), 2);
+    let b = String::from_utf8_lossy(&bodies[0]);
+    assert!(b.contains("<licensePlate>沪D12345</licensePlate>"), "{b}");
+    assert!(b.contains("<plateColor>white</plateColor>"), "{b}");
+    assert!(b.contains("filename=\"detectionPicture.jpg\""), "{b}");
+    // Two reads, two event ids.
+    let uuid = |s: &str| {
+        s.split("<UUID>")
+            .nth(1)
+            .and_then(|r| r.split("</UUID>").next())
+            .map(str::to_string)
+    };
+    assert_ne!(uuid(&b), uuid(&String::from_utf8_lossy(&bodies[1])));
+}
