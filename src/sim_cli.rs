@@ -449,8 +449,6 @@ struct IoConsole {
     sim: RelaySim,
     args: IoArgs,
     flash_base: u16,
-    frames_seen: usize,
-    coil_log_seen: usize,
     dis: Vec<bool>,
 }
 
@@ -612,20 +610,16 @@ impl Console for IoConsole {
 
     fn poll(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
-        let frames = self.sim.frames();
-        for f in frames.iter().skip(self.frames_seen) {
-            lines.extend(self.describe_frame(f));
+        for f in self.sim.take_frames() {
+            lines.extend(self.describe_frame(&f));
         }
-        self.frames_seen = frames.len();
-        let log = self.sim.coil_log();
-        for c in log.iter().skip(self.coil_log_seen) {
+        for c in self.sim.take_coil_log() {
             lines.push(format!(
                 "{} {}",
                 self.coil_label(c.coil),
                 if c.on { "on" } else { "off" }
             ));
         }
-        self.coil_log_seen = log.len();
         for i in 0..self.args.channels {
             let now = self.sim.input(i);
             if let Some(prev) = self.dis.get_mut(i as usize) {
@@ -672,8 +666,6 @@ where
         sim,
         args,
         flash_base,
-        frames_seen: 0,
-        coil_log_seen: 0,
         dis,
     };
     let mut intro = vec![format!(
@@ -1240,8 +1232,8 @@ pub struct CameraArgs {
     /// Post every read twice (same id), as a camera retrying does.
     #[arg(long)]
     pub duplicate: bool,
-    /// Mark reads as offline replays (stored while the gateway was unreachable; captured
-    /// 10 minutes ago).
+    /// Mark reads as offline replays: VZ `isoffline=1` captured 10 minutes ago, Hikvision
+    /// `isDataRetransmission=true`.
     #[arg(long)]
     pub offline_replay: bool,
     /// After the scripted reads, post a read for each stdin line `PLATE [COLOR]` until EOF.
@@ -1311,7 +1303,10 @@ impl CameraRun {
             }
             CameraKind::Hik => {
                 let uuid = format!("ecogate-sim-{id}");
-                let xml = hik_anpr_xml(plate, &uuid, color.name(), false);
+                let mut xml = hik_anpr_xml(plate, &uuid, color.name(), false);
+                if a.offline_replay {
+                    xml = xml.replace("<isDataRetransmission>false", "<isDataRetransmission>true");
+                }
                 let crop = fake_jpeg(image / 20 + 64);
                 let scene = fake_jpeg(image.max(64));
                 let b = "hiksimboundary";

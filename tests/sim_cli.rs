@@ -740,6 +740,7 @@ async fn camera_hik_posts_anpr_xml_with_plate_and_colour() {
         "2",
         "--interval-ms",
         "1",
+        "--offline-replay",
     ]);
     sim.expect("沪D12345 white → 200").await;
     within(sim.task).await.unwrap().unwrap();
@@ -749,6 +750,10 @@ async fn camera_hik_posts_anpr_xml_with_plate_and_colour() {
     assert!(b.contains("<licensePlate>沪D12345</licensePlate>"), "{b}");
     assert!(b.contains("<plateColor>white</plateColor>"), "{b}");
     assert!(b.contains("filename=\"detectionPicture.jpg\""), "{b}");
+    assert!(
+        b.contains("<isDataRetransmission>true</isDataRetransmission>"),
+        "{b}"
+    );
     // Two reads, two event ids.
     let uuid = |s: &str| {
         s.split("<UUID>")

@@ -36,7 +36,10 @@ pub enum Fault {
     /// Answer every request with this exception code.
     Exception(u8),
     /// Answer every `every`-th request (counted over all connections) with exception `code`.
-    ExceptionEvery { code: u8, every: u64 },
+    ExceptionEvery {
+        code: u8,
+        every: u64,
+    },
     /// Close the connection when a request arrives.
     Disconnect,
 }
@@ -227,6 +230,17 @@ impl RelaySim {
     /// Raw request frames received (RTU with CRC, or TCP with MBAP), in order.
     pub fn frames(&self) -> Vec<Vec<u8>> {
         lock(&self.state).frames.clone()
+    }
+
+    /// Removes and returns the request frames logged so far: a long-running simulator
+    /// (`ecogate sim io`) would otherwise keep every poll of a days-long session.
+    pub fn take_frames(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut lock(&self.state).frames)
+    }
+
+    /// Removes and returns the coil changes logged so far.
+    pub fn take_coil_log(&self) -> Vec<CoilChange> {
+        std::mem::take(&mut lock(&self.state).coil_log)
     }
 
     pub fn requests(&self) -> u64 {
