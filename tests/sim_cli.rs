@@ -763,3 +763,37 @@ async fn camera_hik_posts_anpr_xml_with_plate_and_colour() {
     };
     assert_ne!(uuid(&b), uuid(&String::from_utf8_lossy(&bodies[1])));
 }
+
+#[tokio::test]
+async fn io_rtu_over_tcp_prints_writes_and_ignores_other_units() {
+    use ecogate_drivers::modbus::rtu_frame;
+    let mut sim = Running::start(&[
+        "io",
+        "--rtu-over-tcp",
+        "--unit",
+        "7",
+        "--no-barrier",
+        "--until-eof",
+    ]);
+    let addr = sim.addr().await;
+    let mut sock = TcpStream::connect(&addr).await.unwrap();
+    // A request for unit 3 on the same line: printed as not ours, never answered.
+    sock.write_all(&rtu_frame(3, &[0x05, 0x00, 0x02, 0xFF, 0x00]))
+        .await
+        .unwrap();
+    sim.expect("command for unit 3 (not me, ignored): write relay 2 ON")
+        .await;
+    sock.write_all(&rtu_frame(7, &[0x05, 0x00, 0x02, 0xFF, 0x00]))
+        .await
+        .unwrap();
+    let mut reply = [0u8; 8];
+    within(sock.read_exact(&mut reply)).await.unwrap();
+    // The echo of our own request is the first reply on the line: unit 3 got nothing.
+    assert_eq!(
+        reply.to_vec(),
+        rtu_frame(7, &[0x05, 0x00, 0x02, 0xFF, 0x00])
+    );
+    sim.expect_all(&["command: write relay 2 ON", "relay 2 on"])
+        .await;
+    sim.finish().await.unwrap();
+}
