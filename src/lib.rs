@@ -18,5 +18,6 @@ pub mod policy;
 pub mod recorder;
 pub mod registry;
 pub mod runtime;
+pub mod sim_cli;
 pub mod time;
 pub mod vehicle;

@@ -35,6 +35,11 @@ pub enum Fault {
     Late(Duration),
     /// Answer every request with this exception code.
     Exception(u8),
+    /// Answer every `every`-th request (counted over all connections) with exception `code`.
+    ExceptionEvery {
+        code: u8,
+        every: u64,
+    },
     /// Close the connection when a request arrives.
     Disconnect,
 }
@@ -111,7 +116,12 @@ impl Drop for RelaySim {
 impl RelaySim {
     /// Listen on 127.0.0.1 with an ephemeral port.
     pub async fn start(framing: Framing, cfg: SimConfig) -> std::io::Result<RelaySim> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::bind("127.0.0.1:0", framing, cfg).await
+    }
+
+    /// Listen on `addr` (`ecogate sim io --port N` needs a fixed port).
+    pub async fn bind(addr: &str, framing: Framing, cfg: SimConfig) -> std::io::Result<RelaySim> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let n = cfg.channels as usize;
         let mut dis = vec![false; n];
@@ -222,6 +232,17 @@ impl RelaySim {
         lock(&self.state).frames.clone()
     }
 
+    /// Removes and returns the request frames logged so far: a long-running simulator
+    /// (`ecogate sim io`) would otherwise keep every poll of a days-long session.
+    pub fn take_frames(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut lock(&self.state).frames)
+    }
+
+    /// Removes and returns the coil changes logged so far.
+    pub fn take_coil_log(&self) -> Vec<CoilChange> {
+        std::mem::take(&mut lock(&self.state).coil_log)
+    }
+
     pub fn requests(&self) -> u64 {
         lock(&self.state).requests
     }
@@ -249,11 +270,11 @@ where
             let Some((raw, header, unit, pdu)) = parsed else {
                 break;
             };
-            let (fault, my_unit) = {
+            let (fault, my_unit, nth) = {
                 let mut s = lock(&st);
                 s.frames.push(raw);
                 s.requests += 1;
-                (s.fault, s.cfg.unit)
+                (s.fault, s.cfg.unit, s.requests)
             };
             if unit != my_unit {
                 // Another slave on the same bus: stay silent, as a multi-drop line would.
@@ -263,6 +284,10 @@ where
                 Fault::Silent => continue,
                 Fault::Disconnect => return,
                 Fault::Exception(code) => vec![pdu.first().copied().unwrap_or(0) | 0x80, code],
+                Fault::ExceptionEvery { code, every } if nth % every.max(1) == 0 => {
+                    vec![pdu.first().copied().unwrap_or(0) | 0x80, code]
+                }
+                Fault::ExceptionEvery { .. } => process(&st, &pdu),
                 Fault::None | Fault::Late(_) => process(&st, &pdu),
             };
             let frame = match framing {

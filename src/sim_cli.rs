@@ -1,0 +1,1445 @@
+//! `ecogate sim …`: the drivers crate's device simulators run standalone on 127.0.0.1, so an
+//! integrator can point a gateway (or a test script) at a fake relay module, weighbridge, sign,
+//! UPS or camera and play vehicles by hand from the terminal.
+//!
+//! Every simulator prints `listening on 127.0.0.1:PORT` (or, for the camera, `posting to URL`)
+//! as its first stdout line, then one timestamped line per event. Stdin lines are commands
+//! (`help` lists them). Each `run_*` function takes its output and input streams as arguments so
+//! tests drive them through in-memory pipes exactly as a script drives the binary.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use ecogate_drivers::led::p64::P64Message;
+use ecogate_drivers::led::SignProtocol;
+use ecogate_drivers::mass::Mass;
+use ecogate_drivers::plate::PlateColor;
+use ecogate_drivers::scale::codec::ScaleFormat;
+use ecogate_drivers::sim::camera::fake_jpeg;
+use ecogate_drivers::sim::camera::{hik_anpr_xml, multipart_body, CameraSim, Reply, VzPlate};
+use ecogate_drivers::sim::led::{LedSim, LedSimConfig, SignReceived};
+use ecogate_drivers::sim::modbus::{BarrierModel, Fault, Framing, RelaySim, SimConfig};
+use ecogate_drivers::sim::scale::{ScaleSim, ScaleSimConfig, Segment};
+use ecogate_drivers::sim::stream_faults::Faults;
+use ecogate_drivers::sim::ups::UpsSim;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// The `ecogate sim` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum SimCommand {
+    /// Push plate reads to a gateway's camera ingest URL, like a VZ or Hikvision camera.
+    Camera(CameraArgs),
+    /// A Modbus relay/DI module with a barrier wired to it.
+    Io(IoArgs),
+    /// A weighbridge indicator streaming weight frames.
+    Scale(ScaleArgs),
+    /// An LED/voice sign that prints every text it receives.
+    Led(LedArgs),
+    /// A Megatec Q1 UPS.
+    Ups(UpsArgs),
+}
+
+impl SimCommand {
+    /// Runs the simulator on its own tokio runtime until Ctrl-C, `--duration` or (with
+    /// `--until-eof`) the end of stdin.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the simulator runtime")?;
+        let result = rt.block_on(async move {
+            let out = tokio::io::stdout();
+            let input = tokio::io::BufReader::new(tokio::io::stdin());
+            tokio::select! {
+                r = self.run_with(out, input) => r,
+                r = tokio::signal::ctrl_c() => {
+                    r.context("waiting for Ctrl-C")?;
+                    let mut o = tokio::io::stdout();
+                    let _ = o.write_all(format!("{} stopping: interrupted\n", stamp()).as_bytes()).await;
+                    let _ = o.flush().await;
+                    Ok(())
+                }
+            }
+        });
+        // A blocking stdin read may still be pending; do not wait for it.
+        rt.shutdown_background();
+        result.map(|()| ExitCode::SUCCESS)
+    }
+
+    /// Runs the simulator with the given output and command input (stdout/stdin for the CLI).
+    pub async fn run_with<W, R>(self, out: W, input: R) -> anyhow::Result<()>
+    where
+        W: AsyncWrite + Unpin + Send,
+        R: AsyncBufRead + Unpin + Send,
+    {
+        match self {
+            SimCommand::Camera(a) => run_camera(a, out, input).await,
+            SimCommand::Io(a) => run_io(a, out, input).await,
+            SimCommand::Scale(a) => run_scale(a, out, input).await,
+            SimCommand::Led(a) => run_led(a, out, input).await,
+            SimCommand::Ups(a) => run_ups(a, out, input).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared options
+
+/// When the simulator stops (besides Ctrl-C).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StopArgs {
+    /// Stop when stdin reaches end-of-file (for scripts and tests). Without it, stdin EOF only
+    /// ends command input and the simulator keeps running.
+    #[arg(long)]
+    pub until_eof: bool,
+    /// Stop by itself after this many seconds (decimals allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<Duration>,
+}
+
+/// Where a simulator listens. Only loopback: a simulator on a plant network could be mistaken
+/// for (or answer in place of) a real device.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; only 127.0.0.1 (or `localhost`) is accepted.
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub bind: String,
+    /// TCP port; 0 picks a free one (read it from the first output line).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[command(flatten)]
+    pub stop: StopArgs,
+}
+
+impl ServeArgs {
+    /// The socket address to bind, or an error for anything but loopback 127.0.0.1.
+    pub fn socket_addr(&self) -> anyhow::Result<SocketAddr> {
+        let ip = check_bind(&self.bind)?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+/// `127.0.0.1` or `localhost` → 127.0.0.1; anything else is refused.
+pub fn check_bind(addr: &str) -> anyhow::Result<IpAddr> {
+    let a = addr.trim();
+    if a.eq_ignore_ascii_case("localhost")
+        || a.parse::<IpAddr>().ok() == Some(Ipv4Addr::LOCALHOST.into())
+    {
+        return Ok(Ipv4Addr::LOCALHOST.into());
+    }
+    bail!("refusing to bind `{addr}`: simulators listen on 127.0.0.1 only")
+}
+
+/// Fault injection shared by the stream simulators (scale, LED, UPS).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StreamFaultArgs {
+    /// Send nothing (no frames, replies or ACKs).
+    #[arg(long)]
+    pub silent: bool,
+    /// Wait this long before each frame or reply.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Write random bytes before each frame or reply (8 if no count is given).
+    #[arg(long, value_name = "BYTES", num_args = 0..=1, default_missing_value = "8")]
+    pub garbage: Option<usize>,
+    /// Write each frame in random pieces.
+    #[arg(long)]
+    pub split: bool,
+}
+
+impl StreamFaultArgs {
+    fn faults(&self) -> Faults {
+        Faults {
+            silent: self.silent,
+            delay: Duration::from_millis(self.delay_ms),
+            garbage: self.garbage.unwrap_or(0),
+            split: self.split,
+        }
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(format!("`{s}`: the duration must be more than 0 seconds"));
+    }
+    Duration::try_from_secs_f64(v).map_err(|_| format!("`{s}` seconds is out of range"))
+}
+
+fn stamp() -> String {
+    chrono::Local::now().format("%H:%M:%S%.3f").to_string()
+}
+
+async fn emit<W: AsyncWrite + Unpin>(out: &mut W, lines: &[String]) -> anyhow::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let ts = stamp();
+    let mut buf = String::new();
+    for l in lines {
+        buf.push_str(&ts);
+        buf.push(' ');
+        buf.push_str(l);
+        buf.push('\n');
+    }
+    out.write_all(buf.as_bytes())
+        .await
+        .context("writing simulator output")?;
+    out.flush().await.context("writing simulator output")
+}
+
+async fn first_line<W: AsyncWrite + Unpin>(out: &mut W, line: String) -> anyhow::Result<()> {
+    out.write_all(format!("{line}\n").as_bytes())
+        .await
+        .context("writing simulator output")?;
+    out.flush().await.context("writing simulator output")
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A simulator seen from the terminal: stdin commands in, event lines out.
+trait Console {
+    /// Handles one command line; returns the lines to print.
+    fn command(&mut self, line: &str) -> Vec<String>;
+    /// Events since the last call.
+    fn poll(&mut self) -> Vec<String>;
+    fn help(&self) -> &'static str;
+}
+
+/// The loop every listening simulator runs: commands from `input`, events polled every 20 ms,
+/// until `--duration` or (with `--until-eof`) end of input.
+async fn drive<C, W, R>(c: &mut C, stop: &StopArgs, out: &mut W, input: R) -> anyhow::Result<()>
+where
+    C: Console,
+    W: AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+{
+    let deadline = stop.duration.map(|d| Instant::now() + d);
+    let mut lines = input.lines();
+    let mut stdin_open = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = sleep_until_opt(deadline) => {
+                emit(out, &c.poll()).await?;
+                return emit(out, &["stopping: duration elapsed".to_string()]).await;
+            }
+            l = lines.next_line(), if stdin_open => match l {
+                Ok(Some(l)) => {
+                    let t = l.trim();
+                    if t.is_empty() || t.starts_with('#') {
+                        continue;
+                    }
+                    // Events that happened before the command print before its answer.
+                    emit(out, &c.poll()).await?;
+                    let reply = if t == "help" {
+                        c.help().lines().map(str::to_string).collect()
+                    } else {
+                        c.command(t)
+                    };
+                    emit(out, &reply).await?;
+                }
+                Ok(None) => {
+                    if stop.until_eof {
+                        emit(out, &c.poll()).await?;
+                        return emit(out, &["stopping: end of input".to_string()]).await;
+                    }
+                    stdin_open = false;
+                }
+                Err(e) => {
+                    if stop.until_eof {
+                        return Err(anyhow!(e).context("reading commands from stdin"));
+                    }
+                    emit(out, &[format!("error: reading stdin: {e}; commands disabled")]).await?;
+                    stdin_open = false;
+                }
+            },
+            _ = tick.tick() => emit(out, &c.poll()).await?,
+        }
+    }
+}
+
+fn on_off(w: Option<&str>) -> Result<bool, String> {
+    match w {
+        Some("on" | "1" | "high" | "true") => Ok(true),
+        Some("off" | "0" | "low" | "false") => Ok(false),
+        Some(o) => Err(format!("`{o}` is not on/off")),
+        None => Err("missing on/off".into()),
+    }
+}
+
+/// `fault …` / `disconnect` for the stream simulators; `None` when the line is not one of them.
+fn stream_fault_command(cur: &Faults, line: &str) -> Option<Result<Faults, String>> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    if w.first() != Some(&"fault") {
+        return None;
+    }
+    let mut f = cur.clone();
+    let num = |i: usize| -> Result<u64, String> {
+        w.get(i)
+            .ok_or_else(|| format!("`{line}`: missing number"))?
+            .parse::<u64>()
+            .map_err(|_| format!("`{line}`: not a whole number"))
+    };
+    let r = match w.get(1).copied() {
+        Some("none") => Ok(Faults::default()),
+        Some("silent") => on_off(w.get(2).copied().or(Some("on"))).map(|v| {
+            f.silent = v;
+            f
+        }),
+        Some("split") => on_off(w.get(2).copied().or(Some("on"))).map(|v| {
+            f.split = v;
+            f
+        }),
+        Some("delay") => num(2).map(|ms| {
+            f.delay = Duration::from_millis(ms);
+            f
+        }),
+        Some("garbage") => num(2).and_then(|n| {
+            if n > 4096 {
+                return Err("garbage is limited to 4096 bytes".into());
+            }
+            f.garbage = n as usize;
+            Ok(f)
+        }),
+        _ => Err(format!(
+            "`{line}`: expected fault none | silent [on|off] | split [on|off] | delay MS | garbage N"
+        )),
+    };
+    Some(r)
+}
+
+fn describe_faults(f: &Faults) -> String {
+    if *f == Faults::default() {
+        return "faults: none".into();
+    }
+    format!(
+        "faults: silent={} delay={}ms garbage={} split={}",
+        f.silent,
+        f.delay.as_millis(),
+        f.garbage,
+        f.split
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// io
+
+/// `ecogate sim io`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct IoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Modbus unit (slave) id the module answers to.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=247))]
+    pub unit: u8,
+    /// Speak RTU frames over TCP (a serial device server) instead of Modbus TCP.
+    #[arg(long)]
+    pub rtu_over_tcp: bool,
+    /// Relays and inputs on the module.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub channels: u16,
+    /// No barrier wired: limit-switch inputs stay where you set them.
+    #[arg(long)]
+    pub no_barrier: bool,
+    /// Barrier travel time between limit switches.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub travel_ms: u64,
+    /// The barrier closes by itself this long after opening (0 = never).
+    #[arg(long, value_name = "MS", default_value_t = 10000)]
+    pub auto_close_ms: u64,
+    /// Relay wired to the barrier's OPEN contact.
+    #[arg(long, default_value_t = 0)]
+    pub open_coil: u16,
+    /// Relay wired to the barrier's CLOSE contact.
+    #[arg(long, default_value_t = 1)]
+    pub close_coil: u16,
+    /// Input the vehicle loop detector is wired to (`loop on|off`).
+    #[arg(long, default_value_t = 0)]
+    pub loop_di: u16,
+    /// The loop detector contact is normally closed (input high while the lane is empty).
+    #[arg(long)]
+    pub loop_nc: bool,
+    /// Input of the "barrier open" limit switch.
+    #[arg(long, default_value_t = 1)]
+    pub limit_open_di: u16,
+    /// Input of the "barrier closed" limit switch.
+    #[arg(long, default_value_t = 2)]
+    pub limit_closed_di: u16,
+    /// Never answer.
+    #[arg(long, group = "io_fault")]
+    pub silent: bool,
+    /// Answer every request this late.
+    #[arg(long, value_name = "MS", group = "io_fault")]
+    pub late_ms: Option<u64>,
+    /// Answer every N-th request with a Modbus exception.
+    #[arg(long, value_name = "N", group = "io_fault",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub exception_every: Option<u64>,
+    /// Exception code for `--exception-every` (4 = slave device failure).
+    #[arg(long, default_value_t = 4)]
+    pub exception_code: u8,
+}
+
+impl IoArgs {
+    fn sim_config(&self) -> anyhow::Result<SimConfig> {
+        let mut wires = vec![("--loop-di", self.loop_di)];
+        if !self.no_barrier {
+            wires.extend([
+                ("--open-coil", self.open_coil),
+                ("--close-coil", self.close_coil),
+                ("--limit-open-di", self.limit_open_di),
+                ("--limit-closed-di", self.limit_closed_di),
+            ]);
+        }
+        for (name, n) in wires {
+            if n >= self.channels {
+                bail!(
+                    "{name} {n} is outside the module's {} channels (0..{})",
+                    self.channels,
+                    self.channels - 1
+                );
+            }
+        }
+        let barrier = (!self.no_barrier).then(|| BarrierModel {
+            open_coil: self.open_coil,
+            close_coil: self.close_coil,
+            limit_open_di: self.limit_open_di,
+            limit_closed_di: self.limit_closed_di,
+            travel: Duration::from_millis(self.travel_ms),
+            auto_close: (self.auto_close_ms > 0).then(|| Duration::from_millis(self.auto_close_ms)),
+        });
+        Ok(SimConfig {
+            unit: self.unit,
+            channels: self.channels,
+            barrier,
+            ..SimConfig::default()
+        })
+    }
+
+    fn fault(&self) -> Fault {
+        if self.silent {
+            Fault::Silent
+        } else if let Some(ms) = self.late_ms {
+            Fault::Late(Duration::from_millis(ms))
+        } else if let Some(every) = self.exception_every {
+            Fault::ExceptionEvery {
+                code: self.exception_code,
+                every,
+            }
+        } else {
+            Fault::None
+        }
+    }
+}
+
+struct IoConsole {
+    sim: RelaySim,
+    args: IoArgs,
+    flash_base: u16,
+    dis: Vec<bool>,
+}
+
+impl IoConsole {
+    fn di_label(&self, di: u16) -> String {
+        let a = &self.args;
+        let name = if di == a.loop_di {
+            Some("loop")
+        } else if !a.no_barrier && di == a.limit_open_di {
+            Some("limit_open")
+        } else if !a.no_barrier && di == a.limit_closed_di {
+            Some("limit_closed")
+        } else {
+            None
+        };
+        match name {
+            Some(n) => format!("DI {di} ({n})"),
+            None => format!("DI {di}"),
+        }
+    }
+
+    fn coil_label(&self, coil: u16) -> String {
+        let a = &self.args;
+        if !a.no_barrier && coil == a.open_coil {
+            format!("relay {coil} (open)")
+        } else if !a.no_barrier && coil == a.close_coil {
+            format!("relay {coil} (close)")
+        } else {
+            format!("relay {coil}")
+        }
+    }
+
+    /// A line for each write request; reads are the gateway's polling and would flood the
+    /// terminal.
+    fn describe_frame(&self, raw: &[u8]) -> Option<String> {
+        let (unit, pdu) = if self.args.rtu_over_tcp {
+            (*raw.first()?, raw.get(1..raw.len().checked_sub(2)?)?)
+        } else {
+            (*raw.get(6)?, raw.get(7..)?)
+        };
+        let fc = *pdu.first()?;
+        let a = u16::from_be_bytes([*pdu.get(1)?, *pdu.get(2)?]);
+        let v = u16::from_be_bytes([*pdu.get(3)?, *pdu.get(4)?]);
+        let n = self.args.channels;
+        let what = match fc {
+            0x05 if a < n && v == 0xFF00 => format!("write {} ON", self.coil_label(a)),
+            0x05 if a < n && v == 0x0000 => format!("write {} OFF", self.coil_label(a)),
+            0x05 if a >= self.flash_base && a < self.flash_base + n => format!(
+                "pulse {} for {} ms (device-timed flash)",
+                self.coil_label(a - self.flash_base),
+                u64::from(v) * 100
+            ),
+            0x05 => format!("write coil {a} value 0x{v:04X} (refused)"),
+            0x06 => format!("write register {a} = {v}"),
+            0x0F => {
+                let data = pdu.get(6..).unwrap_or(&[]);
+                let bits: String = (0..v)
+                    .map(|i| {
+                        let b = data.get(i as usize / 8).copied().unwrap_or(0);
+                        if b & (1 << (i % 8)) != 0 {
+                            '1'
+                        } else {
+                            '0'
+                        }
+                    })
+                    .collect();
+                format!("write coils {a}..{} = {bits}", u32::from(a) + u32::from(v))
+            }
+            0x10 => format!("write {v} registers from {a}"),
+            _ => return None,
+        };
+        Some(if unit == self.args.unit {
+            format!("command: {what}")
+        } else {
+            format!("command for unit {unit} (not me, ignored): {what}")
+        })
+    }
+
+    fn status(&self) -> Vec<String> {
+        let n = self.args.channels;
+        let coils: String = (0..n)
+            .map(|i| if self.sim.coil(i) { '1' } else { '0' })
+            .collect();
+        let dis: String = (0..n)
+            .map(|i| if self.sim.input(i) { '1' } else { '0' })
+            .collect();
+        vec![format!(
+            "status: relays {coils} inputs {dis} (channel 0 first)"
+        )]
+    }
+}
+
+impl Console for IoConsole {
+    fn help(&self) -> &'static str {
+        "commands:
+  loop on|off        vehicle on / off the loop detector (honours --loop-nc)
+  in N on|off        set input N's raw level
+  status             print relays and inputs
+  fault none | silent | late MS | exception-every N"
+    }
+
+    fn command(&mut self, line: &str) -> Vec<String> {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let r: Result<String, String> = match w.as_slice() {
+            ["loop", rest @ ..] => on_off(rest.first().copied()).map(|on| {
+                let level = on != self.args.loop_nc;
+                self.sim.set_input(self.args.loop_di, level);
+                format!(
+                    "loop {} (DI {} {})",
+                    if on { "occupied" } else { "clear" },
+                    self.args.loop_di,
+                    if level { "high" } else { "low" }
+                )
+            }),
+            ["in", n, rest @ ..] => match n.parse::<u16>() {
+                Ok(n) if n < self.args.channels => on_off(rest.first().copied()).map(|on| {
+                    self.sim.set_input(n, on);
+                    format!(
+                        "{} set {}",
+                        self.di_label(n),
+                        if on { "high" } else { "low" }
+                    )
+                }),
+                _ => Err(format!(
+                    "`{n}` is not an input number (0..{})",
+                    self.args.channels - 1
+                )),
+            },
+            ["status"] => return self.status(),
+            ["fault", "none"] => {
+                self.sim.set_fault(Fault::None);
+                Ok("fault: none".into())
+            }
+            ["fault", "silent"] => {
+                self.sim.set_fault(Fault::Silent);
+                Ok("fault: silent".into())
+            }
+            ["fault", "late", ms] => ms
+                .parse::<u64>()
+                .map_err(|_| format!("`{ms}` is not a number of ms"))
+                .map(|ms| {
+                    self.sim.set_fault(Fault::Late(Duration::from_millis(ms)));
+                    format!("fault: replies {ms} ms late")
+                }),
+            ["fault", "exception-every", n] => match n.parse::<u64>() {
+                Ok(every) if every > 0 => {
+                    self.sim.set_fault(Fault::ExceptionEvery {
+                        code: self.args.exception_code,
+                        every,
+                    });
+                    Ok(format!("fault: exception on every {every}. request"))
+                }
+                _ => Err(format!("`{n}` is not a positive whole number")),
+            },
+            _ => Err(format!("unknown command `{line}` (try `help`)")),
+        };
+        vec![r.unwrap_or_else(|e| format!("error: {e}"))]
+    }
+
+    fn poll(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for f in self.sim.take_frames() {
+            lines.extend(self.describe_frame(&f));
+        }
+        for c in self.sim.take_coil_log() {
+            lines.push(format!(
+                "{} {}",
+                self.coil_label(c.coil),
+                if c.on { "on" } else { "off" }
+            ));
+        }
+        for i in 0..self.args.channels {
+            let now = self.sim.input(i);
+            if let Some(prev) = self.dis.get_mut(i as usize) {
+                if *prev != now {
+                    *prev = now;
+                    lines.push(format!(
+                        "{} {}",
+                        self.di_label(i),
+                        if now { "high" } else { "low" }
+                    ));
+                }
+            }
+        }
+        lines
+    }
+}
+
+/// `ecogate sim io`: see [`IoArgs`].
+pub async fn run_io<W, R>(args: IoArgs, mut out: W, input: R) -> anyhow::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+{
+    let addr = args.serve.socket_addr()?;
+    let cfg = args.sim_config()?;
+    let flash_base = cfg.flash_base;
+    let framing = if args.rtu_over_tcp {
+        Framing::RtuOverTcp
+    } else {
+        Framing::Tcp
+    };
+    let sim = RelaySim::bind(&addr.to_string(), framing, cfg)
+        .await
+        .with_context(|| format!("binding the io simulator to {addr}"))?;
+    sim.set_fault(args.fault());
+    if args.loop_nc {
+        // NC contact: closed (high) while the lane is empty.
+        sim.set_input(args.loop_di, true);
+    }
+    let dis = (0..args.channels).map(|i| sim.input(i)).collect();
+    first_line(&mut out, format!("listening on {}", sim.addr())).await?;
+    let stop = args.serve.stop.clone();
+    let mut c = IoConsole {
+        sim,
+        args,
+        flash_base,
+        dis,
+    };
+    let mut intro = vec![format!(
+        "modbus {} unit {}; {}",
+        if c.args.rtu_over_tcp {
+            "RTU over TCP"
+        } else {
+            "TCP"
+        },
+        c.args.unit,
+        if c.args.no_barrier {
+            "no barrier".to_string()
+        } else {
+            format!(
+                "barrier: open relay {}, close relay {}, limit_open DI {}, limit_closed DI {}, travel {} ms",
+                c.args.open_coil,
+                c.args.close_coil,
+                c.args.limit_open_di,
+                c.args.limit_closed_di,
+                c.args.travel_ms
+            )
+        }
+    )];
+    intro.extend(c.status());
+    emit(&mut out, &intro).await?;
+    drive(&mut c, &stop, &mut out, input).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// scale
+
+/// `ecogate sim scale`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Output format: a9, a12, reversed, st-gs, toledo.
+    #[arg(long)]
+    pub format: ScaleFormat,
+    /// Play a vehicle of this gross weight (kg) at start: ramp up, hold, ramp down.
+    #[arg(long, value_name = "KG")]
+    pub vehicle: Option<Mass>,
+    /// Time a vehicle takes to drive on or off (also used by `load`/`unload`).
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub ramp_ms: u64,
+    /// Time a `--vehicle` stands still on the bridge.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub hold_ms: u64,
+    /// Replay `--vehicle` endlessly.
+    #[arg(long, requires = "vehicle")]
+    pub repeat: bool,
+    /// Time between frames.
+    #[arg(long, value_name = "MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub interval_ms: u64,
+    #[command(flatten)]
+    pub faults: StreamFaultArgs,
+}
+
+fn parse_kg(s: Option<&str>) -> Result<Mass, String> {
+    let s = s.ok_or("missing weight in kg")?;
+    let m: Mass = s.parse().map_err(|e| format!("{e}"))?;
+    if m.grams < 0 {
+        return Err(format!("`{s}`: a weight cannot be negative"));
+    }
+    Ok(m)
+}
+
+struct ScaleConsole {
+    sim: ScaleSim,
+    ramp: Duration,
+    connections: u64,
+    idle: bool,
+    faults: Faults,
+}
+
+impl ScaleConsole {
+    /// Takes the bridge over from any script (even a repeating one) and ramps to `to`.
+    fn ramp_to(&mut self, to: Mass) {
+        let now = self.sim.weight();
+        self.sim.set_repeat(false);
+        self.sim.set_weight(now);
+        self.sim.play([Segment::Ramp {
+            to,
+            over: self.ramp,
+        }]);
+        self.idle = false;
+    }
+}
+
+impl Console for ScaleConsole {
+    fn help(&self) -> &'static str {
+        "commands:
+  load KG            a vehicle drives on (ramps to KG over --ramp-ms)
+  unload             the vehicle drives off
+  set KG             show KG at once, steady
+  weight             print the weight shown now
+  fault none | silent [on|off] | split [on|off] | delay MS | garbage N
+  disconnect         drop every open connection"
+    }
+
+    fn command(&mut self, line: &str) -> Vec<String> {
+        if let Some(r) = stream_fault_command(&self.faults, line) {
+            return vec![match r {
+                Ok(f) => {
+                    self.sim.set_faults(f.clone());
+                    self.faults = f;
+                    describe_faults(&self.faults)
+                }
+                Err(e) => format!("error: {e}"),
+            }];
+        }
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let r = match w.as_slice() {
+            ["load", rest @ ..] => parse_kg(rest.first().copied()).map(|m| {
+                self.ramp_to(m);
+                format!("load {m} kg over {} ms", self.ramp.as_millis())
+            }),
+            ["unload"] => {
+                self.ramp_to(Mass::ZERO);
+                Ok(format!("unload over {} ms", self.ramp.as_millis()))
+            }
+            ["set", rest @ ..] => parse_kg(rest.first().copied()).map(|m| {
+                self.sim.set_repeat(false);
+                self.sim.set_weight(m);
+                format!("weight set to {m} kg")
+            }),
+            ["weight"] => Ok(format!("weight {} kg", self.sim.weight())),
+            ["disconnect"] => {
+                self.sim.disconnect();
+                Ok("dropped every connection".into())
+            }
+            _ => Err(format!("unknown command `{line}` (try `help`)")),
+        };
+        vec![r.unwrap_or_else(|e| format!("error: {e}"))]
+    }
+
+    fn poll(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let n = self.sim.connections();
+        if n > self.connections {
+            self.connections = n;
+            lines.push(format!("client connected ({n} so far)"));
+        }
+        let idle = self.sim.idle();
+        if idle && !self.idle {
+            lines.push(format!("steady at {} kg", self.sim.weight()));
+        }
+        self.idle = idle;
+        lines
+    }
+}
+
+/// `ecogate sim scale`: see [`ScaleArgs`].
+pub async fn run_scale<W, R>(args: ScaleArgs, mut out: W, input: R) -> anyhow::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+{
+    let addr = args.serve.socket_addr()?;
+    if let Some(v) = args.vehicle {
+        if v.grams <= 0 {
+            bail!("--vehicle {v}: the gross weight must be more than 0 kg");
+        }
+    }
+    let cfg = ScaleSimConfig {
+        interval: Duration::from_millis(args.interval_ms),
+        ..ScaleSimConfig::new(args.format)
+    };
+    let (sim, local) = ScaleSim::bind(&addr.to_string(), cfg)
+        .await
+        .with_context(|| format!("binding the scale simulator to {addr}"))?;
+    let faults = args.faults.faults();
+    sim.set_faults(faults.clone());
+    first_line(&mut out, format!("listening on {local}")).await?;
+    let ramp = Duration::from_millis(args.ramp_ms);
+    let mut intro = vec![format!(
+        "scale format {} every {} ms; {}",
+        args.format.name(),
+        args.interval_ms,
+        describe_faults(&faults)
+    )];
+    if let Some(v) = args.vehicle {
+        sim.play(Segment::vehicle(
+            v,
+            ramp,
+            Duration::from_millis(args.hold_ms),
+        ));
+        sim.set_repeat(args.repeat);
+        intro.push(format!(
+            "vehicle {v} kg: ramp {} ms, hold {} ms{}",
+            args.ramp_ms,
+            args.hold_ms,
+            if args.repeat { ", repeating" } else { "" }
+        ));
+    }
+    emit(&mut out, &intro).await?;
+    let mut c = ScaleConsole {
+        idle: sim.idle(),
+        sim,
+        ramp,
+        connections: 0,
+        faults,
+    };
+    drive(&mut c, &args.serve.stop, &mut out, input).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// led
+
+/// Sign protocol for `ecogate sim led`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedProtocol {
+    /// Parking LED + voice card (VR=0x64).
+    P64,
+    /// Onbon BX-5K/6K.
+    Bx,
+}
+
+/// `ecogate sim led`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LedArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[arg(long, value_enum, default_value = "p64")]
+    pub protocol: LedProtocol,
+    /// 0x64: behave like a card in "no reply" mode (no ACK frames).
+    #[arg(long)]
+    pub no_ack: bool,
+    /// BX: refuse every frame with this error code instead of ACKing.
+    #[arg(long, value_name = "CODE")]
+    pub nack: Option<u8>,
+    #[command(flatten)]
+    pub faults: StreamFaultArgs,
+}
+
+/// Control characters would garble the terminal; CJK text is printed as is.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// One line per text shown or spoken, or one line for a non-text frame.
+pub fn describe_sign_frame(r: &SignReceived) -> Vec<String> {
+    match r {
+        SignReceived::P64 { message, .. } => match message {
+            P64Message::Voice { text, .. } => vec![format!("voice: {}", printable(text))],
+            P64Message::TempText { line, text } => {
+                vec![format!("line {line}: {}", printable(text))]
+            }
+            P64Message::MultiLine { lines, voice } => {
+                let mut v: Vec<String> = lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("line {}: {}", i + 1, printable(t)))
+                    .collect();
+                if !voice.is_empty() {
+                    v.push(format!("voice: {}", printable(voice)));
+                }
+                v
+            }
+            P64Message::Relay { ch, seconds } => {
+                vec![format!("relay {ch} for {seconds} s")]
+            }
+            P64Message::Clock(c) => vec![format!("clock set: {c:?}")],
+            P64Message::Other { cmd, data } => {
+                vec![format!("command 0x{cmd:02X} ({} data bytes)", data.len())]
+            }
+        },
+        SignReceived::BxText { area, text, .. } => {
+            vec![format!("area {area}: {}", printable(text))]
+        }
+        SignReceived::BxOther { command, raw } => vec![match command {
+            Some((g, c)) => format!("bx command {g:02X} {c:02X} ({} bytes)", raw.len()),
+            None => format!("bx frame without command ({} bytes)", raw.len()),
+        }],
+    }
+}
+
+struct LedConsole {
+    sim: LedSim,
+    rx: tokio::sync::broadcast::Receiver<SignReceived>,
+    connections: u64,
+    rejected: u64,
+    faults: Faults,
+}
+
+impl Console for LedConsole {
+    fn help(&self) -> &'static str {
+        "commands:
+  fault none | silent [on|off] | split [on|off] | delay MS | garbage N
+  disconnect         drop every open connection"
+    }
+
+    fn command(&mut self, line: &str) -> Vec<String> {
+        if line == "disconnect" {
+            self.sim.disconnect();
+            return vec!["dropped every connection".into()];
+        }
+        vec![match stream_fault_command(&self.faults, line) {
+            Some(Ok(f)) => {
+                self.sim.set_faults(f.clone());
+                self.faults = f;
+                describe_faults(&self.faults)
+            }
+            Some(Err(e)) => format!("error: {e}"),
+            None => format!("error: unknown command `{line}` (try `help`)"),
+        }]
+    }
+
+    fn poll(&mut self) -> Vec<String> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut lines = Vec::new();
+        let n = self.sim.connections();
+        if n > self.connections {
+            self.connections = n;
+            lines.push(format!("client connected ({n} so far)"));
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => lines.extend(describe_sign_frame(&r)),
+                Err(TryRecvError::Lagged(k)) => {
+                    lines.push(format!("({k} frames arrived too fast to print)"))
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        let rej = self.sim.rejected();
+        if rej > self.rejected {
+            lines.push(format!(
+                "rejected {} frame(s) with a bad checksum or shape ({rej} so far)",
+                rej - self.rejected
+            ));
+            self.rejected = rej;
+        }
+        lines
+    }
+}
+
+/// `ecogate sim led`: see [`LedArgs`].
+pub async fn run_led<W, R>(args: LedArgs, mut out: W, input: R) -> anyhow::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+{
+    let addr = args.serve.socket_addr()?;
+    let protocol = match args.protocol {
+        LedProtocol::P64 => SignProtocol::P64,
+        LedProtocol::Bx => SignProtocol::Bx,
+    };
+    if args.no_ack && protocol != SignProtocol::P64 {
+        bail!("--no-ack applies to --protocol p64 only");
+    }
+    if args.nack.is_some() && protocol != SignProtocol::Bx {
+        bail!("--nack applies to --protocol bx only");
+    }
+    let cfg = LedSimConfig {
+        ack_p64: !args.no_ack,
+        bx_nack: args.nack,
+        ..LedSimConfig::new(protocol)
+    };
+    let (sim, local) = LedSim::bind(&addr.to_string(), cfg)
+        .await
+        .with_context(|| format!("binding the LED simulator to {addr}"))?;
+    let faults = args.faults.faults();
+    sim.set_faults(faults.clone());
+    let rx = sim.subscribe();
+    first_line(&mut out, format!("listening on {local}")).await?;
+    emit(
+        &mut out,
+        &[format!(
+            "sign protocol {:?}; {}",
+            args.protocol,
+            describe_faults(&faults)
+        )],
+    )
+    .await?;
+    let mut c = LedConsole {
+        sim,
+        rx,
+        connections: 0,
+        rejected: 0,
+        faults,
+    };
+    drive(&mut c, &args.serve.stop, &mut out, input).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// ups
+
+/// `ecogate sim ups`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpsArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Start on battery (mains failed).
+    #[arg(long)]
+    pub on_battery: bool,
+    /// Start with the battery-low flag set.
+    #[arg(long)]
+    pub battery_low: bool,
+    #[command(flatten)]
+    pub faults: StreamFaultArgs,
+}
+
+struct UpsConsole {
+    sim: UpsSim,
+    on_battery: bool,
+    low: bool,
+    polls: u64,
+    connections: u64,
+    faults: Faults,
+}
+
+impl UpsConsole {
+    fn state(&self) -> &'static str {
+        match (self.on_battery, self.low) {
+            (false, false) => "on mains",
+            (false, true) => "on mains, battery low",
+            (true, false) => "on battery",
+            (true, true) => "on battery, battery low",
+        }
+    }
+}
+
+impl Console for UpsConsole {
+    fn help(&self) -> &'static str {
+        "commands:
+  battery            mains lost: running on battery
+  battery-low        on battery and the battery is low
+  mains              mains back, battery fine
+  fault none | silent [on|off] | split [on|off] | delay MS | garbage N
+  disconnect         drop every open connection"
+    }
+
+    fn command(&mut self, line: &str) -> Vec<String> {
+        if let Some(r) = stream_fault_command(&self.faults, line) {
+            return vec![match r {
+                Ok(f) => {
+                    self.sim.set_faults(f.clone());
+                    self.faults = f;
+                    describe_faults(&self.faults)
+                }
+                Err(e) => format!("error: {e}"),
+            }];
+        }
+        let (bat, low) = match line {
+            "battery" => (true, false),
+            "battery-low" => (true, true),
+            "mains" => (false, false),
+            "disconnect" => {
+                self.sim.disconnect();
+                return vec!["dropped every connection".into()];
+            }
+            _ => return vec![format!("error: unknown command `{line}` (try `help`)")],
+        };
+        self.on_battery = bat;
+        self.low = low;
+        self.sim.set_on_battery(bat);
+        self.sim.set_battery_low(low);
+        vec![format!("state: {}", self.state())]
+    }
+
+    fn poll(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let n = self.sim.connections();
+        if n > self.connections {
+            self.connections = n;
+            lines.push(format!("client connected ({n} so far)"));
+        }
+        let p = self.sim.polls();
+        if p > self.polls {
+            let first = self.polls + 1;
+            self.polls = p;
+            lines.push(if first == p {
+                format!("Q1 poll #{p} ({})", self.state())
+            } else {
+                format!("Q1 polls #{first}..#{p} ({})", self.state())
+            });
+        }
+        lines
+    }
+}
+
+/// `ecogate sim ups`: see [`UpsArgs`].
+pub async fn run_ups<W, R>(args: UpsArgs, mut out: W, input: R) -> anyhow::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+{
+    let addr = args.serve.socket_addr()?;
+    let (sim, local) = UpsSim::bind(&addr.to_string())
+        .await
+        .with_context(|| format!("binding the UPS simulator to {addr}"))?;
+    let faults = args.faults.faults();
+    sim.set_faults(faults.clone());
+    let on_battery = args.on_battery || args.battery_low;
+    sim.set_on_battery(on_battery);
+    sim.set_battery_low(args.battery_low);
+    first_line(&mut out, format!("listening on {local}")).await?;
+    let mut c = UpsConsole {
+        sim,
+        on_battery,
+        low: args.battery_low,
+        polls: 0,
+        connections: 0,
+        faults,
+    };
+    emit(
+        &mut out,
+        &[format!(
+            "Megatec Q1 UPS, {}; {}",
+            c.state(),
+            describe_faults(&c.faults)
+        )],
+    )
+    .await?;
+    drive(&mut c, &args.serve.stop, &mut out, input).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// camera
+
+/// Push format for `ecogate sim camera`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CameraKind {
+    /// VZ (臻识) `AlarmInfoPlate` JSON.
+    Vz,
+    /// Hikvision listening-mode multipart `anpr.xml` + JPEGs.
+    Hik,
+}
+
+/// `ecogate sim camera`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CameraArgs {
+    /// The gateway's ingest URL, e.g. http://127.0.0.1:8080/ingest/vz/cam1 (loopback only).
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, value_enum, default_value = "vz")]
+    pub kind: CameraKind,
+    /// Plate text to read.
+    #[arg(long, default_value = "豫A12345")]
+    pub plate: String,
+    /// Plate colour: blue, yellow, white, black, green, yellow_green, other (or 蓝/黄/…).
+    #[arg(long, default_value = "yellow")]
+    pub color: PlateColor,
+    /// Number of reads to post.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub count: u32,
+    /// Time between reads.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Size of the scene image in KiB (0 = no image).
+    #[arg(long, value_name = "KIB", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=16_384))]
+    pub image_kb: u32,
+    /// Post every read twice (same id), as a camera retrying does.
+    #[arg(long)]
+    pub duplicate: bool,
+    /// Mark reads as offline replays: VZ `isoffline=1` captured 10 minutes ago, Hikvision
+    /// `isDataRetransmission=true`.
+    #[arg(long)]
+    pub offline_replay: bool,
+    /// After the scripted reads, post a read for each stdin line `PLATE [COLOR]` until EOF.
+    #[arg(long)]
+    pub until_eof: bool,
+    /// Stop by itself after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<Duration>,
+}
+
+/// Accepts http(s) URLs whose host is 127.0.0.0/8, `localhost` or `[::1]`.
+pub fn check_loopback_url(url: &str) -> anyhow::Result<()> {
+    let u = reqwest::Url::parse(url).with_context(|| format!("`{url}` is not a URL"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        bail!("`{url}`: only http:// or https:// ingest URLs are supported");
+    }
+    let host = u.host_str().unwrap_or("");
+    let ok = match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if !ok {
+        bail!("refusing to post to `{url}`: the camera simulator only talks to loopback (127.0.0.0/8, localhost, [::1])");
+    }
+    Ok(())
+}
+
+/// VZ `colorType` for a colour (inverse of the driver's decoding).
+fn vz_color_code(c: PlateColor) -> u8 {
+    match c {
+        PlateColor::Blue => 1,
+        PlateColor::Yellow => 2,
+        PlateColor::White => 3,
+        PlateColor::Black => 4,
+        PlateColor::Green => 5,
+        PlateColor::YellowGreen => 6,
+        PlateColor::Other => 0,
+    }
+}
+
+struct CameraRun {
+    sim: CameraSim,
+    args: CameraArgs,
+    next_id: u64,
+    posted: u64,
+    failed: u64,
+}
+
+impl CameraRun {
+    async fn post_once(&self, plate: &str, color: PlateColor, id: u64) -> anyhow::Result<Reply> {
+        let a = &self.args;
+        let image = a.image_kb as usize * 1024;
+        match a.kind {
+            CameraKind::Vz => {
+                let mut p = VzPlate::new(plate, id);
+                p.color = vz_color_code(color);
+                p.image_bytes = image;
+                if a.offline_replay {
+                    p.offline = true;
+                    p.sec -= 600;
+                }
+                Ok(self.sim.vz_plate(&p).await?)
+            }
+            CameraKind::Hik => {
+                let uuid = format!("ecogate-sim-{id}");
+                let mut xml = hik_anpr_xml(plate, &uuid, color.name(), false);
+                if a.offline_replay {
+                    xml = xml.replace("<isDataRetransmission>false", "<isDataRetransmission>true");
+                }
+                let crop = fake_jpeg(image / 20 + 64);
+                let scene = fake_jpeg(image.max(64));
+                let b = "hiksimboundary";
+                let body = multipart_body(
+                    b,
+                    &[
+                        (
+                            "anpr.xml",
+                            Some("anpr.xml"),
+                            "application/xml",
+                            xml.as_bytes(),
+                        ),
+                        (
+                            "licensePlatePicture.jpg",
+                            Some("licensePlatePicture.jpg"),
+                            "image/jpeg",
+                            &crop,
+                        ),
+                        (
+                            "detectionPicture.jpg",
+                            Some("detectionPicture.jpg"),
+                            "image/jpeg",
+                            &scene,
+                        ),
+                    ],
+                );
+                Ok(self
+                    .sim
+                    .post_raw(&format!("multipart/form-data; boundary={b}"), body)
+                    .await?)
+            }
+        }
+    }
+
+    /// One read (twice with `--duplicate`), each reply printed.
+    async fn read<W: AsyncWrite + Unpin>(
+        &mut self,
+        out: &mut W,
+        plate: &str,
+        color: PlateColor,
+    ) -> anyhow::Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let times = if self.args.duplicate { 2 } else { 1 };
+        for k in 0..times {
+            self.posted += 1;
+            let tag = format!(
+                "read {id} {plate} {}{}",
+                color.name(),
+                if k > 0 { " (duplicate)" } else { "" }
+            );
+            let line = match self.post_once(plate, color, id).await {
+                Ok(r) => format!(
+                    "{tag} → {} {}",
+                    r.status,
+                    r.body.trim().replace(['\r', '\n'], " ")
+                ),
+                Err(e) => {
+                    self.failed += 1;
+                    format!("{tag} → error: {e:#}")
+                }
+            };
+            emit(out, &[line]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `ecogate sim camera`: see [`CameraArgs`].
+pub async fn run_camera<W, R>(args: CameraArgs, mut out: W, input: R) -> anyhow::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+{
+    check_loopback_url(&args.url)?;
+    let plate = args.plate.trim().to_string();
+    if plate.is_empty() {
+        bail!("--plate must not be empty");
+    }
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    first_line(&mut out, format!("posting to {}", args.url)).await?;
+    let mut run = CameraRun {
+        sim: CameraSim::new(args.url.clone()),
+        // Ids from the clock so reads of successive runs are not taken for replays.
+        next_id: u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(1) * 10,
+        args,
+        posted: 0,
+        failed: 0,
+    };
+    let color = run.args.color;
+    let scripted = async {
+        for i in 0..run.args.count {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(run.args.interval_ms)).await;
+            }
+            run.read(&mut out, &plate, color).await?;
+        }
+        if run.args.until_eof {
+            let mut lines = input.lines();
+            while let Some(l) = lines
+                .next_line()
+                .await
+                .context("reading plates from stdin")?
+            {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                match w.as_slice() {
+                    [] => {}
+                    [p] => run.read(&mut out, p, color).await?,
+                    [p, c] => match c.parse::<PlateColor>() {
+                        Ok(c) => run.read(&mut out, p, c).await?,
+                        Err(e) => emit(&mut out, &[format!("error: {e}")]).await?,
+                    },
+                    _ => {
+                        emit(
+                            &mut out,
+                            &[format!("error: `{l}`: expected `PLATE [COLOR]`")],
+                        )
+                        .await?
+                    }
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    let timed_out = tokio::select! {
+        r = scripted => { r?; false }
+        _ = sleep_until_opt(deadline) => true,
+    };
+    if timed_out {
+        emit(&mut out, &["stopping: duration elapsed".to_string()]).await?;
+    }
+    if run.failed > 0 {
+        bail!("{} of {} posts failed", run.failed, run.posted);
+    }
+    Ok(())
+}
