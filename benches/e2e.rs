@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn plate(lane: usize, k: usize) -> String {
@@ -28,7 +31,9 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut sims = Vec::new();
     for _ in 0..lanes {
-        sims.push(Arc::new(RelaySim::start(Framing::Tcp, SimConfig::default()).await?));
+        sims.push(Arc::new(
+            RelaySim::start(Framing::Tcp, SimConfig::default()).await?,
+        ));
     }
     let mut site = String::from(
         "[site]\nid = \"e2e\"\n[enterprise]\nname = \"基准\"\ncredit_code = \"91350100M000100Y43\"\npermit_no = \"91350100M000100Y43001P\"\nindustry = \"steel\"\ngrade = \"B\"\nregion = \"410500\"\n[storage]\ndata_dir = \"ledger\"\n[policy]\nunknown = \"deny\"\n",
@@ -91,7 +96,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let deadline = t0 + Duration::from_secs(5);
                 loop {
-                    let on = sim.coil_log().into_iter().skip(seen).find(|c| c.coil == 0 && c.on);
+                    let on = sim
+                        .coil_log()
+                        .into_iter()
+                        .skip(seen)
+                        .find(|c| c.coil == 0 && c.on);
                     if let Some(c) = on {
                         lat.push(c.at.saturating_duration_since(t0));
                         break;
@@ -111,7 +120,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "e2e: {lanes} lanes × {per_lane} vehicles: {} barrier pulses in {:.1} s ({:.0} passes/s); push → pulse on the wire: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

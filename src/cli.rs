@@ -46,6 +46,11 @@ pub enum Cmd {
     },
     /// Run a whole simulated site: no hardware, no setup.
     Demo(crate::demo::DemoArgs),
+    /// Run a device simulator on 127.0.0.1 (docs/simulators.md).
+    Sim {
+        #[command(subcommand)]
+        command: crate::sim_cli::SimCommand,
+    },
     /// Measure the core's speed (config check, lane interpreter, policy).
     Bench(crate::bench::BenchArgs),
 }
@@ -78,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ledger { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Registry { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Demo(args) => crate::demo::run(args),
+        Cmd::Sim { command } => command.run(),
         Cmd::Bench(args) => crate::bench::run(args),
     }
 }
