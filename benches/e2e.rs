@@ -3,6 +3,11 @@
 //! gateway (VZ HTTP ingest, lane tasks, SQLite ledger with synchronous=FULL, Modbus TCP driver).
 //!
 //! `cargo bench --bench e2e` (E2E_VEHICLES=N per lane, default 100; E2E_LANES, default 16).
+//!
+//! Second part: the whole gateway (`Gateway::start`: ledger, HTTP, lanes, router, drivers)
+//! polling 1,000 Modbus points — 125 relay/DI modules × 8 inputs every 100 ms — from TCP
+//! simulators in a child process (this binary re-executed with `--sims N`), so the CPU and RSS
+//! figures are the gateway's alone.
 
 use ecogate::gateway::Gateway;
 use ecogate::registry::MemoryRegistry;
@@ -24,8 +29,119 @@ fn plate(lane: usize, k: usize) -> String {
     format!("豫A{lane:02}{k:03}")
 }
 
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn site_header(id: &str) -> String {
+    format!("[site]\nid = \"{id}\"\n[enterprise]\nname = \"基准\"\ncredit_code = \"91350100M000100Y43\"\npermit_no = \"91350100M000100Y43001P\"\nindustry = \"steel\"\ngrade = \"B\"\nregion = \"410500\"\n[storage]\ndata_dir = \"ledger\"\n")
+}
+
+/// Child: N relay simulators; prints their addresses, serves until stdin closes.
+async fn sims_child(n: usize) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut sims = Vec::new();
+    for _ in 0..n {
+        let s = RelaySim::start(Framing::Tcp, SimConfig::default()).await?;
+        println!("{}", s.addr());
+        sims.push(s);
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut buf).await;
+    Ok(())
+}
+
+async fn modbus_polling() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let modules = env("E2E_MODULES", 125);
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--sims", &modules.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no child stdout"))?;
+    let addrs: Vec<String> = std::io::BufReader::new(out)
+        .lines()
+        .take(modules)
+        .collect::<Result<_, _>>()?;
+    let dir = tempfile::tempdir()?;
+    let mut site = site_header("poll");
+    site.push_str("[[gates]]\nid = \"1\"\nname = \"1\"\n[[gates.lanes]]\nid = \"1-in\"\ndirection = \"in\"\nmachine = \"entry\"\ncamera = \"cam1\"\nbarrier = \"io1\"\nsign = \"led1\"\nvoice = \"led1\"\n[devices.cam1]\nprofile = \"camera/vz-ivs\"\naddress = \"ingest:cam1\"\n[devices.led1]\nprofile = \"led/parking-0x64\"\nvia = \"cam1\"\n");
+    for (i, a) in addrs.iter().enumerate() {
+        let _ = write!(site, "[devices.io{}]\nprofile = \"io/modbus-relay-8ch\"\naddress = \"tcp://{a}\"\ntimeout = \"300ms\"\npoll = \"100ms\"\n", i + 1);
+    }
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, site)?;
+    let plan = ecogate::config::load(&path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let gw = Gateway::start(
+        plan,
+        Some("127.0.0.1:0".parse()?),
+        Some(Arc::new(MemoryRegistry::new())),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let online = gw
+        .devices
+        .handles
+        .values()
+        .filter(|h| h.health.borrow().online)
+        .count();
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed());
+    let errors: u64 = gw
+        .devices
+        .handles
+        .values()
+        .map(|h| h.health.borrow().errors)
+        .sum();
+    println!(
+        "modbus: whole gateway polling {} points ({modules} modules × 8 DIs every 100 ms), {online} modules online: CPU {:.1} % of one core over {:.0} s, RSS {:.1} MiB, {errors} failed requests",
+        modules * 8,
+        100.0 * cpu / wall.as_secs_f64(),
+        wall.as_secs_f64(),
+        rss_mib()
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--sims") {
+        let n = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(125);
+        return sims_child(n).await;
+    }
+    let only = std::env::var("E2E_ONLY").unwrap_or_default();
+    if only != "modbus" {
+        latency().await?;
+    }
+    if only != "latency" {
+        modbus_polling().await?;
+    }
+    Ok(())
+}
+
+async fn latency() -> anyhow::Result<()> {
     let lanes = env("E2E_LANES", 16);
     let per_lane = env("E2E_VEHICLES", 100);
     let dir = tempfile::tempdir()?;
@@ -35,9 +151,8 @@ async fn main() -> anyhow::Result<()> {
             RelaySim::start(Framing::Tcp, SimConfig::default()).await?,
         ));
     }
-    let mut site = String::from(
-        "[site]\nid = \"e2e\"\n[enterprise]\nname = \"基准\"\ncredit_code = \"91350100M000100Y43\"\npermit_no = \"91350100M000100Y43001P\"\nindustry = \"steel\"\ngrade = \"B\"\nregion = \"410500\"\n[storage]\ndata_dir = \"ledger\"\n[policy]\nunknown = \"deny\"\n",
-    );
+    let mut site = site_header("e2e");
+    site.push_str("[policy]\nunknown = \"deny\"\n");
     for (i, sim) in sims.iter().enumerate() {
         let n = i + 1;
         let _ = write!(
