@@ -88,6 +88,7 @@ pub fn bench_lane(scale: u32) -> anyhow::Result<String> {
         confidence: 98,
         source_id: None,
         captured_at: None,
+        offline_replay: false,
         images: Vec::new(),
     };
     // One vehicle through entry-weigh: 9 external inputs (plus the internal `allow`).

@@ -447,6 +447,7 @@ impl LaneKit {
                     confidence: 90 + rng.below(10) as u8,
                     source_id: Some(id.to_string()),
                     captured_at: Some(Utc::now()),
+                    offline_replay: false,
                     images: Vec::new(),
                 };
                 send(events, camera, EventKind::Plate(read)).await

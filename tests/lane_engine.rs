@@ -94,6 +94,7 @@ fn plate(p: &str) -> Input {
         confidence: 97,
         source_id: None,
         captured_at: None,
+        offline_replay: false,
         images: vec![],
     })
 }
@@ -262,6 +263,35 @@ fn weighing_lane_records_the_stable_weight_once() {
     assert_eq!(w[0].mass, Mass::from_kg(41_260));
     assert_eq!(lane.state_name(), "opening");
     assert!(out.iter().any(is_barrier));
+}
+
+#[test]
+fn an_offline_camera_replay_is_recorded_but_never_actuates() {
+    let mut lane = Lane::new(spec(false, true), load_machine("entry"));
+    let mut out = Vec::new();
+    lane.start(t0(), &OddDenied, &mut out);
+    out.clear();
+    let captured = at(-3600);
+    let read = PlateRead {
+        plate: "豫A12344".into(),
+        color: PlateColor::Yellow,
+        confidence: 97,
+        source_id: Some("9".into()),
+        captured_at: Some(captured),
+        offline_replay: true,
+        images: vec![],
+    };
+    lane.handle(Input::Plate(read), at(1), &OddDenied, &mut out);
+    assert_eq!(lane.state_name(), "idle");
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Transition(_) | Output::Command(_))),
+        "{out:#?}"
+    );
+    assert!(
+        matches!(&out[..], [Output::Record(Record::Exception(e))] if e.code == "camera_offline_record" && e.at == captured),
+        "{out:#?}"
+    );
 }
 
 #[test]

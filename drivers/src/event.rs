@@ -47,6 +47,10 @@ pub struct PlateRead {
     pub source_id: Option<String>,
     /// When the camera captured it (camera clock).
     pub captured_at: Option<DateTime<Utc>>,
+    /// A read the camera buffered while the gateway was unreachable and sends now: history to
+    /// record, never a vehicle to decide on (it is long gone, or the camera let it through).
+    #[serde(default)]
+    pub offline_replay: bool,
     #[serde(skip)]
     pub images: Vec<Image>,
 }

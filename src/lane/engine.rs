@@ -355,6 +355,20 @@ impl Lane {
         d: &dyn Decider,
         out: &mut Vec<Output>,
     ) {
+        // A read the camera buffered while we were unreachable is history: the truck is gone
+        // (or the camera's offline mode let it through). Record it; never decide or actuate.
+        if let Input::Plate(p) = &input {
+            if p.offline_replay {
+                out.push(Output::Record(Record::Exception(ExceptionRecord {
+                    lane: self.spec.id.clone(),
+                    gate: self.spec.gate.clone(),
+                    code: "camera_offline_record".into(),
+                    plate: Some(p.plate.clone()),
+                    at: p.captured_at.unwrap_or(now),
+                })));
+                return;
+            }
+        }
         let ev = input.event();
         let cause = input.cause();
         self.absorb(input, now, out);

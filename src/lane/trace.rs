@@ -189,6 +189,7 @@ pub fn parse_script(
                     confidence: 95,
                     source_id: None,
                     captured_at: None,
+                    offline_replay: false,
                     images: Vec::new(),
                 }))
             }

@@ -96,6 +96,7 @@ impl CameraRead {
             confidence: self.confidence,
             source_id: self.source_id,
             captured_at: self.captured_at,
+            offline_replay: self.offline_replay,
             images: self.images,
         }
     }
