@@ -208,45 +208,80 @@ async fn healthz(State(s): State<Http>) -> impl IntoResponse {
     )
 }
 
+/// One Prometheus metric family: HELP, TYPE and a line per labelled value.
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+}
+
 async fn metrics(State(s): State<Http>) -> impl IntoResponse {
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP ecogate_lane_records_total Records made durable by the lane.\n# TYPE ecogate_lane_records_total counter");
-    for l in &s.lanes {
-        let st = l.status.borrow();
-        let _ = writeln!(
-            out,
-            "ecogate_lane_records_total{{site=\"{}\",lane=\"{}\"}} {}",
-            s.site, st.lane, st.records
-        );
-    }
-    let _ = writeln!(out, "# HELP ecogate_lane_record_failures_total Records that could not be made durable.\n# TYPE ecogate_lane_record_failures_total counter");
-    for l in &s.lanes {
-        let st = l.status.borrow();
-        let _ = writeln!(
-            out,
-            "ecogate_lane_record_failures_total{{site=\"{}\",lane=\"{}\"}} {}",
-            s.site, st.lane, st.record_failures
-        );
-    }
-    let _ = writeln!(out, "# HELP ecogate_device_online 1 when the device answers.\n# TYPE ecogate_device_online gauge");
-    for (n, h) in &s.health {
-        let _ = writeln!(
-            out,
-            "ecogate_device_online{{site=\"{}\",device=\"{n}\"}} {}",
-            s.site,
-            u8::from(h.borrow().online)
-        );
-    }
-    let _ = writeln!(out, "# HELP ecogate_device_errors_total Failed requests or frames.\n# TYPE ecogate_device_errors_total counter");
-    for (n, h) in &s.health {
-        let _ = writeln!(
-            out,
-            "ecogate_device_errors_total{{site=\"{}\",device=\"{n}\"}} {}",
-            s.site,
-            h.borrow().errors
-        );
-    }
-    let _ = writeln!(out, "# HELP ecogate_ledger_events Events in the ledger.\n# TYPE ecogate_ledger_events gauge\necogate_ledger_events{{site=\"{}\"}} {}", s.site, s.ledger.head().seq);
+    let lane = |f: fn(&runtime::LaneStatus) -> u64| {
+        s.lanes
+            .iter()
+            .map(|l| {
+                let st = l.status.borrow();
+                (format!("site=\"{}\",lane=\"{}\"", s.site, st.lane), f(&st))
+            })
+            .collect::<Vec<_>>()
+    };
+    let device = |f: fn(&ecogate_drivers::DeviceHealth) -> u64| {
+        s.health
+            .iter()
+            .map(|(n, h)| {
+                (
+                    format!("site=\"{}\",device=\"{n}\"", s.site),
+                    f(&h.borrow()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        &mut out,
+        "ecogate_lane_records_total",
+        "counter",
+        "Records made durable by the lane.",
+        lane(|st| st.records),
+    );
+    family(
+        &mut out,
+        "ecogate_lane_record_failures_total",
+        "counter",
+        "Records that could not be made durable.",
+        lane(|st| st.record_failures),
+    );
+    family(
+        &mut out,
+        "ecogate_device_online",
+        "gauge",
+        "1 when the device answers.",
+        device(|h| u64::from(h.online)),
+    );
+    family(
+        &mut out,
+        "ecogate_device_errors_total",
+        "counter",
+        "Failed requests or frames.",
+        device(|h| h.errors),
+    );
+    family(
+        &mut out,
+        "ecogate_ledger_events",
+        "gauge",
+        "Events in the ledger.",
+        [(
+            format!("site=\"{}\"", s.site),
+            s.ledger.head().seq.max(0) as u64,
+        )],
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -147,6 +147,34 @@ async fn camera_push_records_then_opens_the_barrier() {
         }
     };
     assert!(got_serial, "no serialData in {:#?}", cam.replies());
+
+    // Health and metrics on the same listener.
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ecogate_lane_records_total{site=\"loopback\",lane=\"1-in\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ecogate_device_online{site=\"loopback\",device=\"io1\"} 1"),
+        "{metrics}"
+    );
+    let health: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!("http://{}/healthz", gw.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(health["site"], "loopback");
+    assert_eq!(health["lanes"][0]["lane"], "1-in");
+    assert_eq!(health["devices"]["io1"]["online"], true);
     assert!(ecogate::ledger::verify::verify(&dir.path().join("ledger"))
         .unwrap()
         .ok());
