@@ -4,8 +4,8 @@
 use crate::config::Plan;
 use crate::decide::SiteDecider;
 use crate::devices::{self, Devices};
+use crate::health;
 use crate::lane::engine::{Input, Lane};
-use crate::ledger::events::{Alarm, EventBody};
 use crate::ledger::registry::SqliteRegistry;
 use crate::ledger::Ledger;
 use crate::registry::VehicleRegistry;
@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 #[derive(clap::Args, Debug)]
@@ -85,23 +86,24 @@ impl Gateway {
             bus.attach(name, h.commands.clone());
         }
 
+        let site_alarms = health::spawn_recorder(ledger.clone());
+        for (name, h) in devices.health() {
+            health::watch_device(name, h, Duration::from_secs(10), site_alarms.clone());
+        }
+        // Lane alarms join the site's alarms.
         let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel::<LaneAlarm>();
         {
-            // Alarms are ledger events too (they are part of what an inspector reviews).
-            let ledger = ledger.clone();
+            let site_alarms = site_alarms.clone();
             tokio::spawn(async move {
                 while let Some(a) = alarm_rx.recv().await {
-                    tracing::warn!(lane = %a.lane, code = %a.code, raised = a.raised, "lane alarm");
-                    let body = EventBody::Alarm(Alarm {
+                    let _ = site_alarms.send(health::Alarm {
                         source: format!("lane:{}", a.lane),
-                        code: a.code.clone(),
+                        code: a.code,
                         message: String::new(),
-                        active: a.raised,
-                        lane: Some(a.lane.clone()),
+                        raised: a.raised,
+                        lane: Some(a.lane),
+                        at: a.at,
                     });
-                    if let Err(e) = ledger.append(body, Vec::new(), a.at).await {
-                        tracing::error!(error = %e, "alarm not recorded");
-                    }
                 }
             });
         }
@@ -124,17 +126,16 @@ impl Gateway {
         let mut router = Router::new(&plan);
         let inputs: Vec<_> = lanes.iter().map(|h| h.inputs.clone()).collect();
         tokio::spawn(async move {
-            let mut on_battery_low = false;
+            let mut ups = health::UpsMonitor::default();
             while let Some(ev) = events_rx.recv().await {
                 if let EventKind::Ups(u) = &ev.kind {
                     // Battery low: every lane goes to its power-loss state (once per episode).
-                    if u.battery_low && !on_battery_low {
+                    if ups.update(&ev.device, u, &site_alarms) {
                         tracing::error!(device = %ev.device, "UPS battery low: lanes to power-loss mode");
                         for tx in &inputs {
                             let _ = tx.try_send(Input::PowerLoss);
                         }
                     }
-                    on_battery_low = u.battery_low;
                 }
                 for (i, input) in router.route(ev) {
                     if let Some(tx) = inputs.get(i) {

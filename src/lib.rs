@@ -11,6 +11,7 @@ pub mod decide;
 pub mod demo;
 pub mod devices;
 pub mod gateway;
+pub mod health;
 pub mod lane;
 pub mod ledger;
 pub mod logging;
