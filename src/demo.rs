@@ -389,18 +389,6 @@ async fn send(events: &mpsc::Sender<DeviceEvent>, device: &str, kind: EventKind)
         .await;
 }
 
-fn vz_color(c: PlateColor) -> u8 {
-    match c {
-        PlateColor::Blue => 1,
-        PlateColor::Yellow => 2,
-        PlateColor::White => 3,
-        PlateColor::Black => 4,
-        PlateColor::Green => 5,
-        PlateColor::YellowGreen => 6,
-        PlateColor::Other => 0,
-    }
-}
-
 impl LaneKit {
     fn has_scale(&self) -> bool {
         match &self.field {
@@ -454,7 +442,7 @@ impl LaneKit {
             }
             Field::Sim { camera, .. } => {
                 let mut p = VzPlate::new(&v.plate, id);
-                p.color = vz_color(v.color);
+                p.color = ecogate_drivers::camera::vz::color_code(v.color);
                 p.image_bytes = 20_000;
                 if let Err(e) = camera.vz_plate(&p).await {
                     tracing::warn!(error = %e, "camera simulator could not push");

@@ -1265,19 +1265,6 @@ pub fn check_loopback_url(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// VZ `colorType` for a colour (inverse of the driver's decoding).
-fn vz_color_code(c: PlateColor) -> u8 {
-    match c {
-        PlateColor::Blue => 1,
-        PlateColor::Yellow => 2,
-        PlateColor::White => 3,
-        PlateColor::Black => 4,
-        PlateColor::Green => 5,
-        PlateColor::YellowGreen => 6,
-        PlateColor::Other => 0,
-    }
-}
-
 struct CameraRun {
     sim: CameraSim,
     args: CameraArgs,
@@ -1293,7 +1280,7 @@ impl CameraRun {
         match a.kind {
             CameraKind::Vz => {
                 let mut p = VzPlate::new(plate, id);
-                p.color = vz_color_code(color);
+                p.color = ecogate_drivers::camera::vz::color_code(color);
                 p.image_bytes = image;
                 if a.offline_replay {
                     p.offline = true;

@@ -220,6 +220,19 @@ struct TriggerResult {
     value: Option<Num>,
 }
 
+/// Colour → VZ `colorType` code (what a camera, or a simulated one, sends).
+pub fn color_code(c: PlateColor) -> u8 {
+    match c {
+        PlateColor::Blue => 1,
+        PlateColor::Yellow => 2,
+        PlateColor::White => 3,
+        PlateColor::Black => 4,
+        PlateColor::Green => 5,
+        PlateColor::YellowGreen => 6,
+        PlateColor::Other => 0,
+    }
+}
+
 /// VZ `colorType` code → colour.
 pub fn color_from_code(code: i64) -> PlateColor {
     match code {
