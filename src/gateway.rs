@@ -16,7 +16,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::Utc;
-use ecogate_drivers::{DeviceEvent, EventKind};
+use ecogate_drivers::{DeviceEvent, EventKind, UpsStatus};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -126,11 +127,33 @@ impl Gateway {
         let mut router = Router::new(&plan);
         let inputs: Vec<_> = lanes.iter().map(|h| h.inputs.clone()).collect();
         tokio::spawn(async move {
-            let mut ups = health::UpsMonitor::default();
+            let mut ups: HashMap<String, (health::UpsMonitor, UpsStatus)> = HashMap::new();
             while let Some(ev) = events_rx.recv().await {
-                if let EventKind::Ups(u) = &ev.kind {
+                // A Megatec UPS reports its status; a dry-contact UPS is two inputs of an IO
+                // module named `ups_on_battery` / `ups_battery_low` (debounced by the driver).
+                let status = match &ev.kind {
+                    EventKind::Ups(u) => Some(u.clone()),
+                    EventKind::Input { input, active }
+                        if input == "ups_on_battery" || input == "ups_battery_low" =>
+                    {
+                        let mut s = ups
+                            .get(&ev.device)
+                            .map(|(_, s)| s.clone())
+                            .unwrap_or_default();
+                        if input == "ups_on_battery" {
+                            s.on_battery = *active;
+                        } else {
+                            s.battery_low = *active;
+                        }
+                        Some(s)
+                    }
+                    _ => None,
+                };
+                if let Some(u) = status {
+                    let (monitor, last) = ups.entry(ev.device.clone()).or_default();
+                    *last = u.clone();
                     // Battery low: every lane goes to its power-loss state (once per episode).
-                    if ups.update(&ev.device, u, &site_alarms) {
+                    if monitor.update(&ev.device, &u, &site_alarms) {
                         tracing::error!(device = %ev.device, "UPS battery low: lanes to power-loss mode");
                         for tx in &inputs {
                             let _ = tx.try_send(Input::PowerLoss);

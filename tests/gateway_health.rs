@@ -124,3 +124,84 @@ listen = "127.0.0.1:0"
         .unwrap()
         .ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_contact_ups_on_an_io_module_raises_the_same_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let lane_io = RelaySim::start(Framing::Tcp, SimConfig::default())
+        .await
+        .unwrap();
+    let ups_io = RelaySim::start(Framing::Tcp, SimConfig::default())
+        .await
+        .unwrap();
+    let site = format!(
+        r#"[site]
+id = "dry"
+[enterprise]
+name = "干接点"
+credit_code = "91350100M000100Y43"
+permit_no = "91350100M000100Y43001P"
+industry = "steel"
+grade = "B"
+region = "410500"
+[[gates]]
+id = "1"
+name = "东门"
+[[gates.lanes]]
+id = "1-in"
+direction = "in"
+machine = "entry"
+camera = "cam1"
+barrier = "io1"
+sign = "led1"
+voice = "led1"
+[devices.cam1]
+profile = "camera/vz-ivs"
+address = "ingest:cam1"
+[devices.led1]
+profile = "led/parking-0x64"
+via = "cam1"
+[devices.io1]
+profile = "io/modbus-relay-8ch"
+address = "tcp://{}"
+poll = "50ms"
+[devices.ups-io]
+profile = "io/modbus-relay-8ch"
+address = "tcp://{}"
+poll = "50ms"
+[devices.ups-io.settings.inputs]
+ups_on_battery = {{ di = 5, polarity = "no" }}
+ups_battery_low = {{ di = 6, polarity = "no" }}
+[storage]
+data_dir = "ledger"
+[http]
+listen = "127.0.0.1:0"
+"#,
+        lane_io.addr(),
+        ups_io.addr()
+    );
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, site).unwrap();
+    let plan = ecogate::config::load(&path).unwrap();
+    let gw = Gateway::start(plan, None, None).await.unwrap();
+    assert!(gw.device_errors.is_empty(), "{:?}", gw.device_errors);
+    let h = gw.devices.handles["ups-io"].health.clone();
+    wait("ups-io online", 5, || h.borrow().online).await;
+    ups_io.set_input(5, true);
+    wait("ups_on_battery raised", 10, || {
+        alarms(dir.path()).contains(&("device:ups-io".into(), "ups_on_battery".into(), true))
+    })
+    .await;
+    ups_io.set_input(6, true);
+    let status = gw.lanes[0].status.clone();
+    wait("lane in power-loss mode", 10, || {
+        status.borrow().state == "power_loss"
+    })
+    .await;
+    ups_io.set_input(5, false);
+    ups_io.set_input(6, false);
+    wait("ups_on_battery cleared", 10, || {
+        alarms(dir.path()).contains(&("device:ups-io".into(), "ups_on_battery".into(), false))
+    })
+    .await;
+}
