@@ -1,7 +1,8 @@
 //! A Modbus register-table simulator: a weighbridge indicator's weight and status words, or a
 //! PLC-style LED sign's text blocks. Tests (and `ecogate sim`) set registers the driver reads and
 //! read back the blocks it writes, with the relay simulator's faults (silent, late, exception,
-//! disconnect). Served on 127.0.0.1 as Modbus TCP or RTU framing over TCP.
+//! exception every n-th request, disconnect). Served on 127.0.0.1 as Modbus TCP or RTU framing
+//! over TCP.
 //!
 //! FC03 and FC04 read the same table: indicators differ in which one they answer, and a test
 //! chooses the function in the driver's settings, not in the simulator.
@@ -196,10 +197,10 @@ where
             let Some((_raw, header, unit, pdu)) = parsed else {
                 break;
             };
-            let (fault, my_unit) = {
+            let (fault, my_unit, nth) = {
                 let mut s = lock(&st);
                 s.requests += 1;
-                (s.fault, s.cfg.unit)
+                (s.fault, s.cfg.unit, s.requests)
             };
             if unit != my_unit {
                 continue;
@@ -209,7 +210,10 @@ where
                 Fault::Silent => continue,
                 Fault::Disconnect => return,
                 Fault::Exception(code) => vec![pdu.first().copied().unwrap_or(0) | 0x80, code],
-                Fault::None | Fault::Late(_) => process(&st, &pdu),
+                Fault::ExceptionEvery { code, every } if nth % every.max(1) == 0 => {
+                    vec![pdu.first().copied().unwrap_or(0) | 0x80, code]
+                }
+                Fault::ExceptionEvery { .. } | Fault::None | Fault::Late(_) => process(&st, &pdu),
             };
             let frame = match framing {
                 Framing::Tcp => tcp_frame(header, unit, &reply_pdu),
