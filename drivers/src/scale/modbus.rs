@@ -464,6 +464,7 @@ impl PollTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut online: Option<bool> = None;
         let mut failures: u32 = 0;
+        let mut rejecting = false;
         loop {
             tokio::select! {
                 c = commands.recv() => match c {
@@ -502,13 +503,17 @@ impl PollTask {
             }
             match self.s.decode(&image) {
                 Ok(r) => {
+                    rejecting = false;
                     if !self.reading(r).await {
                         break;
                     }
                 }
-                Err(e) => {
+                // A wrong register map fails every poll: say so once, not ten times a second.
+                Err(e) if !rejecting => {
+                    rejecting = true;
                     warn!(device = %self.name, error = %e, raw = ?image.raw(), "scale registers rejected")
                 }
+                Err(e) => trace!(device = %self.name, error = %e, "scale registers rejected"),
             }
         }
         debug!(device = %self.name, "modbus scale driver stopped");
