@@ -7,6 +7,7 @@
 //! text or substitutes `?`, per the profile's `unencodable` setting.
 
 pub mod bx;
+pub mod modbus;
 pub mod p64;
 
 use std::time::Duration;

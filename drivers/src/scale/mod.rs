@@ -7,6 +7,7 @@
 //! sends no valid frame for `idle_timeout_ms` is offline and its connection is reopened.
 
 pub mod codec;
+pub mod modbus;
 pub mod stability;
 
 pub use codec::{

@@ -4,6 +4,7 @@
 pub mod camera;
 pub mod led;
 pub mod modbus;
+pub mod modbus_regs;
 pub mod scale;
 pub mod stream_faults;
 pub mod ups;

@@ -308,7 +308,7 @@ where
 }
 
 /// One Modbus TCP ADU from the front of `buf`: (raw, transaction id, unit, pdu).
-fn take_tcp(buf: &mut Vec<u8>) -> Option<(Vec<u8>, u16, u8, Vec<u8>)> {
+pub(crate) fn take_tcp(buf: &mut Vec<u8>) -> Option<(Vec<u8>, u16, u8, Vec<u8>)> {
     if buf.len() < 7 {
         return None;
     }
@@ -326,7 +326,7 @@ fn take_tcp(buf: &mut Vec<u8>) -> Option<(Vec<u8>, u16, u8, Vec<u8>)> {
 }
 
 /// One RTU frame from the front of `buf`, resyncing on CRC failure.
-fn take_rtu(buf: &mut Vec<u8>) -> Option<(Vec<u8>, u16, u8, Vec<u8>)> {
+pub(crate) fn take_rtu(buf: &mut Vec<u8>) -> Option<(Vec<u8>, u16, u8, Vec<u8>)> {
     loop {
         if buf.len() < 2 {
             return None;

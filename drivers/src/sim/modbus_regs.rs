@@ -1,0 +1,294 @@
+//! A Modbus register-table simulator: a weighbridge indicator's weight and status words, or a
+//! PLC-style LED sign's text blocks. Tests (and `ecogate sim`) set registers the driver reads and
+//! read back the blocks it writes, with the relay simulator's faults (silent, late, exception,
+//! exception every n-th request, disconnect). Served on 127.0.0.1 as Modbus TCP or RTU framing
+//! over TCP.
+//!
+//! FC03 and FC04 read the same table: indicators differ in which one they answer, and a test
+//! chooses the function in the driver's settings, not in the simulator.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::address::Address;
+use crate::modbus::{rtu_frame, tcp_frame};
+use crate::sim::modbus::{take_rtu, take_tcp, Fault, Framing};
+
+#[derive(Debug, Clone)]
+pub struct RegSimConfig {
+    pub unit: u8,
+    /// Registers 0..size exist; anything beyond answers exception 02 (illegal address).
+    pub size: u16,
+}
+
+impl Default for RegSimConfig {
+    fn default() -> Self {
+        RegSimConfig {
+            unit: 1,
+            size: 1024,
+        }
+    }
+}
+
+/// One write the simulator accepted, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegWriteLog {
+    /// 0x06 or 0x10.
+    pub function: u8,
+    pub register: u16,
+    pub values: Vec<u16>,
+    pub at: Instant,
+}
+
+struct State {
+    cfg: RegSimConfig,
+    regs: Vec<u16>,
+    fault: Fault,
+    writes: Vec<RegWriteLog>,
+    requests: u64,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(s: &Shared) -> MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running register simulator. Dropping it stops the listener.
+pub struct RegSim {
+    addr: SocketAddr,
+    framing: Framing,
+    state: Shared,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RegSim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RegSim {
+    /// Listen on 127.0.0.1 with an ephemeral port.
+    pub async fn start(framing: Framing, cfg: RegSimConfig) -> std::io::Result<RegSim> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            regs: vec![0; cfg.size as usize],
+            cfg,
+            fault: Fault::None,
+            writes: Vec::new(),
+            requests: 0,
+        }));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(serve_conn(sock, framing, st.clone()));
+            }
+        });
+        Ok(RegSim {
+            addr,
+            framing,
+            state,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address a driver would be configured with.
+    pub fn address(&self) -> Address {
+        let host = self.addr.ip().to_string();
+        let port = self.addr.port();
+        match self.framing {
+            Framing::Tcp => Address::Tcp { host, port },
+            Framing::RtuOverTcp => Address::RtuOverTcp { host, port },
+        }
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        lock(&self.state).fault = fault;
+    }
+
+    /// Sets consecutive registers from `start` in one step, so a poll never sees half of a
+    /// 32-bit value (an indicator updates its map between requests, not inside one).
+    pub fn set_registers(&self, start: u16, values: &[u16]) {
+        let mut s = lock(&self.state);
+        for (i, v) in values.iter().enumerate() {
+            if let Some(r) = s.regs.get_mut(start as usize + i) {
+                *r = *v;
+            }
+        }
+    }
+
+    pub fn set_register(&self, register: u16, value: u16) {
+        self.set_registers(register, &[value]);
+    }
+
+    pub fn registers(&self, start: u16, count: u16) -> Vec<u16> {
+        let s = lock(&self.state);
+        (start..start.saturating_add(count))
+            .map(|r| s.regs.get(r as usize).copied().unwrap_or(0))
+            .collect()
+    }
+
+    pub fn register(&self, register: u16) -> u16 {
+        self.registers(register, 1)[0]
+    }
+
+    /// The bytes of a text block (`max_bytes` long, two per register, high byte first) up to the
+    /// first NUL, as a sign controller would read them.
+    pub fn block_bytes(&self, start: u16, max_bytes: usize) -> Vec<u8> {
+        let words = self.registers(start, max_bytes.div_ceil(2) as u16);
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        bytes.truncate(max_bytes);
+        if let Some(end) = bytes.iter().position(|b| *b == 0) {
+            bytes.truncate(end);
+        }
+        bytes
+    }
+
+    /// A text block decoded from GBK.
+    pub fn block_text(&self, start: u16, max_bytes: usize) -> String {
+        crate::led::gbk_to_string(&self.block_bytes(start, max_bytes))
+    }
+
+    /// Every accepted write so far, in order.
+    pub fn writes(&self) -> Vec<RegWriteLog> {
+        lock(&self.state).writes.clone()
+    }
+
+    pub fn clear_writes(&self) {
+        lock(&self.state).writes.clear();
+    }
+
+    pub fn requests(&self) -> u64 {
+        lock(&self.state).requests
+    }
+}
+
+async fn serve_conn<S>(sock: S, framing: Framing, st: Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(sock);
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let parsed = match framing {
+                Framing::Tcp => take_tcp(&mut buf),
+                Framing::RtuOverTcp => take_rtu(&mut buf),
+            };
+            let Some((_raw, header, unit, pdu)) = parsed else {
+                break;
+            };
+            let (fault, my_unit, nth) = {
+                let mut s = lock(&st);
+                s.requests += 1;
+                (s.fault, s.cfg.unit, s.requests)
+            };
+            if unit != my_unit {
+                continue;
+            }
+            let reply_pdu = match fault {
+                // A silent device takes no writes either.
+                Fault::Silent => continue,
+                Fault::Disconnect => return,
+                Fault::Exception(code) => vec![pdu.first().copied().unwrap_or(0) | 0x80, code],
+                Fault::ExceptionEvery { code, every } if nth % every.max(1) == 0 => {
+                    vec![pdu.first().copied().unwrap_or(0) | 0x80, code]
+                }
+                Fault::ExceptionEvery { .. } | Fault::None | Fault::Late(_) => process(&st, &pdu),
+            };
+            let frame = match framing {
+                Framing::Tcp => tcp_frame(header, unit, &reply_pdu),
+                Framing::RtuOverTcp => rtu_frame(unit, &reply_pdu),
+            };
+            if let Fault::Late(d) = fault {
+                let wr = wr.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = wr.lock().await.write_all(&frame).await;
+                });
+            } else if wr.lock().await.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn u16_at(pdu: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([
+        pdu.get(i).copied().unwrap_or(0),
+        pdu.get(i + 1).copied().unwrap_or(0),
+    ])
+}
+
+fn process(st: &Shared, pdu: &[u8]) -> Vec<u8> {
+    let fc = pdu.first().copied().unwrap_or(0);
+    let exc = |code: u8| vec![fc | 0x80, code];
+    let a = u16_at(pdu, 1);
+    let v = u16_at(pdu, 3);
+    let mut s = lock(st);
+    let size = s.regs.len();
+    match fc {
+        0x03 | 0x04 => {
+            if v == 0 || v > 125 || a as usize + v as usize > size {
+                return exc(0x02);
+            }
+            let mut out = vec![fc, (v * 2) as u8];
+            for r in &s.regs[a as usize..a as usize + v as usize] {
+                out.extend_from_slice(&r.to_be_bytes());
+            }
+            out
+        }
+        0x06 => {
+            if a as usize >= size {
+                return exc(0x02);
+            }
+            s.regs[a as usize] = v;
+            s.writes.push(RegWriteLog {
+                function: 0x06,
+                register: a,
+                values: vec![v],
+                at: Instant::now(),
+            });
+            pdu[..5.min(pdu.len())].to_vec()
+        }
+        0x10 => {
+            let bytes = pdu.get(5).copied().unwrap_or(0) as usize;
+            let data = pdu.get(6..).unwrap_or(&[]);
+            if v == 0 || v > 123 || bytes != v as usize * 2 || data.len() < bytes {
+                return exc(0x03);
+            }
+            if a as usize + v as usize > size {
+                return exc(0x02);
+            }
+            let values: Vec<u16> = (0..v as usize).map(|i| u16_at(data, i * 2)).collect();
+            s.regs[a as usize..a as usize + v as usize].copy_from_slice(&values);
+            s.writes.push(RegWriteLog {
+                function: 0x10,
+                register: a,
+                values,
+                at: Instant::now(),
+            });
+            pdu[..5.min(pdu.len())].to_vec()
+        }
+        _ => exc(0x01),
+    }
+}
