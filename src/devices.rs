@@ -9,9 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio::sync::{mpsc, watch};
 
 /// Every driver the core can start, by the name profiles give in `driver = "…"`.
-pub const DRIVERS: [&str; 7] = [
+pub const DRIVERS: [&str; 9] = [
     "modbus-io",
     "scale-stream",
+    "scale-modbus",
+    "sign-modbus",
     "sign-stream",
     "ups-megatec",
     "vz-push",
@@ -41,6 +43,8 @@ pub fn settings_value(d: &DevicePlan) -> toml::Value {
 enum Parsed {
     Io(io::ModbusIoSettings),
     Scale(scale::ScaleSettings),
+    ModbusScale(scale::modbus::ModbusScaleSettings),
+    ModbusSign(led::modbus::ModbusSignSettings),
     Sign(led::SignSettings),
     Ups(ups::UpsSettings),
     Vz(camera::vz::VzSettings),
@@ -60,6 +64,12 @@ fn parse(d: &DevicePlan) -> Result<Parsed, String> {
         "scale-stream" => {
             Parsed::Scale(scale::ScaleSettings::from_toml(&v).map_err(|e| e.to_string())?)
         }
+        "scale-modbus" => Parsed::ModbusScale(
+            scale::modbus::ModbusScaleSettings::from_toml(&v).map_err(|e| e.to_string())?,
+        ),
+        "sign-modbus" => Parsed::ModbusSign(
+            led::modbus::ModbusSignSettings::from_toml(&v).map_err(|e| e.to_string())?,
+        ),
         "sign-stream" => Parsed::Sign(led::SignSettings::from_toml(&v).map_err(|e| e.to_string())?),
         "ups-megatec" => Parsed::Ups(ups::UpsSettings::from_toml(&v).map_err(|e| e.to_string())?),
         "vz-push" => Parsed::Vz(v.try_into().map_err(de)?),
@@ -194,6 +204,12 @@ pub fn spawn_all(
                 }
                 (Parsed::Scale(s), Some(a), _) => {
                     scale::spawn(name, a, &s, ev).map_err(|e| e.to_string())
+                }
+                (Parsed::ModbusScale(s), Some(a), _) => {
+                    scale::modbus::spawn(name, a, &s, ev).map_err(|e| e.to_string())
+                }
+                (Parsed::ModbusSign(s), Some(a), _) => {
+                    led::modbus::spawn(name, a, &s, ev).map_err(|e| e.to_string())
                 }
                 (Parsed::Sign(s), Some(a), _) => {
                     led::spawn(name, a, &s, ev).map_err(|e| e.to_string())

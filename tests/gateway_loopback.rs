@@ -206,3 +206,101 @@ async fn a_refused_vehicle_never_moves_the_barrier() {
         "the barrier moved for a refused vehicle"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modbus_register_indicator_weighs_and_a_modbus_text_sign_shows_the_weight() {
+    use ecogate_drivers::sim::modbus_regs::{RegSim, RegSimConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay().await;
+    let scale = RegSim::start(Framing::Tcp, RegSimConfig::default())
+        .await
+        .unwrap();
+    let sign = RegSim::start(Framing::Tcp, RegSimConfig::default())
+        .await
+        .unwrap();
+    let text = format!(
+        r#"[site]
+id = "regs"
+[enterprise]
+name = "寄存器"
+credit_code = "91350100M000100Y43"
+permit_no = "91350100M000100Y43001P"
+industry = "steel"
+grade = "B"
+region = "410500"
+[[gates]]
+id = "1"
+name = "东门"
+[[gates.lanes]]
+id = "1-in"
+direction = "in"
+machine = "entry-weigh"
+camera = "cam1"
+barrier = "io1"
+scale = "scale1"
+sign = "led1"
+voice = "led1"
+[devices.cam1]
+profile = "camera/vz-ivs"
+address = "ingest:cam1"
+[devices.io1]
+profile = "io/modbus-relay-8ch"
+address = "tcp://{}"
+poll = "50ms"
+[devices.scale1]
+profile = "scale/modbus-indicator"
+address = "tcp://{}"
+poll = "50ms"
+[devices.led1]
+profile = "led/modbus-text"
+address = "tcp://{}"
+[storage]
+data_dir = "ledger"
+[http]
+listen = "127.0.0.1:0"
+[policy]
+unknown = "allow_flag"
+"#,
+        relay.addr(),
+        scale.addr(),
+        sign.addr()
+    );
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    let plan = ecogate::config::load(&path).unwrap();
+    let gw = Gateway::start(plan, None, None).await.unwrap();
+    assert!(gw.device_errors.is_empty(), "{:?}", gw.device_errors);
+    let h = gw.devices.handles["scale1"].health.clone();
+    wait("scale1 online", || h.borrow().online.then_some(())).await;
+    let cam = CameraSim::new(format!("http://{}/ingest/vz/cam1", gw.http_addr));
+    cam.vz_plate(&VzPlate::new("豫A12345", 11)).await.unwrap();
+    let status = gw.lanes[0].status.clone();
+    wait("weighing state", || {
+        (status.borrow().state == "weighing").then_some(())
+    })
+    .await;
+    // 32,460 kg, stable bit set: registers 0-1 hold the i32 weight (hi-lo), register 2 the status.
+    scale.set_registers(0, &[0, 32_460, 1]);
+    wait("the weighing in the ledger", || {
+        let r = LedgerReader::open(&dir.path().join("ledger")).unwrap();
+        let w: Vec<_> = r
+            .events_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "weighing")
+            .collect();
+        (!w.is_empty()).then_some(w)
+    })
+    .await;
+    wait("the barrier opened", || {
+        (status.borrow().state == "opening").then_some(())
+    })
+    .await;
+    // The sign shows texts.sign.weighed = ["{plate}", "{weight}kg"]: line 1 in registers 0..16,
+    // line 2 in 16..32 (profile led/modbus-text), GBK two bytes per register.
+    wait("32460kg on the Modbus sign", || {
+        (sign.block_text(16, 32) == "32460kg").then_some(())
+    })
+    .await;
+    assert_eq!(sign.block_text(0, 32), "豫A12345");
+}
