@@ -73,7 +73,11 @@ impl Sub {
     /// Subscribes (QoS 1) and returns once the broker acknowledged the subscription.
     async fn new(id: &str, persistent: bool, filters: &[String]) -> Sub {
         require_broker();
-        let mut opts = MqttOptions::new(id, "127.0.0.1", 1883);
+        Sub::on_port(1883, id, persistent, filters).await
+    }
+
+    async fn on_port(port: u16, id: &str, persistent: bool, filters: &[String]) -> Sub {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_clean_session(!persistent);
         let (client, mut el) = AsyncClient::new(opts, 100);
@@ -110,7 +114,9 @@ impl Sub {
         });
         tokio::time::timeout(Duration::from_secs(10), ready_rx)
             .await
-            .expect("subscription to the broker on 127.0.0.1:1883 not acknowledged in 10 s")
+            .unwrap_or_else(|_| {
+                panic!("subscription to the broker on 127.0.0.1:{port} not acknowledged in 10 s")
+            })
             .expect("subscriber task ended");
         Sub { rx, client, task }
     }
@@ -205,9 +211,10 @@ async fn collect_events(sub: &mut Sub, want: &HashSet<String>) -> Vec<(i64, Stri
         let m = match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
             Ok(Some(m)) => m,
             _ => panic!(
-                "missing events after 30 s: {} of {} seen",
+                "missing events after 60 s: {} of {} seen; missing {:?}",
                 want.intersection(&seen).count(),
-                want.len()
+                want.len(),
+                want.difference(&seen).take(40).collect::<Vec<_>>()
             ),
         };
         if !m.topic.contains("/events/") {
@@ -613,4 +620,131 @@ async fn clean_shutdown_publishes_offline() {
     assert_eq!(m.json()["reason"], "shutdown");
     assert!(m.json()["since"].is_string());
     clear_retained(&site, &["status", "ledger/head"]).await;
+}
+
+/// A private Mosquitto on a free 127.0.0.1 port, with persistence so that sessions survive a
+/// graceful restart.
+struct Broker {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port on 127.0.0.1");
+        let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started as root drops to its own user, which must still write its database.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest none\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut b = Broker {
+            child: None,
+            port,
+            dir,
+        };
+        b.up();
+        b
+    }
+
+    fn up(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("this test starts its own `mosquitto` (not runnable: {e})"));
+        self.child = Some(child);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        for _ in 0..100 {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto did not listen on {addr} within 5 s");
+    }
+
+    /// Graceful stop (SIGTERM), so mosquitto saves its sessions.
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn broker_restarts_lose_nothing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("ecogate=debug")
+        .try_init();
+    let mut broker = Broker::start();
+    let site = unique_site("restarts");
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let mut sub = Sub::on_port(
+        broker.port,
+        &format!("{site}-sub"),
+        true,
+        &[format!("ecogate/v1/{site}/events/#")],
+    )
+    .await;
+    let mut cfg = config(&site);
+    cfg.port = broker.port;
+    let bridge = MqttBridge::start(cfg, &site, ledger.clone(), vec![], vec![], dir.path())
+        .await
+        .unwrap();
+    let writer = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..400 {
+                ids.extend(append(&ledger, i, 1).await);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ids
+        })
+    };
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        broker.down();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        broker.up();
+    }
+    let ids = writer.await.unwrap();
+    let want: HashSet<String> = ids.iter().map(|(_, id)| id.clone()).collect();
+    let got = collect_events(&mut sub, &want).await;
+    assert!(got.len() >= want.len());
+    let head = ledger.head().seq;
+    assert_eq!(wait_cursor(dir.path(), head).await, head);
+    bridge.shutdown().await;
 }

@@ -444,37 +444,49 @@ impl Bridge {
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if self.connected {
-                self.pump_events().await;
-            }
-            tokio::select! {
-                // rumqttc keeps an interrupted poll's work (buffered events, pending requests),
-                // so losing this race to the tick or to stop is harmless.
-                ev = eventloop.poll() => match ev {
-                    Ok(ev) => self.on_event(ev),
-                    Err(e) => {
-                        if self.connected {
-                            tracing::warn!(error = %e, "MQTT connection lost");
-                        } else {
-                            tracing::debug!(error = %e, "MQTT connect failed");
-                        }
-                        self.reset(&mut eventloop);
-                        tokio::select! {
-                            _ = tokio::time::sleep(self.reconnect_delay) => {}
-                            _ = &mut stop => return,
-                        }
-                    }
-                },
-                _ = tick.tick() => {
-                    self.backlog = true;
+            // One poll future is driven to completion, never dropped half-way: an interrupted
+            // poll can leave a publish registered in rumqttc's state but never written, which
+            // would hold the cursor until the next reconnect.
+            let ev = {
+                let poll = eventloop.poll();
+                tokio::pin!(poll);
+                loop {
                     if self.connected {
-                        self.publish_changes();
+                        self.pump_events().await;
                     }
-                    self.save_cursor(false);
+                    tokio::select! {
+                        ev = &mut poll => break Some(ev),
+                        _ = tick.tick() => {
+                            self.backlog = true;
+                            if self.connected {
+                                self.publish_changes();
+                            }
+                            self.save_cursor(false);
+                        }
+                        _ = &mut stop => break None,
+                    }
                 }
-                _ = &mut stop => {
+            };
+            match ev {
+                None => {
                     self.goodbye(&mut eventloop).await;
                     return;
+                }
+                Some(Ok(ev)) => self.on_event(ev),
+                Some(Err(e)) => {
+                    if self.connected {
+                        tracing::warn!(error = %e, "MQTT connection lost");
+                    } else {
+                        tracing::debug!(error = %e, "MQTT connect failed");
+                    }
+                    self.reset(&mut eventloop);
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.reconnect_delay) => {}
+                        _ = &mut stop => {
+                            self.save_cursor(true);
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -494,6 +506,15 @@ impl Bridge {
         self.collision = None;
         self.sent_upto = self.cursor.get();
         self.backlog = true;
+        // Events rumqttc queued before the error would otherwise be read after the next
+        // ConnAck: stale packet ids would then be matched against new publishes. Commands
+        // already received (and acknowledged to the broker) are still answered.
+        let stale: Vec<Event> = eventloop.state.events.drain(..).collect();
+        for ev in stale {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                self.on_command(&p.topic, p.retain, &p.payload);
+            }
+        }
     }
 
     fn on_event(&mut self, ev: Event) {
