@@ -21,4 +21,5 @@ pub mod registry;
 pub mod runtime;
 pub mod sim_cli;
 pub mod time;
+pub mod uplink;
 pub mod vehicle;

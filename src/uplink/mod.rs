@@ -1,0 +1,6 @@
+//! Uplinks: how the site's facts leave the gateway. [`mqtt`] bridges to plant SCADA.
+
+pub mod cursor;
+pub mod mqtt;
+
+pub use mqtt::{MqttBridge, MqttConfig, MqttError};
