@@ -53,6 +53,10 @@ pub struct DemoArgs {
     /// for the scale to settle.
     #[arg(long)]
     pub simulators: bool,
+    /// Publish the site's whole MQTT topic tree to this broker (e.g. mqtt://127.0.0.1:1883);
+    /// watch it with `mosquitto_sub -t 'ecogate/#' -v`.
+    #[arg(long)]
+    pub mqtt: Option<String>,
 }
 
 /// SplitMix64: tiny, seedable, and the same on every platform.
@@ -772,7 +776,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             args.lanes,
             &ledger_dir,
             args.simulators.then_some(addrs.as_slice()),
-        ),
+        ) + &args
+            .mqtt
+            .as_ref()
+            .map(|u| format!("\n[uplinks.mqtt]\nurl = {u:?}\n"))
+            .unwrap_or_default(),
     )
     .with_context(|| format!("writing {}", site_file.display()))?;
     let plan = crate::config::load(&site_file)
@@ -802,7 +810,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let (handles, decider, ledger, mut kits, gateway) = if args.simulators {
+    let (handles, decider, ledger, mut kits, mut gateway, mut bridge) = if args.simulators {
         let gw = crate::gateway::Gateway::start(
             plan,
             Some("127.0.0.1:0".parse()?),
@@ -837,6 +845,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             gw.ledger.clone(),
             kits,
             Some(gw),
+            None,
         )
     } else {
         let decider = Arc::new(SiteDecider::new(plan.policy.clone(), registry.clone()));
@@ -915,7 +924,21 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 },
             });
         }
-        (handles, decider, ledger, kits, None)
+        let bridge = match &plan.mqtt {
+            Some(m) => Some(
+                crate::uplink::MqttBridge::start(
+                    crate::uplink::MqttConfig::from_plan(m, &plan.site_id)?,
+                    &plan.site_id,
+                    ledger.clone(),
+                    handles.clone(),
+                    Vec::new(),
+                    &plan.data_dir,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        (handles, decider, ledger, kits, None, bridge)
     };
     {
         let state = decider.state();
@@ -1049,6 +1072,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
     let done = shared.done.load(Ordering::SeqCst);
     let stuck = shared.stuck.load(Ordering::SeqCst);
+    // Let the bridge publish the tail of the ledger, then go offline cleanly.
+    if let Some(b) = bridge
+        .take()
+        .or_else(|| gateway.as_mut().and_then(|g| g.mqtt.take()))
+    {
+        if args.mqtt.is_some() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        b.shutdown().await;
+    }
     drop(ledger);
     drop(gateway);
     let t = summarize(&ledger_dir)?;

@@ -45,6 +45,9 @@ pub struct Gateway {
     pub http_addr: SocketAddr,
     /// Devices that could not be started (their lanes run degraded).
     pub device_errors: Vec<String>,
+    /// The MQTT bridge to SCADA, when `[uplinks.mqtt]` is configured. Dropping it cuts the
+    /// connection (the broker then publishes the site offline).
+    pub mqtt: Option<crate::uplink::MqttBridge>,
 }
 
 #[derive(Clone)]
@@ -124,6 +127,21 @@ impl Gateway {
             lanes.push(h);
         }
 
+        let mqtt = match &plan.mqtt {
+            Some(m) => Some(
+                crate::uplink::MqttBridge::start(
+                    crate::uplink::MqttConfig::from_plan(m, &plan.site_id)?,
+                    &plan.site_id,
+                    ledger.clone(),
+                    lanes.clone(),
+                    devices.health().into_iter().collect(),
+                    &plan.data_dir,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+
         let mut router = Router::new(&plan);
         let inputs: Vec<_> = lanes.iter().map(|h| h.inputs.clone()).collect();
         tokio::spawn(async move {
@@ -202,6 +220,7 @@ impl Gateway {
             decider,
             http_addr,
             device_errors,
+            mqtt,
         })
     }
 }
@@ -321,7 +340,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let gw = Gateway::start(plan, args.listen, None).await?;
+        let mut gw = Gateway::start(plan, args.listen, None).await?;
         println!(
             "ecogate: site `{}` running, {} lane(s), HTTP on {}",
             gw.plan.site_id,
@@ -334,6 +353,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;
+        if let Some(b) = gw.mqtt.take() {
+            b.shutdown().await;
+        }
         println!("ecogate: stopping; ledger head {}", gw.ledger.head());
         Ok(ExitCode::SUCCESS)
     })

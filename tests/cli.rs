@@ -224,3 +224,75 @@ fn demo_over_real_drivers_and_loopback_simulators_adds_up() {
         "the scale simulators' weights must reach the ledger: {stdout}"
     );
 }
+
+/// `ecogate demo --mqtt` publishes the site's topic tree: every pass reaches a subscriber.
+/// Needs Mosquitto on 127.0.0.1:1883 (`.ci/run` starts one).
+#[test]
+fn demo_publishes_every_pass_over_mqtt() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let site_topic = "ecogate/v1/demo/#";
+    let mut opts = MqttOptions::new(
+        format!("cli-test-{}", std::process::id()),
+        "127.0.0.1",
+        1883,
+    );
+    opts.set_keep_alive(std::time::Duration::from_secs(5));
+    let (client, mut conn) = Client::new(opts, 1000);
+    client.subscribe(site_topic, QoS::AtLeastOnce).unwrap();
+    let collector = std::thread::spawn(move || {
+        let mut passes = std::collections::HashSet::new();
+        let mut online = false;
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&p.payload).unwrap_or_default();
+                    if p.topic.ends_with("/events/pass_attempt") {
+                        passes.insert(body["id"].as_str().unwrap_or("").to_string());
+                    }
+                    if p.topic == "ecogate/v1/demo/status" && body["state"] == "offline" && online {
+                        break;
+                    }
+                    if p.topic == "ecogate/v1/demo/status" && body["state"] == "online" {
+                        online = true;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("no MQTT broker on 127.0.0.1:1883 (start mosquitto): {e}"),
+            }
+        }
+        passes
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let out = ecogate()
+        .args([
+            "demo",
+            "--vehicles",
+            "30",
+            "--lanes",
+            "2",
+            "--seed",
+            "5",
+            "--quiet",
+            "--mqtt",
+            "mqtt://127.0.0.1:1883",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passes = collector.join().unwrap();
+    assert_eq!(
+        passes.len(),
+        30,
+        "distinct pass events received over MQTT: {}",
+        passes.len()
+    );
+}
