@@ -66,12 +66,14 @@ pub struct Kpis {
 }
 
 impl Kpis {
-    /// Acknowledged ÷ captured (1.0 when nothing was captured).
+    /// Acknowledged ÷ captured (1.0 when nothing was captured). A crash between the
+    /// platform's acknowledgement and the state write makes the resend count again, so the
+    /// ratio is capped at 1.
     pub fn completeness(&self) -> f64 {
         if self.captured == 0 {
             1.0
         } else {
-            self.acknowledged as f64 / self.captured as f64
+            (self.acknowledged as f64 / self.captured as f64).min(1.0)
         }
     }
 
