@@ -607,3 +607,27 @@ async fn the_strict_mock_names_what_is_wrong() {
     assert_eq!(s.photos.len(), 1);
     assert_eq!(s.rejections.len(), 6, "{:?}", s.rejections);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_is_refused_at_start_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let m = mock().await;
+    std::fs::create_dir_all(dir.path().join("uplink")).unwrap();
+    std::fs::write(dir.path().join("uplink/city.state"), b"{\"cursor\": 3, tru").unwrap();
+    let e = match RegulatorUplink::start_with(
+        cfg(dir.path()),
+        profile(),
+        &m.url(),
+        "gate",
+        "s3cret",
+        ledger,
+    ) {
+        Ok(_) => panic!("a damaged state was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("city.state") && e.contains("not a valid outbox state"),
+        "{e}"
+    );
+}

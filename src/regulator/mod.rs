@@ -104,6 +104,8 @@ impl RegulatorUplink {
     ) -> Result<RegulatorUplink, RegulatorError> {
         let Protocol::TransportControl = profile.protocol;
         let name = cfg.name.clone();
+        // A damaged state file is reported here, not only in the task's log.
+        outbox::load_state(&outbox::state_path(&cfg.data_dir, &name))?;
         let client = TcClient::new(
             url,
             Arc::new(profile),

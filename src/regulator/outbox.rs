@@ -459,7 +459,20 @@ pub(crate) async fn run(
             return Ok(());
         }
         if ledger.head().seq > ob.state.scanned {
-            ob.scan(&reader)?;
+            if let Err(e) = ob.scan(&reader) {
+                // A ledger read error must not end the uplink quietly: count it, show it, and
+                // try again after a pause.
+                ob.state.kpi.failed += 1;
+                ob.state.kpi.last_error = Some(format!("reading the ledger: {e}"));
+                ob.state.kpi.last_error_at = Some(Utc::now());
+                ob.publish();
+                tracing::error!(destination = %name, error = %e, "cannot read the ledger");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
         }
         let wait = match ob.pick(Utc::now()) {
             Some(r) => match ob.deliver(&mut client, &ledger, &r).await {
