@@ -370,7 +370,8 @@ impl TcClient {
                 return Ok(());
             }
             let msg = self.reply_message(&r);
-            if p.reply.auth_codes.contains(&code) {
+            // HTTP 401 arrives here as code "401" whatever the profile lists.
+            if p.reply.auth_codes.contains(&code) || code == "401" {
                 self.token = None;
                 if attempt == 0 {
                     tracing::info!(%msg, "platform token refused; logging in again");
