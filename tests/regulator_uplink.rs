@@ -466,12 +466,19 @@ async fn a_refused_record_is_reported_and_does_not_block_the_rest() {
         .unwrap();
     let up = start(dir.path(), &ledger, &m);
     until("the good one", &up, &m, |k, s| {
-        k.rejected == 1 && s.records.len() == 1
+        // The mock counts a record before its answer reaches the uplink, and the backlog
+        // shrinks only after the acknowledgement is saved: wait for all of it.
+        k.rejected == 1 && k.acknowledged == 1 && k.backlog == 1 && s.records.len() == 1
     })
     .await;
     let k = up.kpis();
     assert_eq!(k.acknowledged, 1);
     assert_eq!(k.backlog, 1, "the refused record still counts as waiting");
+    // The ledger keeps microseconds.
+    assert_eq!(
+        k.oldest_pending.map(ecogate::ledger::db_time),
+        Some(ecogate::ledger::db_time(t0))
+    );
     let err = k.last_error.clone().unwrap_or_default();
     assert!(err.contains("`cphm` is empty"), "{err}");
     assert!(k.completeness() < 1.0);
