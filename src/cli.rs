@@ -44,6 +44,11 @@ pub enum Cmd {
         #[command(subcommand)]
         command: crate::ledger::cli::RegistryCommand,
     },
+    /// Regulator uplinks: delivery state per platform.
+    Uplink {
+        #[command(subcommand)]
+        command: UplinkCmd,
+    },
     /// Run a whole simulated site: no hardware, no setup.
     Demo(crate::demo::DemoArgs),
     /// Run a device simulator on 127.0.0.1 (docs/simulators.md).
@@ -53,6 +58,15 @@ pub enum Cmd {
     },
     /// Measure the core's speed (config check, lane interpreter, policy).
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UplinkCmd {
+    /// Captured, sent, acknowledged, failed, backlog and completeness per platform.
+    Status {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +96,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => crate::gateway::run(args),
         Cmd::Ledger { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Registry { command } => command.run().map(|()| ExitCode::SUCCESS),
+        Cmd::Uplink { command: UplinkCmd::Status { data_dir } } => {
+            let _ = write!(std::io::stdout(), "{}", crate::regulator::status(&data_dir));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Demo(args) => crate::demo::run(args),
         Cmd::Sim { command } => command.run(),
         Cmd::Bench(args) => crate::bench::run(args),

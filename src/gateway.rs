@@ -48,6 +48,8 @@ pub struct Gateway {
     /// The MQTT bridge to SCADA, when `[uplinks.mqtt]` is configured. Dropping it cuts the
     /// connection (the broker then publishes the site offline).
     pub mqtt: Option<crate::uplink::MqttBridge>,
+    /// One uplink per enabled `[[uplinks.platforms]]`, each over its own ledger cursor.
+    pub regulators: Vec<crate::regulator::RegulatorUplink>,
 }
 
 #[derive(Clone)]
@@ -127,6 +129,13 @@ impl Gateway {
             lanes.push(h);
         }
 
+        let mut regulators = Vec::new();
+        for p in plan.platforms.iter().filter(|p| p.enabled) {
+            regulators.push(
+                crate::regulator::RegulatorUplink::start(&plan, p, ledger.clone())
+                    .with_context(|| format!("starting the uplink to platform `{}`", p.name))?,
+            );
+        }
         let mqtt = match &plan.mqtt {
             Some(m) => Some(
                 crate::uplink::MqttBridge::start(
@@ -221,6 +230,7 @@ impl Gateway {
             http_addr,
             device_errors,
             mqtt,
+            regulators,
         })
     }
 }
@@ -355,6 +365,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .context("waiting for Ctrl-C")?;
         if let Some(b) = gw.mqtt.take() {
             b.shutdown().await;
+        }
+        for r in gw.regulators.drain(..) {
+            let _ = r.stop().await;
         }
         println!("ecogate: stopping; ledger head {}", gw.ledger.head());
         Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod policy;
 pub mod recorder;
 pub mod registry;
+pub mod regulator;
 pub mod runtime;
 pub mod sim_cli;
 pub mod time;

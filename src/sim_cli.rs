@@ -40,6 +40,8 @@ pub enum SimCommand {
     Led(LedArgs),
     /// A Megatec Q1 UPS.
     Ups(UpsArgs),
+    /// A strict mock regulator platform (profiles/platform/NAME.toml) with fault injection.
+    Platform(PlatformArgs),
 }
 
 impl SimCommand {
@@ -81,6 +83,7 @@ impl SimCommand {
             SimCommand::Scale(a) => run_scale(a, out, input).await,
             SimCommand::Led(a) => run_led(a, out, input).await,
             SimCommand::Ups(a) => run_ups(a, out, input).await,
+            SimCommand::Platform(a) => run_platform(a, out, input).await,
         }
     }
 }
@@ -1429,4 +1432,154 @@ where
         bail!("{} of {} posts failed", run.failed, run.posted);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// platform
+
+/// `ecogate sim platform`: the strict mock of a regulator platform.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PlatformArgs {
+    /// Platform profile name (profiles/platform/NAME.toml, or a built-in).
+    #[arg(long, default_value = "transport-control")]
+    pub profile: String,
+    /// Address to listen on (127.0.0.1 only; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Accept only this login (with --password).
+    #[arg(long, requires = "password")]
+    pub username: Option<String>,
+    #[arg(long, requires = "username")]
+    pub password: Option<String>,
+    /// Accept only this organ (enterprise code).
+    #[arg(long)]
+    pub organ: Option<String>,
+    /// Token lifetime in seconds (default: the profile's).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub token_ttl: Option<Duration>,
+    #[command(flatten)]
+    pub stop: StopArgs,
+}
+
+struct PlatformConsole {
+    mock: crate::regulator::mock::MockPlatform,
+    records: usize,
+    photos: usize,
+    rejections: usize,
+}
+
+impl Console for PlatformConsole {
+    fn help(&self) -> &'static str {
+        "commands:
+  status             counts and faults
+  down | up          answer every request with HTTP 503 / serve again
+  fail N             answer the next N requests with HTTP 503
+  delay MS           wait before every answer (longer than the client timeout = timeout)
+  expire             forget every issued token
+  ttl SECS           lifetime of new tokens"
+    }
+
+    fn command(&mut self, line: &str) -> Vec<String> {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let m = &self.mock;
+        let r = match w.as_slice() {
+            ["status"] => Ok(()),
+            ["down"] => {
+                m.set_down(true);
+                Ok(())
+            }
+            ["up"] => {
+                m.set_down(false);
+                Ok(())
+            }
+            ["fail", n] => n
+                .parse::<u32>()
+                .map(|n| m.fail_next(n))
+                .map_err(|_| format!("`{n}` is not a whole number")),
+            ["delay", ms] => ms
+                .parse::<u64>()
+                .map(|ms| m.set_delay(Duration::from_millis(ms)))
+                .map_err(|_| format!("`{ms}` is not a whole number of ms")),
+            ["expire"] => {
+                m.expire_tokens();
+                Ok(())
+            }
+            ["ttl", s] => parse_secs(s).map(|d| m.set_token_ttl(d)),
+            _ => Err(format!("unknown command `{line}` (try `help`)")),
+        };
+        vec![match r {
+            Ok(()) => m.summary(),
+            Err(e) => format!("error: {e}"),
+        }]
+    }
+
+    fn poll(&mut self) -> Vec<String> {
+        let s = self.mock.stats();
+        let mut lines = Vec::new();
+        for r in s.records.iter().skip(self.records) {
+            lines.push(format!("accepted record {r}"));
+        }
+        for p in s.photos.iter().skip(self.photos) {
+            let mut p = p.clone();
+            // A photo line with its whole base64 body would flood the terminal.
+            if let Some(o) = p.as_object_mut() {
+                for v in o.values_mut() {
+                    if v.as_str().is_some_and(|t| t.len() > 64) {
+                        *v = format!("<{} chars>", v.as_str().map_or(0, str::len)).into();
+                    }
+                }
+            }
+            lines.push(format!("accepted photo {p}"));
+        }
+        for e in s.rejections.iter().skip(self.rejections) {
+            lines.push(format!("refused: {e}"));
+        }
+        self.records = s.records.len();
+        self.photos = s.photos.len();
+        self.rejections = s.rejections.len();
+        lines
+    }
+}
+
+pub async fn run_platform<W, R>(args: PlatformArgs, mut out: W, input: R) -> anyhow::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+{
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("`{}` is not ADDR:PORT", args.listen))?;
+    check_bind(&listen.ip().to_string())?;
+    let profile = crate::regulator::profile::PlatformProfile::load(
+        std::path::Path::new("./site.toml"),
+        &args.profile,
+    )?;
+    let mock = crate::regulator::mock::MockPlatform::start(profile, listen).await?;
+    if let (Some(u), Some(p)) = (&args.username, &args.password) {
+        mock.require_credentials(u, p);
+    }
+    if let Some(o) = &args.organ {
+        mock.require_organ(o);
+    }
+    if let Some(t) = args.token_ttl {
+        mock.set_token_ttl(t);
+    }
+    first_line(&mut out, format!("listening on {}", mock.addr())).await?;
+    emit(
+        &mut out,
+        &[format!(
+            "mock platform `{}`; {}",
+            args.profile,
+            mock.summary()
+        )],
+    )
+    .await?;
+    let mut c = PlatformConsole {
+        mock,
+        records: 0,
+        photos: 0,
+        rejections: 0,
+    };
+    drive(&mut c, &args.stop, &mut out, input).await
 }

@@ -1,0 +1,508 @@
+//! A strict mock of a transportControl platform, driven by the same profile as the client.
+//! It refuses what a real platform would (missing or empty fields, codes outside the tables,
+//! bad times, photos for unknown records, expired tokens), can be told to fail (HTTP 503, slow
+//! answers, token expiry), and keeps what it accepted so tests can hold it against the ledger.
+//! Listens on 127.0.0.1 only.
+
+use super::profile::{PhotoEncoding, PlatformProfile};
+use super::transport_control::is_base64;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Counters and contents of the mock, as seen by a test.
+#[derive(Debug, Clone, Default)]
+pub struct MockStats {
+    /// Accepted record values in the order they arrived (first copy of each serial).
+    pub records: Vec<Value>,
+    /// Accepted photo values (first copy of each serial + index).
+    pub photos: Vec<Value>,
+    /// Records received again with an already accepted serial (answered as success).
+    pub duplicate_records: u64,
+    pub duplicate_photos: u64,
+    /// Refusal messages, in order.
+    pub rejections: Vec<String>,
+    pub logins: u64,
+    /// Requests answered with an injected fault.
+    pub faults_served: u64,
+    pub token_refusals: u64,
+}
+
+#[derive(Default)]
+struct Faults {
+    down: bool,
+    fail_next: u32,
+    delay: Duration,
+}
+
+struct Inner {
+    profile: PlatformProfile,
+    token_ttl: Duration,
+    credentials: Option<(String, String)>,
+    organ: Option<String>,
+    tokens: HashMap<String, Instant>,
+    next_token: u64,
+    faults: Faults,
+    serials: HashSet<String>,
+    photo_keys: HashSet<(String, String)>,
+    stats: MockStats,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+fn lock(s: &Shared) -> MutexGuard<'_, Inner> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct MockPlatform {
+    addr: SocketAddr,
+    inner: Shared,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("refusing to listen on {0}: the mock platform listens on 127.0.0.1 only")]
+    NotLoopback(SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl MockPlatform {
+    /// Binds `listen` (127.0.0.1, port 0 for any) and serves until dropped.
+    pub async fn start(
+        profile: PlatformProfile,
+        listen: SocketAddr,
+    ) -> Result<MockPlatform, MockError> {
+        if !listen.ip().is_loopback() || listen.is_ipv6() {
+            return Err(MockError::NotLoopback(listen));
+        }
+        let listener =
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| MockError::Bind {
+                    addr: listen,
+                    source: e,
+                })?;
+        let addr = listener.local_addr().map_err(|e| MockError::Bind {
+            addr: listen,
+            source: e,
+        })?;
+        let inner = Arc::new(Mutex::new(Inner {
+            token_ttl: Duration::from_secs(profile.auth.token_ttl_secs),
+            profile,
+            credentials: None,
+            organ: None,
+            tokens: HashMap::new(),
+            next_token: 0,
+            faults: Faults::default(),
+            serials: HashSet::new(),
+            photo_keys: HashSet::new(),
+            stats: MockStats::default(),
+        }));
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(inner.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "mock platform stopped");
+            }
+        });
+        Ok(MockPlatform {
+            addr,
+            inner,
+            shutdown: Some(tx),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Only this username/password may log in (default: any).
+    pub fn require_credentials(&self, user: &str, password: &str) {
+        lock(&self.inner).credentials = Some((user.into(), password.into()));
+    }
+
+    /// Only this organ / enterprise code is accepted (default: any non-empty).
+    pub fn require_organ(&self, organ: &str) {
+        lock(&self.inner).organ = Some(organ.into());
+    }
+
+    /// Every request answers HTTP 503 while down.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.inner).faults.down = down;
+    }
+
+    /// The next `n` requests answer HTTP 503.
+    pub fn fail_next(&self, n: u32) {
+        lock(&self.inner).faults.fail_next = n;
+    }
+
+    /// Every answer waits this long first (longer than the client timeout = a timeout).
+    pub fn set_delay(&self, d: Duration) {
+        lock(&self.inner).faults.delay = d;
+    }
+
+    pub fn set_token_ttl(&self, d: Duration) {
+        lock(&self.inner).token_ttl = d;
+    }
+
+    /// Forget every issued token: the next call with one is refused as expired.
+    pub fn expire_tokens(&self) {
+        lock(&self.inner).tokens.clear();
+    }
+
+    pub fn stats(&self) -> MockStats {
+        lock(&self.inner).stats.clone()
+    }
+
+    /// One-line summary for the `ecogate sim platform` console.
+    pub fn summary(&self) -> String {
+        let g = lock(&self.inner);
+        let s = &g.stats;
+        format!(
+            "records {} (duplicates {}), photos {} (duplicates {}), refused {}, logins {}, faults served {}, down {}, fail-next {}, delay {} ms",
+            s.records.len(),
+            s.duplicate_records,
+            s.photos.len(),
+            s.duplicate_photos,
+            s.rejections.len(),
+            s.logins,
+            s.faults_served,
+            g.faults.down,
+            g.faults.fail_next,
+            g.faults.delay.as_millis()
+        )
+    }
+}
+
+impl Drop for MockPlatform {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn reply(code: &str, p: &PlatformProfile, message: &str, extra: Option<(&str, Value)>) -> Response {
+    let mut m = Map::new();
+    m.insert(p.reply.code.clone(), Value::String(code.into()));
+    m.insert(p.reply.message.clone(), Value::String(message.into()));
+    if let Some((k, v)) = extra {
+        m.insert(k.into(), v);
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        Value::Object(m).to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(State(st): State<Shared>, uri: Uri, body: Bytes) -> Response {
+    let delay = lock(&st).faults.delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut g = lock(&st);
+    if g.faults.down || g.faults.fail_next > 0 {
+        g.faults.fail_next = g.faults.fail_next.saturating_sub(1);
+        g.stats.faults_served += 1;
+        return (StatusCode::SERVICE_UNAVAILABLE, "injected fault").into_response();
+    }
+    let (code, msg, extra) = match process(&mut g, uri.path(), &body) {
+        Ok(extra) => ("200".to_string(), "ok".to_string(), extra),
+        Err((code, msg)) => {
+            if code == "401" {
+                g.stats.token_refusals += 1;
+            } else {
+                g.stats.rejections.push(msg.clone());
+            }
+            (code.to_string(), msg, None)
+        }
+    };
+    let p = &g.profile;
+    reply(
+        &code,
+        p,
+        &msg,
+        extra.as_ref().map(|(k, v)| (k.as_str(), v.clone())),
+    )
+}
+
+type Refusal = (&'static str, String);
+
+fn text<'a>(obj: &'a Map<String, Value>, key: &str, what: &str) -> Result<&'a str, Refusal> {
+    match obj.get(key) {
+        None => Err(("400", format!("{what}: missing field `{key}`"))),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(("400", format!("{what}: field `{key}` is empty")))
+        }
+        Some(Value::String(s)) => Ok(s),
+        Some(v) => Err((
+            "400",
+            format!("{what}: field `{key}` must be a string, not {v}"),
+        )),
+    }
+}
+
+/// The value of a logical field, checking every alias is present and agrees.
+fn field<'a>(
+    obj: &'a Map<String, Value>,
+    names: &[String],
+    logical: &str,
+    what: &str,
+) -> Result<&'a str, Refusal> {
+    let mut first: Option<&str> = None;
+    for n in names {
+        let v = text(obj, n, what)?;
+        match first {
+            None => first = Some(v),
+            Some(f) if f != v => {
+                return Err((
+                    "400",
+                    format!(
+                        "{what}: `{n}` = `{v}` disagrees with `{}` = `{f}`",
+                        names[0]
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    first.ok_or(("400", format!("{what}: no name for `{logical}`")))
+}
+
+fn in_table(
+    v: &str,
+    table: &std::collections::BTreeMap<String, String>,
+    key: &str,
+    what: &str,
+) -> Result<(), Refusal> {
+    if table.values().any(|c| c == v) {
+        Ok(())
+    } else {
+        let mut codes: Vec<&str> = table.values().map(String::as_str).collect();
+        codes.sort();
+        codes.dedup();
+        Err((
+            "400",
+            format!(
+                "{what}: `{key}` = `{v}` is not a known code ({})",
+                codes.join(", ")
+            ),
+        ))
+    }
+}
+
+fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Value)>, Refusal> {
+    let p = g.profile.clone();
+    let env: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err(("400", "request body is not a JSON object".into())),
+        Err(e) => return Err(("400", format!("request body is not JSON: {e}"))),
+    };
+    let organ = text(&env, &p.envelope.organ, "envelope")?.to_string();
+    if let Some(want) = &g.organ {
+        if *want != organ {
+            return Err(("403", format!("unknown organ `{organ}`")));
+        }
+    }
+    let op = text(&env, &p.envelope.operation, "envelope")?.to_string();
+    if op == p.operations.login {
+        if path != p.paths.login {
+            return Err(("404", format!("{op} is not served at {path}")));
+        }
+        let place = match p.auth.credentials {
+            super::profile::CredentialPlace::Top => &env,
+            super::profile::CredentialPlace::Value => env
+                .get(&p.envelope.value)
+                .and_then(Value::as_object)
+                .ok_or((
+                    "400",
+                    format!("login: missing object `{}`", p.envelope.value),
+                ))?,
+        };
+        let user = text(place, &p.auth.username, "login")?;
+        let pass = place
+            .get(&p.auth.password)
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if let Some((u, pw)) = &g.credentials {
+            if u != user || pw != pass {
+                return Err(("403", "wrong username or password".into()));
+            }
+        }
+        g.next_token += 1;
+        let token = format!("mock-token-{}", g.next_token);
+        let until = Instant::now() + g.token_ttl;
+        g.tokens.insert(token.clone(), until);
+        g.stats.logins += 1;
+        return Ok(Some((p.reply.token.clone(), Value::String(token))));
+    }
+    let token = text(&env, &p.envelope.token, "envelope")?;
+    match g.tokens.get(token) {
+        Some(until) if Instant::now() < *until => {}
+        Some(_) => return Err(("401", "access_token expired".into())),
+        None => return Err(("401", "access_token invalid or expired".into())),
+    }
+    let value = env
+        .get(&p.envelope.value)
+        .and_then(Value::as_object)
+        .ok_or(("400", format!("missing object `{}`", p.envelope.value)))?;
+    if op == p.operations.record {
+        if path != p.paths.record {
+            return Err(("404", format!("{op} is not served at {path}")));
+        }
+        check_record(&p, value, &organ)?;
+        let serial = field(value, &p.record.fields["serial"], "serial", &op)?.to_string();
+        if g.serials.contains(&serial) {
+            g.stats.duplicate_records += 1;
+        } else {
+            g.serials.insert(serial);
+            g.stats.records.push(Value::Object(value.clone()));
+        }
+        Ok(None)
+    } else if op == p.operations.photo {
+        if path != p.paths.photo {
+            return Err(("404", format!("{op} is not served at {path}")));
+        }
+        let f = &p.photo.fields;
+        let mut vals = HashMap::new();
+        for (k, names) in f {
+            vals.insert(k.as_str(), field(value, names, k, &op)?);
+        }
+        let serial = vals.get("serial").copied().unwrap_or("");
+        if !g.serials.contains(serial) {
+            return Err((
+                "400",
+                format!("{op}: no driving record with serial `{serial}`"),
+            ));
+        }
+        if let Some(c) = vals.get("plate_color") {
+            in_table(c, &p.codes.plate_color, "plate_color", &op)?;
+        }
+        if let Some(k) = vals.get("kind") {
+            in_table(k, &p.codes.photo_kind, "kind", &op)?;
+        }
+        let index = vals.get("index").copied().unwrap_or("");
+        if index.parse::<u32>().map_or(true, |n| n == 0) {
+            return Err(("400", format!("{op}: photo index `{index}` is not 1, 2, …")));
+        }
+        if let Some(img) = vals.get("image") {
+            let ok = match p.photo.encoding {
+                PhotoEncoding::Base64 => is_base64(img),
+                PhotoEncoding::DataUri => img
+                    .strip_prefix("data:image/jpeg;base64,")
+                    .is_some_and(is_base64),
+            };
+            if !ok {
+                return Err(("400", format!("{op}: image is not {:?}", p.photo.encoding)));
+            }
+        }
+        if let Some(t) = vals.get("time") {
+            check_time(&p, t, &op)?;
+        }
+        let key = (serial.to_string(), index.to_string());
+        if g.photo_keys.contains(&key) {
+            g.stats.duplicate_photos += 1;
+        } else {
+            g.photo_keys.insert(key);
+            g.stats.photos.push(Value::Object(value.clone()));
+        }
+        Ok(None)
+    } else {
+        Err(("400", format!("unknown {} `{op}`", p.envelope.operation)))
+    }
+}
+
+fn check_time(p: &PlatformProfile, t: &str, what: &str) -> Result<(), Refusal> {
+    chrono::NaiveDateTime::parse_from_str(t, &p.time.format)
+        .map(|_| ())
+        .map_err(|e| {
+            (
+                "400",
+                format!("{what}: time `{t}` is not `{}` ({e})", p.time.format),
+            )
+        })
+}
+
+fn check_record(p: &PlatformProfile, v: &Map<String, Value>, organ: &str) -> Result<(), Refusal> {
+    let what = p.operations.record.as_str();
+    let mut vals = HashMap::new();
+    for (k, names) in &p.record.fields {
+        vals.insert(k.as_str(), field(v, names, k, what)?);
+    }
+    let get = |k: &str| vals.get(k).copied();
+    if let Some(c) = get("plate_color") {
+        in_table(c, &p.codes.plate_color, "plate_color", what)?;
+    }
+    if let Some(c) = get("direction") {
+        in_table(c, &p.codes.direction, "direction", what)?;
+    }
+    if let Some(c) = get("barrier") {
+        in_table(c, &p.codes.barrier, "barrier", what)?;
+    }
+    if let Some(s) = get("stage") {
+        if !["0", "1", "2", "3", "4", "5", "6", "7", "D", "X"].contains(&s) {
+            return Err((
+                "400",
+                format!("{what}: emission stage `{s}` is not 0-7, D or X"),
+            ));
+        }
+    }
+    if let Some(f) = get("fuel") {
+        let ok = f.len() == 1 && "ABCDEFLMNOPQYZ".contains(f);
+        if !ok {
+            return Err(("400", format!("{what}: fuel `{f}` is not a GA 24.9 letter")));
+        }
+    }
+    if let Some(t) = get("time") {
+        check_time(p, t, what)?;
+    }
+    if let Some(e) = get("enterprise") {
+        if e != organ {
+            return Err((
+                "400",
+                format!("{what}: enterprise `{e}` is not the organ `{organ}`"),
+            ));
+        }
+    }
+    for (k, c) in &p.record.constants {
+        if v.get(k) != Some(c) {
+            return Err(("400", format!("{what}: `{k}` must be {c}")));
+        }
+    }
+    Ok(())
+}
+
+/// For the console: the envelope of a record, as a client would send it (used by tests).
+pub fn envelope(p: &PlatformProfile, organ: &str, op: &str, token: &str, value: Value) -> Value {
+    json!({
+        p.envelope.organ.as_str(): organ,
+        p.envelope.operation.as_str(): op,
+        p.envelope.token.as_str(): token,
+        p.envelope.value.as_str(): value,
+    })
+}
