@@ -366,6 +366,7 @@ impl Ctx<'_> {
             Value::Integer(n) => u8::try_from(*n).ok().filter(|n| *n <= 7),
             Value::String(s) => match s.trim() {
                 "D" | "d" | "电动" | "新能源" => return Some(NEW_ENERGY_ONLY),
+                t if chinese_numeral_stage(t).is_some() => chinese_numeral_stage(t),
                 t => match t.parse::<EmissionStage>() {
                     Ok(EmissionStage::China(n)) => Some(n),
                     Ok(EmissionStage::Electric) => return Some(NEW_ENERGY_ONLY),
@@ -577,6 +578,16 @@ impl Ctx<'_> {
             source: "config".into(),
         })
     }
+}
+
+/// "国三", "国四": integrators write stages with Chinese numerals as often as with 国Ⅲ.
+fn chinese_numeral_stage(t: &str) -> Option<u8> {
+    const NUMERALS: [&str; 8] = ["零", "一", "二", "三", "四", "五", "六", "七"];
+    let n = t.strip_prefix('国')?;
+    NUMERALS
+        .iter()
+        .position(|x| *x == n)
+        .and_then(|i| u8::try_from(i).ok())
 }
 
 fn parse_level(v: &Value) -> Option<WarningLevel> {
