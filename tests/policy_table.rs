@@ -1057,6 +1057,11 @@ light_goods = ["H1"]
 [policy.strategy4]
 classes = ["heavy_good"]
 "#;
+    if std::env::var_os("PRINT_DIAGNOSTICS").is_some() {
+        for d in compile(text).err().unwrap_or_default() {
+            println!("{d}");
+        }
+    }
     let errs = errors(text);
     let at = |line: usize, col: usize| {
         errs.iter()

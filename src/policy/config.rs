@@ -140,6 +140,9 @@ pub struct ListEntryConfig {
     pub note: Option<String>,
 }
 
+/// A validity window: start (inclusive) and end (exclusive), each optional.
+type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 const CLASS_NAMES: [&str; 4] = ["heavy_goods", "light_goods", "passenger", "other"];
 
 /// The national defaults (docs/policy.md, "Defaults").
@@ -262,6 +265,7 @@ impl PolicyConfig {
         if cx.errors.is_empty() {
             Ok(p)
         } else {
+            cx.errors.sort_by_key(|d| (d.line, d.col));
             Err(cx.errors)
         }
     }
@@ -406,7 +410,7 @@ impl Ctx<'_> {
 
     fn time(&mut self, v: &Spanned<Value>) -> Option<DateTime<Utc>> {
         let parsed = match v.get_ref() {
-            Value::Datetime(dt) => Ok(dt.clone()),
+            Value::Datetime(dt) => Ok(*dt),
             Value::String(s) => s.trim().parse::<Datetime>().map_err(|_| ()),
             _ => Err(()),
         };
@@ -438,16 +442,20 @@ impl Ctx<'_> {
         end: Option<&Spanned<Value>>,
         end_key: &str,
         start_key: &str,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ()> {
+    ) -> Result<Window, ()> {
         let s = start.map(|v| self.time(v).ok_or(()));
         let e = end.map(|v| self.time(v).ok_or(()));
         let s = s.transpose()?;
         let e = e.transpose()?;
-        if let (Some(s), Some(e), Some(ev)) = (s, e, end) {
+        if let (Some(s), Some(e), Some(sv), Some(ev)) = (s, e, start, end) {
             if e <= s {
                 self.push(
                     ev.span(),
-                    format!("`{end_key}` ({e}) is not after `{start_key}` ({s})"),
+                    format!(
+                        "`{end_key}` {} is not after `{start_key}` {}",
+                        show(ev.get_ref()),
+                        show(sv.get_ref())
+                    ),
                     format!("`{end_key}` is exclusive and must come after `{start_key}`"),
                 );
                 return Err(());
@@ -470,10 +478,18 @@ impl Ctx<'_> {
             if self.gate_ids.iter().any(|id| id == g.get_ref()) {
                 out.push(g.get_ref().clone());
             } else {
-                let help = if self.gate_ids.is_empty() {
-                    "the site declares no [[gates]]".to_string()
+                let known = self.gate_ids.join(", ");
+                // Gate ids are often "1", "2": every short id is one edit from every other,
+                // so only longer ids get a guess.
+                let guess = if g.get_ref().chars().count() >= 3 {
+                    closest(g.get_ref(), self.gate_ids.iter().map(String::as_str))
                 } else {
-                    did_you_mean(g.get_ref(), self.gate_ids.iter().map(String::as_str))
+                    None
+                };
+                let help = match guess {
+                    _ if self.gate_ids.is_empty() => "the site declares no [[gates]]".to_string(),
+                    Some(k) => format!("did you mean `{k}`? known gates: {known}"),
+                    None => format!("known gates: {known}"),
                 };
                 self.push(g.span(), format!("unknown gate `{}`", g.get_ref()), help);
             }

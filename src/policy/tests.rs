@@ -151,7 +151,10 @@ fn date_only_and_garbage_times_are_rejected_with_a_hint() {
 fn unknown_gate_suggests_the_closest() {
     let errs = compile("[[policy.black]]\nplate = \"冀F1\"\ngates = [\"eats\"]\n").unwrap_err();
     assert_eq!(errs.len(), 1);
-    assert_eq!(errs[0].help.as_deref(), Some("did you mean `east`?"));
+    assert_eq!(
+        errs[0].help.as_deref(),
+        Some("did you mean `east`? known gates: 1, east")
+    );
 }
 
 #[test]
@@ -221,4 +224,38 @@ fn decision_on_a_clean_truck_allocates_only_its_text() {
         None,
         "the measure is scoped to gate east"
     );
+}
+
+/// The site loader finds unknown keys with serde_ignored; the spanned values must survive it
+/// and real typos must be reported.
+#[test]
+fn works_under_serde_ignored() {
+    let text = r#"
+[policy]
+unknwon = "deny"
+[policy.levels.purple]
+non_road = 3
+[[policy.measures]]
+level = "red"
+strategy = 4
+start = 2026-12-01T06:00:00+08:00
+gate = ["1"]
+"#;
+    let de = toml::Deserializer::parse(text).unwrap();
+    let mut ignored = Vec::new();
+    let w: Wrapper = serde_ignored::deserialize(de, |path| ignored.push(path.to_string())).unwrap();
+    ignored.sort();
+    assert_eq!(
+        ignored,
+        [
+            "policy.levels.purple",
+            "policy.measures.0.gate",
+            "policy.unknwon"
+        ]
+    );
+    let p = w
+        .policy
+        .compile(&SourceFile::new("t.toml", text.into()), &["1".into()])
+        .unwrap();
+    assert_eq!(p.measures[0].strategy, Some(Strategy::S4));
 }
