@@ -182,6 +182,10 @@ fn reason_codes_are_unique_snake_case() {
             .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
         assert!(seen.insert(c), "duplicate {c}");
         assert_eq!(serde_json::to_value(r).unwrap(), serde_json::json!(c));
+        assert_eq!(
+            serde_json::from_value::<Reason>(serde_json::json!(c)).unwrap(),
+            r
+        );
     }
 }
 
@@ -258,4 +262,55 @@ gate = ["1"]
         .compile(&SourceFile::new("t.toml", text.into()), &["1".into()])
         .unwrap();
     assert_eq!(p.measures[0].strategy, Some(Strategy::S4));
+}
+
+#[test]
+fn runtime_state_serializes_with_platform_codes() {
+    let m = ControlMeasure {
+        level: WarningLevel::Orange,
+        strategy: Some(Strategy::S3),
+        start: utc("2026-12-01T00:00:00Z"),
+        end: None,
+        gates: None,
+        source: "platform".into(),
+    };
+    let v = serde_json::to_value(&m).unwrap();
+    assert_eq!(v["level"], "orange");
+    assert_eq!(v["strategy"], 3);
+    assert_eq!(serde_json::from_value::<ControlMeasure>(v).unwrap(), m);
+    assert!(serde_json::from_value::<Strategy>(serde_json::json!(5)).is_err());
+}
+
+#[test]
+fn runtime_list_plates_are_normalised_like_config_ones() {
+    let mut s = PolicyState::default();
+    s.add_black(ListEntry {
+        plate: " 冀f12345 ".into(),
+        color: None,
+        from: None,
+        until: None,
+        gates: None,
+        exempt_warnings: false,
+        note: String::new(),
+        source: "operator".into(),
+    });
+    let f = road("H11");
+    let d = Policy::default().decide(
+        &DecisionInput {
+            plate: "冀F12345",
+            color: PlateColor::Yellow,
+            facts: Some(&f),
+            gate: "1",
+            direction: Direction::In,
+            now: utc("2026-12-02T00:00:00Z"),
+        },
+        &s,
+    );
+    assert_eq!(d.reason, Reason::BlackList);
+    assert_eq!(
+        s.remove_black("冀F12345", Some(PlateColor::Yellow)),
+        0,
+        "entry has no colour"
+    );
+    assert_eq!(s.remove_black("冀F12345", None), 1);
 }
