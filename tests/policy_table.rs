@@ -1057,6 +1057,11 @@ light_goods = ["H1"]
 [policy.strategy4]
 classes = ["heavy_good"]
 "#;
+    if std::env::var_os("PRINT_DIAGNOSTICS").is_some() {
+        for d in compile(text).err().unwrap_or_default() {
+            println!("{d}");
+        }
+    }
     let errs = errors(text);
     let at = |line: usize, col: usize| {
         errs.iter()
@@ -1112,4 +1117,33 @@ note = "危化品运输"
     assert_eq!(w[0].color, Some(PlateColor::Yellow));
     assert!(w[0].exempt_warnings);
     assert_eq!(w[0].until, Some(t("2026-12-31T00:00:00Z")));
+}
+
+#[test]
+fn the_quick_example_in_the_docs_compiles_and_means_what_it_says() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/policy.md");
+    let doc = std::fs::read_to_string(path).expect("docs/policy.md exists");
+    let start = doc.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let end = start + doc[start..].find("```").expect("end of the example");
+    let p = policy(&doc[start..end]);
+    let s = PolicyState::from_config(&p);
+    assert_eq!(s.measures().len(), 1);
+    assert_eq!(s.white_len(), 1);
+    assert_eq!(s.black_len(), 1);
+    // Inside the orange measure at gate 1: strategy 2 plus the site's orange gas ≥ 6.
+    let gas5 = VehicleFacts {
+        plate: "豫A77777".into(),
+        ..heavy(EmissionStage::China(5), Fuel::NaturalGas)
+    };
+    let d = decide_facts(&p, &s, &gas5);
+    assert_eq!((d.allow, d.reason.code()), (false, "level_min_stage"));
+    assert_eq!(d.text, "国五燃气车 橙色预警禁行");
+    // The white-listed hazmat truck is exempt.
+    let hazmat = heavy(EmissionStage::China(3), Fuel::Diesel);
+    assert_eq!(
+        decide_facts(&p, &s, &hazmat).reason.code(),
+        "white_list_exempt"
+    );
+    let d = decide_in(&p, &s, None, "豫B54321", PlateColor::Blue);
+    assert_eq!(d.reason.code(), "black_list");
 }

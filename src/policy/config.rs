@@ -143,6 +143,9 @@ pub struct ListEntryConfig {
     pub note: Option<String>,
 }
 
+/// A validity window: start (inclusive) and end (exclusive), each optional.
+type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 const CLASS_NAMES: [&str; 4] = ["heavy_goods", "light_goods", "passenger", "other"];
 
 /// The national defaults (docs/policy.md, "Defaults").
@@ -265,6 +268,7 @@ impl PolicyConfig {
         if cx.errors.is_empty() {
             Ok(p)
         } else {
+            cx.errors.sort_by_key(|d| (d.line, d.col));
             Err(cx.errors)
         }
     }
@@ -369,6 +373,7 @@ impl Ctx<'_> {
             Value::Integer(n) => u8::try_from(*n).ok().filter(|n| *n <= 7),
             Value::String(s) => match s.trim() {
                 "D" | "d" | "电动" | "新能源" => return Some(NEW_ENERGY_ONLY),
+                t if chinese_numeral_stage(t).is_some() => chinese_numeral_stage(t),
                 t => match t.parse::<EmissionStage>() {
                     Ok(EmissionStage::China(n)) => Some(n),
                     Ok(EmissionStage::Electric) => return Some(NEW_ENERGY_ONLY),
@@ -446,11 +451,15 @@ impl Ctx<'_> {
         let e = end.map(|v| self.time(v).ok_or(()));
         let s = s.transpose()?;
         let e = e.transpose()?;
-        if let (Some(s), Some(e), Some(ev)) = (s, e, end) {
+        if let (Some(s), Some(e), Some(sv), Some(ev)) = (s, e, start, end) {
             if e <= s {
                 self.push(
                     ev.span(),
-                    format!("`{end_key}` ({e}) is not after `{start_key}` ({s})"),
+                    format!(
+                        "`{end_key}` {} is not after `{start_key}` {}",
+                        show(ev.get_ref()),
+                        show(sv.get_ref())
+                    ),
                     format!("`{end_key}` is exclusive and must come after `{start_key}`"),
                 );
                 return Err(());
@@ -473,10 +482,18 @@ impl Ctx<'_> {
             if self.gate_ids.iter().any(|id| id == g.get_ref()) {
                 out.push(g.get_ref().clone());
             } else {
-                let help = if self.gate_ids.is_empty() {
-                    "the site declares no [[gates]]".to_string()
+                let known = self.gate_ids.join(", ");
+                // Gate ids are often "1", "2": every short id is one edit from every other,
+                // so only longer ids get a guess.
+                let guess = if g.get_ref().chars().count() >= 3 {
+                    closest(g.get_ref(), self.gate_ids.iter().map(String::as_str))
                 } else {
-                    did_you_mean(g.get_ref(), self.gate_ids.iter().map(String::as_str))
+                    None
+                };
+                let help = match guess {
+                    _ if self.gate_ids.is_empty() => "the site declares no [[gates]]".to_string(),
+                    Some(k) => format!("did you mean `{k}`? known gates: {known}"),
+                    None => format!("known gates: {known}"),
                 };
                 self.push(g.span(), format!("unknown gate `{}`", g.get_ref()), help);
             }
@@ -581,6 +598,16 @@ impl Ctx<'_> {
             source: "config".into(),
         })
     }
+}
+
+/// "国三", "国四": integrators write stages with Chinese numerals as often as with 国Ⅲ.
+fn chinese_numeral_stage(t: &str) -> Option<u8> {
+    const NUMERALS: [&str; 8] = ["零", "一", "二", "三", "四", "五", "六", "七"];
+    let n = t.strip_prefix('国')?;
+    NUMERALS
+        .iter()
+        .position(|x| *x == n)
+        .and_then(|i| u8::try_from(i).ok())
 }
 
 fn parse_level(v: &Value) -> Option<WarningLevel> {

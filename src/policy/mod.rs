@@ -91,6 +91,7 @@ impl fmt::Display for WarningLevel {
 
 /// 管控策略, the platform's controlStrategy 1–4 (regulatory-domain §2.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
 pub enum Strategy {
     /// 禁行国三及以下重型柴油(燃气)车
     S1,
@@ -142,6 +143,19 @@ impl Strategy {
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+impl From<Strategy> for u8 {
+    fn from(s: Strategy) -> u8 {
+        s.code()
+    }
+}
+
+impl TryFrom<u8> for Strategy {
+    type Error = String;
+    fn try_from(code: u8) -> Result<Self, String> {
+        Strategy::from_code(code).ok_or_else(|| format!("control strategy {code} is not 1-4"))
     }
 }
 
@@ -307,7 +321,13 @@ struct PlateList {
 }
 
 impl PlateList {
-    fn add(&mut self, entry: ListEntry) {
+    /// Plates are stored as the camera reports them: trimmed, ASCII letters upper-case.
+    fn add(&mut self, mut entry: ListEntry) {
+        if entry.plate.trim().len() != entry.plate.len()
+            || entry.plate.bytes().any(|b| b.is_ascii_lowercase())
+        {
+            entry.plate = entry.plate.trim().to_ascii_uppercase();
+        }
         self.by_plate
             .entry(entry.plate.clone())
             .or_default()
@@ -499,7 +519,7 @@ pub struct DecisionInput<'a> {
 
 /// Why: a stable code for the ledger, MQTT and statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(into = "&'static str")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Reason {
     /// Allowed: meets every active rule.
     Ok,
@@ -573,6 +593,19 @@ impl Reason {
         Reason::LevelMinStage,
         Reason::NormalMinStage,
     ];
+}
+
+impl Reason {
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl TryFrom<String> for Reason {
+    type Error = String;
+    fn try_from(code: String) -> Result<Self, String> {
+        Reason::from_code(&code).ok_or_else(|| format!("unknown policy reason code `{code}`"))
+    }
 }
 
 impl From<Reason> for &'static str {
@@ -735,7 +768,7 @@ impl Policy {
         };
         match self.stage_check(&subject, self.normal.min(subject.class, subject.group)) {
             Check::Fail => {
-                return self.deny((Reason::NormalMinStage, None), &subject);
+                return self.deny((Reason::NormalMinStage, active.highest), &subject);
             }
             Check::Flag => flag = true,
             Check::Pass => {}
