@@ -96,7 +96,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => crate::gateway::run(args),
         Cmd::Ledger { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Registry { command } => command.run().map(|()| ExitCode::SUCCESS),
-        Cmd::Uplink { command: UplinkCmd::Status { data_dir } } => {
+        Cmd::Uplink {
+            command: UplinkCmd::Status { data_dir },
+        } => {
             let _ = write!(std::io::stdout(), "{}", crate::regulator::status(&data_dir));
             Ok(ExitCode::SUCCESS)
         }

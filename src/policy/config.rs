@@ -15,9 +15,6 @@ use std::collections::HashMap;
 use toml::value::{Datetime, Offset};
 use toml::{Spanned, Value};
 
-/// A validity window: from (inclusive), until (exclusive); open-ended sides are None.
-type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
 /// Deny, or allow and flag the pass for review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
