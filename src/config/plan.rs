@@ -370,6 +370,16 @@ impl Validator<'_> {
                     "write the platform's base URL, e.g. https://platform.example.gov.cn/api",
                 );
             }
+            if let Err(e) =
+                crate::regulator::profile::PlatformProfile::load(&self.file.path, &p.profile)
+            {
+                self.err(
+                    &path!["uplinks", "platforms", i, "profile"],
+                    At::Value,
+                    format!("platform profile `{}`: {e}", p.profile),
+                    "name a profile under profiles/platform/ (built in: transport-control), or fix that file; see docs/platforms.md",
+                );
+            }
             let password = self.secret(
                 &path!["uplinks", "platforms", i],
                 &p.password_env,

@@ -171,6 +171,8 @@ impl PlatformProfile {
 
     /// Finds `platform/<name>` next to the site (its `profiles/` dirs) or among the built-ins.
     pub fn load(site_file: &Path, name: &str) -> Result<PlatformProfile, RegulatorError> {
+        // `transport-control` and `platform/transport-control` name the same profile.
+        let name = name.strip_prefix("platform/").unwrap_or(name);
         let lib = Library::for_site(site_file, None, None);
         let found = lib
             .find_profile(&format!("platform/{name}"))
