@@ -343,12 +343,19 @@ impl Validator<'_> {
             }
         };
         let mqtt = raw.uplinks.mqtt.as_ref().map(|m| {
-            if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
+            if m.url.starts_with("mqtts://") {
+                self.err(
+                    &path!["uplinks", "mqtt", "url"],
+                    At::Value,
+                    "TLS to the MQTT broker (mqtts://) is not supported yet",
+                    "use mqtt://host:1883 to a broker on the plant network, or a local Mosquitto bridging to the TLS broker",
+                );
+            } else if !m.url.starts_with("mqtt://") {
                 self.err(
                     &path!["uplinks", "mqtt", "url"],
                     At::Value,
                     format!("`{}` is not an MQTT URL", m.url),
-                    "write mqtt://host:1883 or mqtts://host:8883",
+                    "write mqtt://host:1883",
                 );
             }
             let password =
