@@ -1,34 +1,21 @@
 //! Time: stored as UTC instants, shown and uploaded in the site's zone (GMT+8) in each
-//! platform's format.
+//! platform's format. The helpers live with the ledger, whose exports set the national format;
+//! this module is where the rest of the gateway finds them.
 
-use chrono::{DateTime, FixedOffset, Utc};
-
-/// China Standard Time. Every HJ 1321 platform expects GMT+8 wall-clock times.
-pub fn site_zone() -> FixedOffset {
-    // 8 h is within FixedOffset's ±24 h range, so this cannot fail.
-    FixedOffset::east_opt(8 * 3600).unwrap_or(Utc.fix())
-}
-
-use chrono::Offset;
-
-/// `yyyy-MM-dd HH:mm:ss` in GMT+8, the national ledger format.
-pub fn ledger_format(t: DateTime<Utc>) -> String {
-    t.with_timezone(&site_zone())
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
-}
+pub use crate::ledger::{local_time, parse_local_time, site_zone};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone as _;
+    use chrono::{TimeZone as _, Utc};
 
     #[test]
-    fn formats_in_gmt8() {
+    fn formats_and_parses_in_gmt8() {
         let t = Utc
             .with_ymd_and_hms(2026, 12, 31, 16, 30, 5)
             .single()
             .unwrap_or_default();
-        assert_eq!(ledger_format(t), "2027-01-01 00:30:05");
+        assert_eq!(local_time(t), "2027-01-01 00:30:05");
+        assert_eq!(parse_local_time("2027-01-01 00:30:05"), Some(t));
     }
 }
