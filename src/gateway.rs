@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -50,6 +50,8 @@ pub struct Gateway {
     pub mqtt: Option<crate::uplink::MqttBridge>,
     /// One uplink per enabled `[[uplinks.platforms]]`, each over its own ledger cursor.
     pub regulators: Vec<crate::regulator::RegulatorUplink>,
+    /// Becomes true when the UPS reports battery low: the site is about to lose power.
+    pub power_loss: watch::Receiver<bool>,
 }
 
 #[derive(Clone)]
@@ -151,6 +153,7 @@ impl Gateway {
             None => None,
         };
 
+        let (power_tx, power_loss) = watch::channel(false);
         let mut router = Router::new(&plan);
         let inputs: Vec<_> = lanes.iter().map(|h| h.inputs.clone()).collect();
         tokio::spawn(async move {
@@ -185,6 +188,7 @@ impl Gateway {
                         for tx in &inputs {
                             let _ = tx.try_send(Input::PowerLoss);
                         }
+                        let _ = power_tx.send(true);
                     }
                 }
                 for (i, input) in router.route(ev) {
@@ -231,6 +235,7 @@ impl Gateway {
             device_errors,
             mqtt,
             regulators,
+            power_loss,
         })
     }
 }
@@ -360,16 +365,31 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         for e in &gw.device_errors {
             println!("  not started: {e}");
         }
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        if let Some(b) = gw.mqtt.take() {
-            b.shutdown().await;
+        let mut power = gw.power_loss.clone();
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = power.wait_for(|low| *low) => {
+                // Battery low: the lanes are in power-loss mode; give the records and alarms in
+                // flight a moment to commit, then stop cleanly before the power goes.
+                println!("ecogate: UPS battery low: lanes in power-loss mode, stopping");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
         }
-        for r in gw.regulators.drain(..) {
-            let _ = r.stop().await;
-        }
-        println!("ecogate: stopping; ledger head {}", gw.ledger.head());
+        gw.stop().await;
+        println!("ecogate: stopped; ledger head {}", gw.ledger.head());
         Ok(ExitCode::SUCCESS)
     })
+}
+
+impl Gateway {
+    /// Stops the uplinks cleanly (the MQTT bridge publishes offline; each regulator uplink
+    /// finishes the record in flight). Every record is already durable when it is appended.
+    pub async fn stop(&mut self) {
+        if let Some(b) = self.mqtt.take() {
+            b.shutdown().await;
+        }
+        for r in self.regulators.drain(..) {
+            let _ = r.stop().await;
+        }
+    }
 }

@@ -296,3 +296,106 @@ fn demo_publishes_every_pass_over_mqtt() {
         passes.len()
     );
 }
+
+/// `ecogate run`: UPS battery low → lanes to power-loss mode → the process stops by itself,
+/// exit 0, with a ledger that verifies and records the alarm.
+#[test]
+fn run_stops_cleanly_on_ups_battery_low() {
+    use std::io::{BufRead, BufReader};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ups, ups_addr) = rt
+        .block_on(ecogate_drivers::sim::ups::UpsSim::bind("127.0.0.1:0"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let site = format!(
+        r#"[site]
+id = "power"
+[enterprise]
+name = "断电测试"
+credit_code = "91350100M000100Y43"
+permit_no = "91350100M000100Y43001P"
+industry = "steel"
+grade = "B"
+region = "410500"
+[[gates]]
+id = "1"
+name = "东门"
+[[gates.lanes]]
+id = "1-in"
+direction = "in"
+machine = "entry"
+camera = "cam1"
+barrier = "cam1"
+sign = "led1"
+voice = "led1"
+[devices.cam1]
+profile = "camera/vz-ivs"
+address = "ingest:cam1"
+[devices.led1]
+profile = "led/parking-0x64"
+via = "cam1"
+[devices.ups]
+profile = "ups/megatec-q1"
+address = "serial-over-tcp://{ups_addr}"
+[devices.ups.settings]
+poll_interval_ms = 100
+[storage]
+data_dir = "ledger"
+"#
+    );
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, site).unwrap();
+    let mut child = ecogate()
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("running"), "{first}");
+    ups.set_on_battery(true);
+    ups.set_battery_low(true);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("ecogate run did not stop after UPS battery low");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("UPS battery low")),
+        "{rest:?}"
+    );
+    let verify = ecogate()
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(dir.path().join("ledger"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let r = ecogate::ledger::store::LedgerReader::open(&dir.path().join("ledger")).unwrap();
+    let alarms: Vec<String> = r
+        .events_after(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "alarm")
+        .map(|e| {
+            serde_json::to_value(&e.body).unwrap()["code"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(alarms.iter().any(|c| c == "ups_battery_low"), "{alarms:?}");
+    drop(ups);
+}
