@@ -66,14 +66,16 @@ impl FromStr for EmissionStage {
             _ => {}
         }
         let digits = t.trim_start_matches('国');
+        // Registries and platform exports write the stage every way: 国Ⅴ, 国V, 国五, 5.
         let n = match digits {
-            "Ⅰ" | "I" => Some(1),
-            "Ⅱ" | "II" => Some(2),
-            "Ⅲ" | "III" => Some(3),
-            "Ⅳ" | "IV" => Some(4),
-            "Ⅴ" | "V" => Some(5),
-            "Ⅵ" | "VI" => Some(6),
-            "Ⅶ" | "VII" => Some(7),
+            "零" => Some(0),
+            "Ⅰ" | "I" | "一" => Some(1),
+            "Ⅱ" | "II" | "二" => Some(2),
+            "Ⅲ" | "III" | "三" => Some(3),
+            "Ⅳ" | "IV" | "四" => Some(4),
+            "Ⅴ" | "V" | "五" => Some(5),
+            "Ⅵ" | "VI" | "六" => Some(6),
+            "Ⅶ" | "VII" | "七" => Some(7),
             d => d.parse::<u8>().ok().filter(|n| *n <= 7),
         };
         n.map(EmissionStage::China)
@@ -285,6 +287,9 @@ mod tests {
     #[test]
     fn stage_spellings() {
         assert_eq!("国Ⅵ".parse(), Ok(EmissionStage::China(6)));
+        assert_eq!("国五".parse(), Ok(EmissionStage::China(5)));
+        assert_eq!("国三".parse(), Ok(EmissionStage::China(3)));
+        assert_eq!("国V".parse(), Ok(EmissionStage::China(5)));
         assert_eq!("5".parse(), Ok(EmissionStage::China(5)));
         assert_eq!("D".parse(), Ok(EmissionStage::Electric));
         assert_eq!("X".parse(), Ok(EmissionStage::Unknown));
