@@ -248,9 +248,33 @@ impl RelaySim {
     }
 }
 
-async fn serve_conn<S>(sock: S, framing: Framing, st: Shared)
+/// What a simulated slave does with a request; the connection loop (framing, unit filter,
+/// faults, late replies) is the same for every Modbus simulator.
+pub(crate) trait SimSlave: Send + 'static {
+    /// Counts (and logs) one request; returns the fault in force, this slave's unit and the
+    /// request's number.
+    fn request(&self, raw: Vec<u8>) -> (Fault, u8, u64);
+    /// The reply PDU for a request PDU.
+    fn process(&self, pdu: &[u8]) -> Vec<u8>;
+}
+
+impl SimSlave for Shared {
+    fn request(&self, raw: Vec<u8>) -> (Fault, u8, u64) {
+        let mut s = lock(self);
+        s.frames.push(raw);
+        s.requests += 1;
+        (s.fault, s.cfg.unit, s.requests)
+    }
+
+    fn process(&self, pdu: &[u8]) -> Vec<u8> {
+        process(self, pdu)
+    }
+}
+
+pub(crate) async fn serve_conn<S, T>(sock: S, framing: Framing, slave: T)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    T: SimSlave,
 {
     let (mut rd, wr) = tokio::io::split(sock);
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
@@ -270,25 +294,20 @@ where
             let Some((raw, header, unit, pdu)) = parsed else {
                 break;
             };
-            let (fault, my_unit, nth) = {
-                let mut s = lock(&st);
-                s.frames.push(raw);
-                s.requests += 1;
-                (s.fault, s.cfg.unit, s.requests)
-            };
+            let (fault, my_unit, nth) = slave.request(raw);
             if unit != my_unit {
                 // Another slave on the same bus: stay silent, as a multi-drop line would.
                 continue;
             }
             let reply_pdu = match fault {
+                // A silent device takes no writes either.
                 Fault::Silent => continue,
                 Fault::Disconnect => return,
                 Fault::Exception(code) => vec![pdu.first().copied().unwrap_or(0) | 0x80, code],
                 Fault::ExceptionEvery { code, every } if nth % every.max(1) == 0 => {
                     vec![pdu.first().copied().unwrap_or(0) | 0x80, code]
                 }
-                Fault::ExceptionEvery { .. } => process(&st, &pdu),
-                Fault::None | Fault::Late(_) => process(&st, &pdu),
+                Fault::ExceptionEvery { .. } | Fault::None | Fault::Late(_) => slave.process(&pdu),
             };
             let frame = match framing {
                 Framing::Tcp => tcp_frame(header, unit, &reply_pdu),

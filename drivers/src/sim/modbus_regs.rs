@@ -11,13 +11,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::address::Address;
-use crate::modbus::{rtu_frame, tcp_frame};
-use crate::sim::modbus::{take_rtu, take_tcp, Fault, Framing};
+use crate::sim::modbus::{serve_conn, Fault, Framing, SimSlave};
 
 #[derive(Debug, Clone)]
 pub struct RegSimConfig {
@@ -175,60 +173,15 @@ impl RegSim {
     }
 }
 
-async fn serve_conn<S>(sock: S, framing: Framing, st: Shared)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
-    let (mut rd, wr) = tokio::io::split(sock);
-    let wr = Arc::new(tokio::sync::Mutex::new(wr));
-    let mut buf: Vec<u8> = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        loop {
-            let parsed = match framing {
-                Framing::Tcp => take_tcp(&mut buf),
-                Framing::RtuOverTcp => take_rtu(&mut buf),
-            };
-            let Some((_raw, header, unit, pdu)) = parsed else {
-                break;
-            };
-            let (fault, my_unit, nth) = {
-                let mut s = lock(&st);
-                s.requests += 1;
-                (s.fault, s.cfg.unit, s.requests)
-            };
-            if unit != my_unit {
-                continue;
-            }
-            let reply_pdu = match fault {
-                // A silent device takes no writes either.
-                Fault::Silent => continue,
-                Fault::Disconnect => return,
-                Fault::Exception(code) => vec![pdu.first().copied().unwrap_or(0) | 0x80, code],
-                Fault::ExceptionEvery { code, every } if nth % every.max(1) == 0 => {
-                    vec![pdu.first().copied().unwrap_or(0) | 0x80, code]
-                }
-                Fault::ExceptionEvery { .. } | Fault::None | Fault::Late(_) => process(&st, &pdu),
-            };
-            let frame = match framing {
-                Framing::Tcp => tcp_frame(header, unit, &reply_pdu),
-                Framing::RtuOverTcp => rtu_frame(unit, &reply_pdu),
-            };
-            if let Fault::Late(d) = fault {
-                let wr = wr.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(d).await;
-                    let _ = wr.lock().await.write_all(&frame).await;
-                });
-            } else if wr.lock().await.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
+impl SimSlave for Shared {
+    fn request(&self, _raw: Vec<u8>) -> (Fault, u8, u64) {
+        let mut s = lock(self);
+        s.requests += 1;
+        (s.fault, s.cfg.unit, s.requests)
+    }
+
+    fn process(&self, pdu: &[u8]) -> Vec<u8> {
+        process(self, pdu)
     }
 }
 
