@@ -1,8 +1,8 @@
 //! The lane's `policy.decide`: registry lookup + the site's policy + the control measures and
 //! lists in force, behind the lane engine's [`Decider`] seam.
 
-use crate::lane::engine::{Decider, Direction, LaneSpec, Verdict};
-use crate::policy::{self, ControlMeasure, DecisionInput, Policy, PolicyState};
+use crate::lane::engine::{Decider, LaneSpec, Verdict};
+use crate::policy::{ControlMeasure, DecisionInput, Policy, PolicyState};
 use crate::registry::VehicleRegistry;
 use crate::vehicle::PlateColor;
 use chrono::{DateTime, Utc};
@@ -55,10 +55,7 @@ impl Decider for SiteDecider {
                 color,
                 facts: facts.as_ref(),
                 gate: &lane.gate,
-                direction: match lane.direction {
-                    Direction::In => policy::Direction::In,
-                    Direction::Out => policy::Direction::Out,
-                },
+                direction: lane.direction,
                 now,
             },
             &state,

@@ -3,21 +3,13 @@
 
 use crate::lane::engine::{self, Direction, Record};
 use crate::ledger::events::{
-    self as ev, BarrierException, BarrierMode, Decision, EventBody, ManualRelease, PassAttempt,
-    Weighing,
+    BarrierException, BarrierMode, Decision, EventBody, ManualRelease, PassAttempt, Weighing,
 };
 use crate::ledger::{Ledger, LedgerError};
 use crate::runtime::RecordSink;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ecogate_drivers::ImageKind;
-
-fn dir(d: Direction) -> ev::Direction {
-    match d {
-        Direction::In => ev::Direction::In,
-        Direction::Out => ev::Direction::Out,
-    }
-}
 
 fn mode(m: engine::BarrierMode) -> BarrierMode {
     match m {
@@ -44,7 +36,7 @@ pub fn to_event(r: &Record) -> (EventBody, Vec<Bytes>, DateTime<Utc>) {
                 let body = EventBody::ManualRelease(ManualRelease {
                     lane: p.lane.clone(),
                     gate: Some(p.gate.clone()),
-                    direction: dir(p.direction),
+                    direction: p.direction,
                     plate: (!p.plate.is_empty()).then(|| p.plate.clone()),
                     color: (!p.plate.is_empty()).then_some(p.color),
                     mode: mode(p.mode),
@@ -62,7 +54,7 @@ pub fn to_event(r: &Record) -> (EventBody, Vec<Bytes>, DateTime<Utc>) {
             let body = EventBody::PassAttempt(PassAttempt {
                 lane: p.lane.clone(),
                 gate: Some(p.gate.clone()),
-                direction: dir(p.direction),
+                direction: p.direction,
                 plate: p.plate.clone(),
                 color: p.color,
                 decision: if allow {
@@ -103,7 +95,7 @@ pub fn to_event(r: &Record) -> (EventBody, Vec<Bytes>, DateTime<Utc>) {
                 tare: (!gross_slot).then_some(w.mass),
                 net: None,
                 cargo: w.cargo.clone(),
-                direction: Some(dir(w.direction)),
+                direction: Some(w.direction),
                 pass_ref: None,
             });
             (body, Vec::new(), w.at)

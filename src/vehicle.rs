@@ -233,6 +233,40 @@ impl From<Fuel> for String {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+/// Which way a vehicle goes through a gate: 进 (in) or 出 (out).
+pub enum Direction {
+    /// 进厂
+    In,
+    /// 出厂
+    Out,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+
+    pub fn chinese(self) -> &'static str {
+        match self {
+            Direction::In => "进",
+            Direction::Out => "出",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Direction> {
+        match s.trim() {
+            "in" | "IN" | "In" | "进" | "进厂" | "1" | "A" => Some(Direction::In),
+            "out" | "OUT" | "Out" | "出" | "出厂" | "2" | "B" => Some(Direction::Out),
+            _ => None,
+        }
+    }
+}
+
 /// Which of the three HJ 1321 registries a vehicle belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -19,21 +19,7 @@ const MAX_STEPS: usize = 64;
 /// A barrier seen opening this long after the last open command was not commanded by us.
 const COMMAND_WINDOW_SECS: i64 = 30;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    In,
-    Out,
-}
-
-impl Direction {
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-        }
-    }
-}
+pub use crate::vehicle::Direction;
 
 /// A device bound to a lane role, optionally one channel of it (`io1.out1`).
 #[derive(Debug, Clone, PartialEq, Eq)]

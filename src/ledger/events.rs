@@ -41,31 +41,7 @@ impl EventBody {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// 进厂
-    In,
-    /// 出厂
-    Out,
-}
-
-impl Direction {
-    pub fn chinese(self) -> &'static str {
-        match self {
-            Direction::In => "进",
-            Direction::Out => "出",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Direction> {
-        match s.trim() {
-            "in" | "IN" | "In" | "进" | "进厂" | "1" | "A" => Some(Direction::In),
-            "out" | "OUT" | "Out" | "出" | "出厂" | "2" | "B" => Some(Direction::Out),
-            _ => None,
-        }
-    }
-}
+pub use crate::vehicle::Direction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -21,13 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 
-/// Which way the vehicle is going through the gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    In,
-    Out,
-}
+pub use crate::vehicle::Direction;
 
 /// 预警等级. The platform codes start at yellow (1 黄 2 橙 3 红); blue is the advisory level some
 /// city plans add below yellow. Ordered by severity.
