@@ -1,5 +1,7 @@
 //! The `ecogate` binary as an integrator uses it: check, lane trace, demo.
 
+mod support;
+
 use std::process::Command;
 
 fn ecogate() -> Command {
@@ -308,16 +310,7 @@ fn run_stops_cleanly_on_ups_battery_low() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let site = format!(
-        r#"[site]
-id = "power"
-[enterprise]
-name = "断电测试"
-credit_code = "91350100M000100Y43"
-permit_no = "91350100M000100Y43001P"
-industry = "steel"
-grade = "B"
-region = "410500"
-[[gates]]
+        r#"{header}[[gates]]
 id = "1"
 name = "东门"
 [[gates.lanes]]
@@ -341,7 +334,8 @@ address = "serial-over-tcp://{ups_addr}"
 poll_interval_ms = 100
 [storage]
 data_dir = "ledger"
-"#
+"#,
+        header = support::site_header("power")
     );
     let path = dir.path().join("site.toml");
     std::fs::write(&path, site).unwrap();

@@ -2,6 +2,8 @@
 //! clears it when it answers again); a UPS on battery raises `ups_on_battery`; battery low puts
 //! every lane into its power-loss state. Every alarm is a ledger event.
 
+mod support;
+
 use ecogate::gateway::Gateway;
 use ecogate::ledger::store::LedgerReader;
 use ecogate_drivers::sim::modbus::{Fault, Framing, RelaySim, SimConfig};
@@ -44,16 +46,7 @@ async fn device_and_ups_alarms_reach_the_ledger_and_battery_low_stops_the_lanes(
         .unwrap();
     let (ups, ups_addr) = UpsSim::bind("127.0.0.1:0").await.unwrap();
     let site = format!(
-        r#"[site]
-id = "health"
-[enterprise]
-name = "健康测试"
-credit_code = "91350100M000100Y43"
-permit_no = "91350100M000100Y43001P"
-industry = "steel"
-grade = "B"
-region = "410500"
-[[gates]]
+        r#"{header}[[gates]]
 id = "1"
 name = "东门"
 [[gates.lanes]]
@@ -87,7 +80,8 @@ data_dir = "ledger"
 [http]
 listen = "127.0.0.1:0"
 "#,
-        relay.addr()
+        relay.addr(),
+        header = support::site_header("health"),
     );
     let path = dir.path().join("site.toml");
     std::fs::write(&path, site).unwrap();
@@ -135,16 +129,7 @@ async fn a_dry_contact_ups_on_an_io_module_raises_the_same_alarms() {
         .await
         .unwrap();
     let site = format!(
-        r#"[site]
-id = "dry"
-[enterprise]
-name = "干接点"
-credit_code = "91350100M000100Y43"
-permit_no = "91350100M000100Y43001P"
-industry = "steel"
-grade = "B"
-region = "410500"
-[[gates]]
+        r#"{header}[[gates]]
 id = "1"
 name = "东门"
 [[gates.lanes]]
@@ -178,7 +163,8 @@ data_dir = "ledger"
 listen = "127.0.0.1:0"
 "#,
         lane_io.addr(),
-        ups_io.addr()
+        ups_io.addr(),
+        header = support::site_header("dry"),
     );
     let path = dir.path().join("site.toml");
     std::fs::write(&path, site).unwrap();

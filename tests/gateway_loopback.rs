@@ -3,6 +3,8 @@
 //! pulse and reports the barrier open on its limit switch, and the LED text goes back to the
 //! camera as `serialData`.
 
+mod support;
+
 use ecogate::gateway::Gateway;
 use ecogate::ledger::store::LedgerReader;
 use ecogate_drivers::sim::camera::{CameraSim, VzPlate};
@@ -26,16 +28,7 @@ async fn relay() -> RelaySim {
 
 fn site(dir: &std::path::Path, io_addr: std::net::SocketAddr, policy: &str) -> std::path::PathBuf {
     let text = format!(
-        r#"[site]
-id = "loopback"
-[enterprise]
-name = "回环测试"
-credit_code = "91350100M000100Y43"
-permit_no = "91350100M000100Y43001P"
-industry = "steel"
-grade = "B"
-region = "410500"
-[[gates]]
+        r#"{header}[[gates]]
 id = "1"
 name = "东门"
 [[gates.lanes]]
@@ -64,7 +57,8 @@ data_dir = "ledger"
 listen = "127.0.0.1:0"
 [policy]
 {policy}
-"#
+"#,
+        header = support::site_header("loopback")
     );
     let p = dir.join("site.toml");
     std::fs::write(&p, text).unwrap();
@@ -219,16 +213,7 @@ async fn a_modbus_register_indicator_weighs_and_a_modbus_text_sign_shows_the_wei
         .await
         .unwrap();
     let text = format!(
-        r#"[site]
-id = "regs"
-[enterprise]
-name = "寄存器"
-credit_code = "91350100M000100Y43"
-permit_no = "91350100M000100Y43001P"
-industry = "steel"
-grade = "B"
-region = "410500"
-[[gates]]
+        r#"{header}[[gates]]
 id = "1"
 name = "东门"
 [[gates.lanes]]
@@ -263,7 +248,8 @@ unknown = "allow_flag"
 "#,
         relay.addr(),
         scale.addr(),
-        sign.addr()
+        sign.addr(),
+        header = support::site_header("regs"),
     );
     let path = dir.path().join("site.toml");
     std::fs::write(&path, text).unwrap();
