@@ -852,7 +852,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let ledger = crate::ledger::Ledger::open(&plan.data_dir)
             .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
         let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
-        let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel::<runtime::LaneAlarm>();
+        let alarm_tx = crate::health::lane_alarms(crate::health::spawn_recorder(ledger.clone()));
         let mut bus = CommandBus::new();
         for (name, d) in &plan.devices {
             let (tx, rx) = mpsc::channel(64);
@@ -862,22 +862,6 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             } else {
                 tokio::spawn(sink_standin(rx));
             }
-        }
-        {
-            let ledger = ledger.clone();
-            tokio::spawn(async move {
-                while let Some(a) = alarm_rx.recv().await {
-                    let body =
-                        crate::ledger::events::EventBody::Alarm(crate::ledger::events::Alarm {
-                            source: format!("lane:{}", a.lane),
-                            code: a.code,
-                            message: String::new(),
-                            active: a.raised,
-                            lane: Some(a.lane),
-                        });
-                    let _ = ledger.append(body, Vec::new(), a.at).await;
-                }
-            });
         }
         let deps = LaneDeps {
             decider: Arc::clone(&decider),

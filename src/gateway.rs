@@ -9,7 +9,7 @@ use crate::lane::engine::{Input, Lane};
 use crate::ledger::registry::SqliteRegistry;
 use crate::ledger::Ledger;
 use crate::registry::VehicleRegistry;
-use crate::runtime::{self, CommandBus, LaneAlarm, LaneDeps, LaneHandle, Router};
+use crate::runtime::{self, CommandBus, LaneDeps, LaneHandle, Router};
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::header;
@@ -98,23 +98,7 @@ impl Gateway {
         for (name, h) in devices.health() {
             health::watch_device(name, h, Duration::from_secs(10), site_alarms.clone());
         }
-        // Lane alarms join the site's alarms.
-        let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel::<LaneAlarm>();
-        {
-            let site_alarms = site_alarms.clone();
-            tokio::spawn(async move {
-                while let Some(a) = alarm_rx.recv().await {
-                    let _ = site_alarms.send(health::Alarm {
-                        source: format!("lane:{}", a.lane),
-                        code: a.code,
-                        message: String::new(),
-                        raised: a.raised,
-                        lane: Some(a.lane),
-                        at: a.at,
-                    });
-                }
-            });
-        }
+        let alarm_tx = health::lane_alarms(site_alarms.clone());
 
         let deps = LaneDeps {
             decider: Arc::clone(&decider),
