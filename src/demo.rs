@@ -852,7 +852,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let ledger = crate::ledger::Ledger::open(&plan.data_dir)
             .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
         let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
-        let alarm_tx = crate::health::lane_alarms(crate::health::spawn_recorder(ledger.clone()));
+        let alarm_tx = crate::health::spawn_recorder(ledger.clone());
         let mut bus = CommandBus::new();
         for (name, d) in &plan.devices {
             let (tx, rx) = mpsc::channel(64);

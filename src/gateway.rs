@@ -98,7 +98,7 @@ impl Gateway {
         for (name, h) in devices.health() {
             health::watch_device(name, h, Duration::from_secs(10), site_alarms.clone());
         }
-        let alarm_tx = health::lane_alarms(site_alarms.clone());
+        let alarm_tx = site_alarms.clone();
 
         let deps = LaneDeps {
             decider: Arc::clone(&decider),

@@ -3,7 +3,6 @@
 
 use crate::ledger::events::{Alarm as AlarmBody, EventBody};
 use crate::ledger::Ledger;
-use crate::runtime::LaneAlarm;
 use chrono::{DateTime, Utc};
 use ecogate_drivers::{DeviceHealth, UpsStatus};
 use serde::Serialize;
@@ -23,6 +22,17 @@ pub struct Alarm {
 }
 
 impl Alarm {
+    pub fn lane(lane: &str, code: impl Into<String>, raised: bool) -> Alarm {
+        Alarm {
+            source: format!("lane:{lane}"),
+            code: code.into(),
+            message: String::new(),
+            raised,
+            lane: Some(lane.to_string()),
+            at: Utc::now(),
+        }
+    }
+
     pub fn device(name: &str, code: &str, message: impl Into<String>, raised: bool) -> Alarm {
         Alarm {
             source: format!("device:{name}"),
@@ -56,24 +66,6 @@ pub fn spawn_recorder(ledger: Ledger) -> mpsc::UnboundedSender<Alarm> {
             if let Err(e) = ledger.append(body, Vec::new(), a.at).await {
                 tracing::error!(error = %e, "alarm not recorded in the ledger");
             }
-        }
-    });
-    tx
-}
-
-/// A sender for the lane tasks' alarms that forwards them into the site's alarms.
-pub fn lane_alarms(site: mpsc::UnboundedSender<Alarm>) -> mpsc::UnboundedSender<LaneAlarm> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<LaneAlarm>();
-    tokio::spawn(async move {
-        while let Some(a) = rx.recv().await {
-            let _ = site.send(Alarm {
-                source: format!("lane:{}", a.lane),
-                code: a.code,
-                message: String::new(),
-                raised: a.raised,
-                lane: Some(a.lane),
-                at: a.at,
-            });
         }
     });
     tx

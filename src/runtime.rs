@@ -15,19 +15,12 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
+pub use crate::health::Alarm;
+
 /// Where lane records go: the ledger in production, a counter or a failing stub in tests.
 pub trait RecordSink: Send + Sync + 'static {
     /// Resolves once the record is durable; the value is its ledger sequence number.
     fn record(&self, r: &Record) -> impl Future<Output = Result<u64, String>> + Send;
-}
-
-/// A lane alarm as the health monitor and MQTT bridge see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct LaneAlarm {
-    pub lane: String,
-    pub code: String,
-    pub raised: bool,
-    pub at: DateTime<Utc>,
 }
 
 /// The lane's live state, for consoles, MQTT (retained) and the demo's vehicles.
@@ -211,7 +204,7 @@ pub struct LaneDeps<D, S> {
     pub decider: Arc<D>,
     pub sink: Arc<S>,
     pub bus: Arc<CommandBus>,
-    pub alarms: mpsc::UnboundedSender<LaneAlarm>,
+    pub alarms: mpsc::UnboundedSender<Alarm>,
 }
 
 impl<D, S> Clone for LaneDeps<D, S> {
@@ -350,21 +343,15 @@ async fn perform<D, S>(
                     }
                     if let Err(e) = deps.bus.send(&c.device, c.command) {
                         tracing::warn!(lane = %lane.spec.id, error = %e, "command not sent");
-                        let _ = deps.alarms.send(LaneAlarm {
-                            lane: lane.spec.id.clone(),
-                            code: "device_command_failed".into(),
-                            raised: true,
-                            at: Utc::now(),
-                        });
+                        let _ = deps.alarms.send(Alarm::lane(
+                            &lane.spec.id,
+                            "device_command_failed",
+                            true,
+                        ));
                     }
                 }
                 Output::Alarm { code, raised } => {
-                    let _ = deps.alarms.send(LaneAlarm {
-                        lane: lane.spec.id.clone(),
-                        code,
-                        raised,
-                        at: Utc::now(),
-                    });
+                    let _ = deps.alarms.send(Alarm::lane(&lane.spec.id, code, raised));
                 }
             }
         }
@@ -375,12 +362,9 @@ async fn perform<D, S>(
             lane.handle(Input::RecordFailed, Utc::now(), deps.decider.as_ref(), out);
         } else {
             out.clear();
-            let _ = deps.alarms.send(LaneAlarm {
-                lane: lane.spec.id.clone(),
-                code: "ledger_write_failed".into(),
-                raised: true,
-                at: Utc::now(),
-            });
+            let _ = deps
+                .alarms
+                .send(Alarm::lane(&lane.spec.id, "ledger_write_failed", true));
         }
     }
 }
