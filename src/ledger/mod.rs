@@ -20,7 +20,7 @@ pub mod views;
 
 pub use events::*;
 pub use registry::SqliteRegistry;
-pub use store::{ChainHead, EventRecord, Ledger, LedgerReader, Receipt, Txn};
+pub use store::{ChainHead, EventRecord, Ledger, LedgerReader, Receipt, Txn, DB_FILE};
 pub use verify::{verify, verify_with, BreakKind, Broken, VerifyOptions, VerifyReport};
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};

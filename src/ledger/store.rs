@@ -197,11 +197,40 @@ pub(crate) fn open_ro(data_dir: &Path) -> Result<Connection, LedgerError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no ledger database here"),
         });
     }
+    let conn = match probe_ro(&path) {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if needs_recovery(e.extended_code) => {
+            // A writer killed while SQLite was creating the file (before it switched to WAL)
+            // leaves a hot rollback journal that only a read-write connection may roll back.
+            // Rolling it back is the crash recovery the next writer would do anyway: it
+            // restores the last committed state and changes no committed event.
+            let rw = Connection::open(&path)?;
+            rw.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            drop(rw);
+            probe_ro(&path)?
+        }
+        other => other?,
+    };
+    Ok(conn)
+}
+
+fn needs_recovery(extended_code: std::os::raw::c_int) -> bool {
+    extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK
+        || extended_code == rusqlite::ffi::SQLITE_READONLY_RECOVERY
+}
+
+/// Open read-only and touch the schema, so a database that needs recovery says so here rather
+/// than at the first real query.
+fn probe_ro(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(
-        &path,
+        path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
     Ok(conn)
 }
 
