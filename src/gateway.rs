@@ -52,6 +52,8 @@ pub struct Gateway {
     pub regulators: Vec<crate::regulator::RegulatorUplink>,
     /// Becomes true when the UPS reports battery low: the site is about to lose power.
     pub power_loss: watch::Receiver<bool>,
+    /// Active alarms, their severity and acknowledgements (every change is a ledger event).
+    pub alarms: crate::alarm::AlarmBoard,
 }
 
 #[derive(Clone)]
@@ -94,7 +96,8 @@ impl Gateway {
             bus.attach(name, h.commands.clone());
         }
 
-        let site_alarms = health::spawn_recorder(ledger.clone());
+        let alarm_board = crate::alarm::AlarmBoard::new(ledger.clone());
+        let site_alarms = alarm_board.spawn_recorder();
         for (name, h) in devices.health() {
             health::watch_device(name, h, Duration::from_secs(10), site_alarms.clone());
         }
@@ -220,6 +223,7 @@ impl Gateway {
             mqtt,
             regulators,
             power_loss,
+            alarms: alarm_board,
         })
     }
 }

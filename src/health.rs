@@ -1,7 +1,6 @@
 //! Site health: device-offline and UPS alarms, and the recorder that makes every alarm (lane,
 //! device, UPS) a ledger event — alarms are part of what an inspector reviews.
 
-use crate::ledger::events::{Alarm as AlarmBody, EventBody};
 use crate::ledger::Ledger;
 use chrono::{DateTime, Utc};
 use ecogate_drivers::{DeviceHealth, UpsStatus};
@@ -45,30 +44,11 @@ impl Alarm {
     }
 }
 
-/// Records every alarm in the ledger (and the log). Returns the sender the rest of the site
-/// raises alarms on.
+/// Records every alarm in the ledger (and the log) on a board of its own. Returns the sender
+/// the rest of the site raises alarms on. Sites that show alarms keep the
+/// [`crate::alarm::AlarmBoard`] and use its `spawn_recorder`.
 pub fn spawn_recorder(ledger: Ledger) -> mpsc::UnboundedSender<Alarm> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Alarm>();
-    tokio::spawn(async move {
-        while let Some(a) = rx.recv().await {
-            if a.raised {
-                tracing::warn!(source = %a.source, code = %a.code, message = %a.message, "alarm raised");
-            } else {
-                tracing::info!(source = %a.source, code = %a.code, "alarm cleared");
-            }
-            let body = EventBody::Alarm(AlarmBody {
-                source: a.source,
-                code: a.code,
-                message: a.message,
-                active: a.raised,
-                lane: a.lane,
-            });
-            if let Err(e) = ledger.append(body, Vec::new(), a.at).await {
-                tracing::error!(error = %e, "alarm not recorded in the ledger");
-            }
-        }
-    });
-    tx
+    crate::alarm::AlarmBoard::new(ledger).spawn_recorder()
 }
 
 /// Raises `device_offline` when a device that was online goes offline (its driver decides

@@ -19,6 +19,7 @@ pub enum EventBody {
     MeasureChange(MeasureChange),
     Backfill(Backfill),
     Alarm(Alarm),
+    AlarmAck(AlarmAck),
     Correction(Correction),
     Purge(Purge),
 }
@@ -35,6 +36,7 @@ impl EventBody {
             EventBody::MeasureChange(_) => "measure_change",
             EventBody::Backfill(_) => "backfill",
             EventBody::Alarm(_) => "alarm",
+            EventBody::AlarmAck(_) => "alarm_ack",
             EventBody::Correction(_) => "correction",
             EventBody::Purge(_) => "purge",
         }
@@ -235,6 +237,16 @@ pub struct Alarm {
     pub active: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane: Option<String>,
+}
+
+/// An operator acknowledged an alarm (named by source and code), raised or already cleared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmAck {
+    pub source: String,
+    pub code: String,
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 /// A correction of an earlier pass-like event (pass attempt, manual release, backfill or

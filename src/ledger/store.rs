@@ -153,6 +153,8 @@ struct Inner {
     photos: PhotoStore,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     head: Arc<RwLock<ChainHead>>,
+    /// Follows every commit, so consumers (the MQTT bridge) wake on append instead of polling.
+    head_rx: tokio::sync::watch::Receiver<ChainHead>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -298,6 +300,7 @@ impl Ledger {
         let instance = instance_id(&conn, data_dir)?;
         let head = read_head(&conn)?;
         let shared = Arc::new(RwLock::new(head));
+        let (head_tx, head_rx) = tokio::sync::watch::channel(head);
         let photos = PhotoStore::new(photos_dir);
         let (tx, rx) = mpsc::channel::<Msg>();
         let mut writer = Writer {
@@ -305,6 +308,7 @@ impl Ledger {
             instance,
             photos: photos.clone(),
             shared: shared.clone(),
+            head_tx,
         };
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
@@ -319,6 +323,7 @@ impl Ledger {
                 photos,
                 tx: Mutex::new(Some(tx)),
                 head: shared,
+                head_rx,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -335,6 +340,12 @@ impl Ledger {
     /// Last committed event as seen by this process.
     pub fn head(&self) -> ChainHead {
         *self.inner.head.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The chain head after every commit of this process (other writers, such as a CLI
+    /// backfill, are not seen: poll [`Ledger::head`]'s reader side as a fallback).
+    pub fn subscribe_head(&self) -> tokio::sync::watch::Receiver<ChainHead> {
+        self.inner.head_rx.clone()
     }
 
     /// A read-only connection for views, exports and uplink cursors.
@@ -448,6 +459,7 @@ struct Writer {
     instance: String,
     photos: PhotoStore,
     shared: Arc<RwLock<ChainHead>>,
+    head_tx: tokio::sync::watch::Sender<ChainHead>,
 }
 
 /// A write transaction on the writer thread. Appends chain onto the head read inside the
@@ -625,6 +637,7 @@ impl Writer {
 
     fn set_head(&self, head: ChainHead) {
         *self.shared.write().unwrap_or_else(|e| e.into_inner()) = head;
+        self.head_tx.send_replace(head);
     }
 
     fn commit_group(&mut self, batch: &mut Vec<Pending>) {
