@@ -426,14 +426,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let board = AlarmBoard::new(Ledger::open(dir.path()).unwrap());
         assert!(matches!(
-            board.acknowledge("device:x", "device_offline", "wang", "").await,
+            board
+                .acknowledge("device:x", "device_offline", "wang", "")
+                .await,
             Err(AlarmError::NotFound { .. })
         ));
         board
             .record(Alarm::device("x", "device_offline", "", true))
             .await;
         assert_eq!(
-            board.acknowledge("device:x", "device_offline", "  ", "").await,
+            board
+                .acknowledge("device:x", "device_offline", "  ", "")
+                .await,
             Err(AlarmError::NoOperator)
         );
         assert_eq!(kinds(dir.path()), vec!["alarm"]);

@@ -48,8 +48,9 @@ pub struct Gateway {
     /// The MQTT bridge to SCADA, when `[uplinks.mqtt]` is configured. Dropping it cuts the
     /// connection (the broker then publishes the site offline).
     pub mqtt: Option<crate::uplink::MqttBridge>,
-    /// One uplink per enabled `[[uplinks.platforms]]`, each over its own ledger cursor.
-    pub regulators: Vec<crate::regulator::RegulatorUplink>,
+    /// One uplink per enabled `[[uplinks.platforms]]`, each over its own ledger cursor. The
+    /// health checks and the MQTT bridge read their KPIs through weak references.
+    pub regulators: Vec<Arc<crate::regulator::RegulatorUplink>>,
     /// Becomes true when the UPS reports battery low: the site is about to lose power.
     pub power_loss: watch::Receiver<bool>,
     /// Active alarms, their severity and acknowledgements (every change is a ledger event).
@@ -120,20 +121,27 @@ impl Gateway {
 
         let mut regulators = Vec::new();
         for p in plan.platforms.iter().filter(|p| p.enabled) {
-            regulators.push(
+            regulators.push(Arc::new(
                 crate::regulator::RegulatorUplink::start(&plan, p, ledger.clone())
                     .with_context(|| format!("starting the uplink to platform `{}`", p.name))?,
-            );
+            ));
         }
+        let uplink_kpis = kpi_source(&regulators);
+        let activity = health_checks(&plan, &devices, &lanes, &ledger, &uplink_kpis)
+            .spawn_with(site_alarms.clone());
         let mqtt = match &plan.mqtt {
             Some(m) => Some(
-                crate::uplink::MqttBridge::start(
+                crate::uplink::MqttBridge::start_with(
                     crate::uplink::MqttConfig::from_plan(m, &plan.site_id)?,
                     &plan.site_id,
                     ledger.clone(),
                     lanes.clone(),
                     devices.health().into_iter().collect(),
                     &plan.data_dir,
+                    crate::uplink::mqtt::BridgeExtras {
+                        alarms: Some(alarm_board.clone()),
+                        uplinks: Some(uplink_kpis),
+                    },
                 )
                 .await?,
             ),
@@ -146,6 +154,7 @@ impl Gateway {
         tokio::spawn(async move {
             let mut ups: HashMap<String, (health::UpsMonitor, UpsStatus)> = HashMap::new();
             while let Some(ev) = events_rx.recv().await {
+                activity.observe(&ev);
                 // A Megatec UPS reports its status; a dry-contact UPS is two inputs of an IO
                 // module named `ups_on_battery` / `ups_battery_low` (debounced by the driver).
                 let status = match &ev.kind {
@@ -377,7 +386,72 @@ impl Gateway {
             b.shutdown().await;
         }
         for r in self.regulators.drain(..) {
-            let _ = r.stop().await;
+            // Only weak references exist elsewhere; one may be upgraded for a moment.
+            let mut r = r;
+            for _ in 0..50 {
+                match Arc::try_unwrap(r) {
+                    Ok(u) => {
+                        let _ = u.stop().await;
+                        break;
+                    }
+                    Err(again) => {
+                        r = again;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
         }
     }
+}
+
+/// The uplinks' KPIs, read through weak references so that [`Gateway::stop`] can take each
+/// uplink back.
+fn kpi_source(regulators: &[Arc<crate::regulator::RegulatorUplink>]) -> health::UplinkKpis {
+    let weak: Vec<_> = regulators.iter().map(Arc::downgrade).collect();
+    Arc::new(move || {
+        weak.iter()
+            .filter_map(|w| w.upgrade())
+            .map(|r| (r.name().to_string(), r.kpis()))
+            .collect()
+    })
+}
+
+/// camera_silent, scale_stuck, upload_backlog, clock_drift (against the first enabled
+/// platform's HTTP Date) and disk_space, with the site's `[health]` thresholds.
+fn health_checks(
+    plan: &Plan,
+    devices: &Devices,
+    lanes: &[LaneHandle],
+    ledger: &Ledger,
+    kpis: &health::UplinkKpis,
+) -> health::HealthChecks {
+    use crate::lane::builtin::Role;
+    let mut c =
+        health::HealthChecks::new(plan.health.clone(), ledger.clone(), plan.retention_months);
+    let health = devices.health();
+    let mut scales: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for (l, h) in plan.lanes.iter().zip(lanes) {
+        if let Some(cam) = l.spec.bindings.get(&Role::Camera) {
+            if let Some(rx) = health.get(&cam.device) {
+                if !c.cameras.iter().any(|(n, _)| n == &cam.device) {
+                    c.cameras.push((cam.device.clone(), rx.clone()));
+                }
+            }
+        }
+        if let Some(s) = l.spec.bindings.get(&Role::Scale) {
+            scales
+                .entry(s.device.clone())
+                .or_default()
+                .push(h.status.clone());
+        }
+    }
+    c.scales = scales.into_iter().collect();
+    c.uplinks = Some(kpis.clone());
+    c.clock = plan
+        .platforms
+        .iter()
+        .find(|p| p.enabled)
+        .and_then(|p| health::HttpDateClock::new(&p.url).ok())
+        .map(|c| Arc::new(c) as Arc<dyn health::ClockSource>);
+    c
 }

@@ -71,6 +71,40 @@ pub struct MqttPlan {
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    pub keep_alive: Duration,
+    pub max_inflight: usize,
+    /// With `mqtts://`.
+    pub tls: Option<MqttTls>,
+}
+
+/// TLS to the broker: the CA to trust, and the client certificate when the broker asks for one.
+#[derive(Debug, Clone)]
+pub struct MqttTls {
+    pub ca_file: PathBuf,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// Thresholds of the health alarms (`[health]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthPlan {
+    pub camera_silent_after: Duration,
+    pub scale_stuck_after: Duration,
+    pub backlog_alarm: u64,
+    pub clock_drift_alarm: Duration,
+    pub disk_reserve_days: u32,
+}
+
+impl Default for HealthPlan {
+    fn default() -> Self {
+        HealthPlan {
+            camera_silent_after: Duration::from_secs(2 * 3600),
+            scale_stuck_after: Duration::from_secs(120),
+            backlog_alarm: 500,
+            clock_drift_alarm: Duration::from_secs(60),
+            disk_reserve_days: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +134,7 @@ pub struct Plan {
     pub texts: Arc<Texts>,
     pub mqtt: Option<MqttPlan>,
     pub platforms: Vec<PlatformPlan>,
+    pub health: HealthPlan,
 }
 
 impl Plan {
@@ -342,31 +377,8 @@ impl Validator<'_> {
                 None
             }
         };
-        let mqtt = raw.uplinks.mqtt.as_ref().map(|m| {
-            if m.url.starts_with("mqtts://") {
-                self.err(
-                    &path!["uplinks", "mqtt", "url"],
-                    At::Value,
-                    "TLS to the MQTT broker (mqtts://) is not supported yet",
-                    "use mqtt://host:1883 to a broker on the plant network, or a local Mosquitto bridging to the TLS broker",
-                );
-            } else if !m.url.starts_with("mqtt://") {
-                self.err(
-                    &path!["uplinks", "mqtt", "url"],
-                    At::Value,
-                    format!("`{}` is not an MQTT URL", m.url),
-                    "write mqtt://host:1883",
-                );
-            }
-            let password =
-                self.secret(&path!["uplinks", "mqtt"], &m.password_env, &m.password_file);
-            MqttPlan {
-                url: m.url.clone(),
-                client_id: m.client_id.clone(),
-                username: m.username.clone(),
-                password,
-            }
-        });
+        let mqtt = raw.uplinks.mqtt.as_ref().map(|m| self.mqtt(m));
+        let health = self.health(&raw.health);
         let mut platforms = Vec::new();
         for (i, p) in raw.uplinks.platforms.iter().enumerate() {
             if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
@@ -424,7 +436,174 @@ impl Validator<'_> {
             texts,
             mqtt,
             platforms,
+            health,
         })
+    }
+
+    fn duration(&mut self, p: &[Seg], v: &Option<String>, default: Duration) -> Duration {
+        let Some(s) = v else { return default };
+        match parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.err(
+                    p,
+                    At::Value,
+                    "must be longer than zero",
+                    "e.g. 30s, 10m or 2h",
+                );
+                default
+            }
+            Err(e) => {
+                self.err(p, At::Value, e, "e.g. 30s, 10m or 2h");
+                default
+            }
+        }
+    }
+
+    fn mqtt(&mut self, m: &super::site::RawMqtt) -> MqttPlan {
+        let tls = m.url.starts_with("mqtts://");
+        if !tls && !m.url.starts_with("mqtt://") {
+            self.err(
+                &path!["uplinks", "mqtt", "url"],
+                At::Value,
+                format!("`{}` is not an MQTT URL", m.url),
+                "write mqtt://host:1883, or mqtts://host:8883 with ca_file",
+            );
+        }
+        let password = self.secret(&path!["uplinks", "mqtt"], &m.password_env, &m.password_file);
+        let keep_alive = self.duration(
+            &path!["uplinks", "mqtt", "keep_alive"],
+            &m.keep_alive,
+            Duration::from_secs(30),
+        );
+        if keep_alive < Duration::from_secs(1) || keep_alive > Duration::from_secs(65535) {
+            self.err(
+                &path!["uplinks", "mqtt", "keep_alive"],
+                At::Value,
+                "keep-alive must be between 1s and 65535s",
+                "MQTT counts it in whole seconds, e.g. keep_alive = \"30s\"",
+            );
+        }
+        let max_inflight = m.max_inflight.unwrap_or(100);
+        if !(1..=1000).contains(&max_inflight) {
+            self.err(
+                &path!["uplinks", "mqtt", "max_inflight"],
+                At::Value,
+                format!("max_inflight = {max_inflight} is outside 1-1000"),
+                "100 keeps a LAN broker busy; more only helps over slow links",
+            );
+        }
+        let base_dir = self
+            .file
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let file = |v: &Option<String>| v.as_ref().map(|f| base_dir.join(f));
+        if m.client_cert.is_some() != m.client_key.is_some() {
+            let key = if m.client_cert.is_some() {
+                "client_cert"
+            } else {
+                "client_key"
+            };
+            self.err(
+                &path!["uplinks", "mqtt", key],
+                At::Key,
+                "client_cert and client_key go together",
+                "give both PEM files (the certificate and its private key), or neither",
+            );
+        }
+        let tls = match (tls, &m.ca_file) {
+            (true, Some(_)) => Some(MqttTls {
+                ca_file: file(&m.ca_file).unwrap_or_default(),
+                client_cert: file(&m.client_cert),
+                client_key: file(&m.client_key),
+            }),
+            (true, None) => {
+                self.err(
+                    &path!["uplinks", "mqtt", "url"],
+                    At::Value,
+                    "mqtts:// needs `ca_file`, the CA that signed the broker's certificate",
+                    "add ca_file = \"/etc/ecogate/mqtt-ca.pem\" to [uplinks.mqtt]",
+                );
+                None
+            }
+            (false, _) => {
+                for key in ["ca_file", "client_cert", "client_key"] {
+                    let set = match key {
+                        "ca_file" => m.ca_file.is_some(),
+                        "client_cert" => m.client_cert.is_some(),
+                        _ => m.client_key.is_some(),
+                    };
+                    if set {
+                        self.err(
+                            &path!["uplinks", "mqtt", key],
+                            At::Key,
+                            format!("`{key}` is only used with an mqtts:// url"),
+                            "write the url as mqtts://host:8883, or remove the key",
+                        );
+                    }
+                }
+                None
+            }
+        };
+        MqttPlan {
+            url: m.url.clone(),
+            client_id: m.client_id.clone(),
+            username: m.username.clone(),
+            password,
+            keep_alive,
+            max_inflight: max_inflight.clamp(1, 1000) as usize,
+            tls,
+        }
+    }
+
+    fn health(&mut self, h: &super::site::RawHealth) -> HealthPlan {
+        let d = HealthPlan::default();
+        let plan = HealthPlan {
+            camera_silent_after: self.duration(
+                &path!["health", "camera_silent_after"],
+                &h.camera_silent_after,
+                d.camera_silent_after,
+            ),
+            scale_stuck_after: self.duration(
+                &path!["health", "scale_stuck_after"],
+                &h.scale_stuck_after,
+                d.scale_stuck_after,
+            ),
+            backlog_alarm: h.backlog_alarm.unwrap_or(d.backlog_alarm),
+            clock_drift_alarm: self.duration(
+                &path!["health", "clock_drift_alarm"],
+                &h.clock_drift_alarm,
+                d.clock_drift_alarm,
+            ),
+            disk_reserve_days: h.disk_reserve_days.unwrap_or(d.disk_reserve_days),
+        };
+        if plan.backlog_alarm == 0 {
+            self.err(
+                &path!["health", "backlog_alarm"],
+                At::Value,
+                "backlog_alarm = 0 would raise the alarm for every pass waiting a moment",
+                "give a number of waiting records, e.g. backlog_alarm = 500",
+            );
+        }
+        if plan.clock_drift_alarm < Duration::from_secs(2) {
+            self.err(
+                &path!["health", "clock_drift_alarm"],
+                At::Value,
+                "the platform's clock is read from its HTTP Date header (whole seconds), so a threshold under 2s would raise false alarms",
+                "e.g. clock_drift_alarm = \"60s\"",
+            );
+        }
+        if plan.disk_reserve_days == 0 {
+            self.err(
+                &path!["health", "disk_reserve_days"],
+                At::Value,
+                "disk_reserve_days = 0 would only warn when the disk is already full",
+                "e.g. disk_reserve_days = 30",
+            );
+        }
+        plan
     }
 
     fn devices(&mut self, raw: &RawSite) -> BTreeMap<String, DevicePlan> {

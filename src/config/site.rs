@@ -22,6 +22,25 @@ pub struct RawSite {
     pub texts: RawTexts,
     #[serde(default)]
     pub uplinks: RawUplinks,
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+/// `[health]`: thresholds of the site's health alarms (docs/configuration.md). Absent keys take
+/// the defaults in [`super::plan::HealthPlan`].
+#[derive(Debug, Deserialize, Default)]
+pub struct RawHealth {
+    /// A camera that is online but reads no plate for this long raises `camera_silent`.
+    pub camera_silent_after: Option<String>,
+    /// A scale whose reading has not changed while its lane is busy for this long raises
+    /// `scale_stuck`.
+    pub scale_stuck_after: Option<String>,
+    /// Records waiting for upload at one platform above this raise `upload_backlog`.
+    pub backlog_alarm: Option<u64>,
+    /// Difference between the local clock and the platform's above this raises `clock_drift`.
+    pub clock_drift_alarm: Option<String>,
+    /// Disk space must last at least this many days of measured growth.
+    pub disk_reserve_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +270,15 @@ pub struct RawMqtt {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<String>,
+    /// e.g. `30s`; also bounds how long a dead gateway shows online (1.5 × keep-alive).
+    pub keep_alive: Option<String>,
+    /// Events published and not yet acknowledged, at most.
+    pub max_inflight: Option<u32>,
+    /// PEM file of the CA that signed the broker's certificate (required with mqtts://).
+    pub ca_file: Option<String>,
+    /// PEM client certificate and key, for brokers that require client certificates.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,20 +6,25 @@
 //! that advances only over acknowledged events, so a broker or gateway restart resends what was
 //! not acknowledged (at-least-once; consumers de-dup by event id).
 
+use crate::alarm::{ActiveAlarm, AlarmBoard};
 use crate::config::plan::{MqttPlan, Secret};
+use crate::health::UplinkKpis;
 use crate::lane::engine::{Input, Release};
 use crate::ledger::{EventRecord, Ledger, LedgerReader};
 use crate::runtime::{LaneHandle, LaneStatus};
 use crate::uplink::cursor::{Cursor, CursorError};
 use chrono::{DateTime, Utc};
 use ecogate_drivers::DeviceHealth;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// Version of the topic tree and payloads; part of every topic (`ecogate/v1/...`).
@@ -33,6 +38,8 @@ pub enum MqttError {
     Url { url: String, reason: String },
     #[error("MQTT password: {0}")]
     Secret(String),
+    #[error("MQTT TLS file {}: {reason}", path.display())]
+    TlsFile { path: PathBuf, reason: String },
     #[error("MQTT topic segment `{0}` is empty or contains `/`, `+` or `#`")]
     Topic(String),
     #[error(transparent)]
@@ -58,6 +65,52 @@ pub struct MqttConfig {
     pub poll_interval: Duration,
     /// Wait before reconnecting after a connection error.
     pub reconnect_delay: Duration,
+    /// How often uplink KPIs are read (published when they changed).
+    pub kpi_interval: Duration,
+    /// `mqtts://`: the CA (PEM) and the optional client certificate and key (PEM), already read.
+    pub tls: Option<TlsMaterial>,
+}
+
+/// TLS files as read at start. `Debug` shows sizes only (the key is a secret).
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub ca: Vec<u8>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("ca_bytes", &self.ca.len())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl TlsMaterial {
+    /// Reads the PEM files; each must exist and hold a PEM block.
+    pub fn read(ca: &Path, client: Option<(&Path, &Path)>) -> Result<TlsMaterial, MqttError> {
+        let pem = |path: &Path| -> Result<Vec<u8>, MqttError> {
+            let bytes = std::fs::read(path).map_err(|e| MqttError::TlsFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(MqttError::TlsFile {
+                    path: path.to_path_buf(),
+                    reason: "not a PEM file (no -----BEGIN line)".into(),
+                });
+            }
+            Ok(bytes)
+        };
+        Ok(TlsMaterial {
+            ca: pem(ca)?,
+            client: match client {
+                Some((c, k)) => Some((pem(c)?, pem(k)?)),
+                None => None,
+            },
+        })
+    }
 }
 
 impl std::fmt::Debug for MqttConfig {
@@ -70,6 +123,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("keep_alive", &self.keep_alive)
             .field("max_inflight", &self.max_inflight)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -87,14 +141,34 @@ impl MqttConfig {
             max_inflight: 100,
             poll_interval: Duration::from_millis(100),
             reconnect_delay: Duration::from_secs(1),
+            kpi_interval: Duration::from_secs(2),
+            tls: None,
         }
     }
 
     /// From the site plan: parses `mqtt://host[:port]` (or `tcp://`) and reads the password
     /// from its env variable or file.
     pub fn from_plan(plan: &MqttPlan, site: &str) -> Result<MqttConfig, MqttError> {
-        let (host, port) = parse_url(&plan.url)?;
+        let (host, port, tls) = parse_url(&plan.url)?;
         let mut c = MqttConfig::new(&host, port, site);
+        c.keep_alive = plan.keep_alive;
+        c.max_inflight = plan.max_inflight;
+        c.tls = match (&plan.tls, tls) {
+            (Some(t), true) => {
+                let client = match (&t.client_cert, &t.client_key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    _ => None,
+                };
+                Some(TlsMaterial::read(&t.ca_file, client)?)
+            }
+            (None, true) => {
+                return Err(MqttError::Url {
+                    url: plan.url.clone(),
+                    reason: "mqtts:// needs ca_file".into(),
+                })
+            }
+            (_, false) => None,
+        };
         if let Some(id) = plan.client_id.as_ref().filter(|s| !s.is_empty()) {
             c.client_id = id.clone();
         }
@@ -107,19 +181,22 @@ impl MqttConfig {
     }
 }
 
-fn parse_url(url: &str) -> Result<(String, u16), MqttError> {
+/// `(host, port, tls)`.
+fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
     let bad = |reason: &str| MqttError::Url {
         url: url.to_string(),
         reason: reason.to_string(),
     };
-    let rest = if let Some(r) = url.strip_prefix("mqtt://") {
-        r
+    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (r, false)
     } else if let Some(r) = url.strip_prefix("tcp://") {
-        r
-    } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-        return Err(bad("TLS is not supported by this build yet; use mqtt://"));
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true)
+    } else if let Some(r) = url.strip_prefix("ssl://") {
+        (r, true)
     } else {
-        return Err(bad("expected mqtt://host[:port]"));
+        return Err(bad("expected mqtt://host[:port] or mqtts://host[:port]"));
     };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') || rest.contains('@') {
@@ -141,6 +218,7 @@ fn parse_url(url: &str) -> Result<(String, u16), MqttError> {
         return Err(bad("missing host"));
     }
     let port = match port {
+        None if tls => 8883,
         None => 1883,
         Some(p) => p
             .parse::<u16>()
@@ -148,7 +226,7 @@ fn parse_url(url: &str) -> Result<(String, u16), MqttError> {
             .filter(|p| *p != 0)
             .ok_or_else(|| bad("port must be 1-65535"))?,
     };
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
 }
 
 fn read_secret(s: &Secret) -> Result<String, MqttError> {
@@ -194,6 +272,15 @@ impl Topics {
     }
     pub fn event(&self, kind: &str) -> String {
         format!("{}/events/{kind}", self.root)
+    }
+    pub fn alarm(&self, source: &str, code: &str) -> String {
+        format!("{}/alarms/{source}/{code}", self.root)
+    }
+    pub fn alarms(&self) -> String {
+        format!("{}/alarms/#", self.root)
+    }
+    pub fn uplink(&self, name: &str) -> String {
+        format!("{}/uplinks/{name}", self.root)
     }
     pub fn commands(&self) -> String {
         format!("{}/cmd/#", self.root)
@@ -261,6 +348,53 @@ struct OpenCommand {
     request_id: Option<serde_json::Value>,
 }
 
+/// `…/cmd/alarms/ack` payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckCommand {
+    source: String,
+    code: String,
+    #[serde(default)]
+    operator: String,
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    #[allow(dead_code)] // read separately so even a rejected payload gets its id back
+    request_id: Option<serde_json::Value>,
+}
+
+/// `…/alarms/{source}/{code}` payload.
+#[derive(Debug, Serialize)]
+struct AlarmMessage<'a> {
+    site: &'a str,
+    /// `raised` or `cleared` (cleared, waiting for its acknowledgement).
+    state: &'a str,
+    acknowledged: bool,
+    #[serde(flatten)]
+    alarm: &'a ActiveAlarm,
+}
+
+/// `…/uplinks/{name}` payload.
+#[derive(Debug, Serialize)]
+struct UplinkMessage<'a> {
+    uplink: &'a str,
+    #[serde(flatten)]
+    kpis: &'a crate::regulator::Kpis,
+    completeness: f64,
+    backlog_age_s: Option<f64>,
+}
+
+/// Optional parts of the tree: the alarm board (and `cmd/alarms/ack`) and the regulator
+/// uplinks' KPIs.
+#[derive(Clone, Default)]
+pub struct BridgeExtras {
+    pub alarms: Option<AlarmBoard>,
+    pub uplinks: Option<UplinkKpis>,
+}
+
+/// An answer computed off the bridge task (an acknowledgement waits for the ledger).
+type Reply = (String, Option<serde_json::Value>, Result<String, String>);
+
 /// `…/cmd-response` payload.
 #[derive(Debug, Serialize)]
 struct Response<'a> {
@@ -298,6 +432,28 @@ impl MqttBridge {
         devices: Vec<(String, watch::Receiver<DeviceHealth>)>,
         data_dir: &Path,
     ) -> Result<MqttBridge, MqttError> {
+        Self::start_with(
+            cfg,
+            site,
+            ledger,
+            lanes,
+            devices,
+            data_dir,
+            BridgeExtras::default(),
+        )
+        .await
+    }
+
+    /// [`MqttBridge::start`] with alarms and uplink KPIs.
+    pub async fn start_with(
+        cfg: MqttConfig,
+        site: &str,
+        ledger: Ledger,
+        lanes: Vec<LaneHandle>,
+        devices: Vec<(String, watch::Receiver<DeviceHealth>)>,
+        data_dir: &Path,
+        extras: BridgeExtras,
+    ) -> Result<MqttBridge, MqttError> {
         let topics = Topics::new(site)?;
         for l in &lanes {
             check_segment(&l.id)?;
@@ -311,6 +467,13 @@ impl MqttBridge {
 
         let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
         opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
+        if let Some(t) = &cfg.tls {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca: t.ca.clone(),
+                alpn: None,
+                client_auth: t.client.clone(),
+            }));
+        }
         opts.set_clean_session(cfg.client_id.is_empty());
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
             opts.set_credentials(u.clone(), p.clone());
@@ -332,7 +495,19 @@ impl MqttBridge {
         let (client, eventloop) = AsyncClient::new(opts, 4 * usize::from(rumq_inflight));
 
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+        let alarm_rx = extras.alarms.as_ref().map(|b| b.subscribe());
+        let head_rx = Some(ledger.subscribe_head());
         let mut bridge = Bridge {
+            board: extras.alarms,
+            alarm_rx,
+            alarm_last: BTreeMap::new(),
+            uplinks: extras.uplinks,
+            kpi_interval: cfg.kpi_interval,
+            kpi_last: BTreeMap::new(),
+            replies_tx,
+            replies_rx: Some(replies_rx),
+            head_rx,
             site: site.to_string(),
             topics,
             client,
@@ -394,6 +569,18 @@ impl Drop for MqttBridge {
 }
 
 struct Bridge {
+    board: Option<AlarmBoard>,
+    alarm_rx: Option<broadcast::Receiver<crate::alarm::AlarmChange>>,
+    /// Alarm topics as last published (retained), with their payloads.
+    alarm_last: BTreeMap<String, Vec<u8>>,
+    uplinks: Option<UplinkKpis>,
+    kpi_interval: Duration,
+    /// Uplink topics as last published (payload without its time stamp).
+    kpi_last: BTreeMap<String, serde_json::Value>,
+    replies_tx: mpsc::UnboundedSender<Reply>,
+    replies_rx: Option<mpsc::UnboundedReceiver<Reply>>,
+    /// Wakes the bridge on every ledger commit; the tick remains the fallback.
+    head_rx: Option<watch::Receiver<crate::ledger::ChainHead>>,
     site: String,
     topics: Topics,
     client: AsyncClient,
@@ -443,6 +630,11 @@ impl Bridge {
     async fn run(&mut self, mut eventloop: EventLoop, mut stop: oneshot::Receiver<()>) {
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut kpi_tick = tokio::time::interval(self.kpi_interval.max(Duration::from_millis(10)));
+        kpi_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut head_rx = self.head_rx.take();
+        let mut alarm_rx = self.alarm_rx.take();
+        let mut replies_rx = self.replies_rx.take();
         loop {
             // One poll future is driven to completion, never dropped half-way: an interrupted
             // poll can leave a publish registered in rumqttc's state but never written, which
@@ -464,6 +656,29 @@ impl Bridge {
                             self.save_cursor(false);
                         }
                         _ = &mut stop => break None,
+                        open = head_changed(&mut head_rx) => {
+                            if !open {
+                                head_rx = None;
+                            }
+                            self.backlog = true;
+                        }
+                        open = alarm_changed(&mut alarm_rx) => {
+                            if !open {
+                                alarm_rx = None;
+                            }
+                            if self.connected {
+                                self.sync_alarms();
+                            }
+                        }
+                        reply = next_reply(&mut replies_rx) => match reply {
+                            Some((command, id, result)) => self.respond(&command, id, result),
+                            None => replies_rx = None,
+                        },
+                        _ = kpi_tick.tick() => {
+                            if self.connected {
+                                self.publish_kpis(false);
+                            }
+                        }
                     }
                 }
             };
@@ -512,7 +727,7 @@ impl Bridge {
         let stale: Vec<Event> = eventloop.state.events.drain(..).collect();
         for ev in stale {
             if let Event::Incoming(Packet::Publish(p)) = ev {
-                self.on_command(&p.topic, p.retain, &p.payload);
+                self.on_publish(&p.topic, p.retain, &p.payload);
             }
         }
     }
@@ -530,10 +745,20 @@ impl Bridge {
                 {
                     tracing::error!(error = %e, "MQTT command subscription not queued");
                 }
+                // The broker hands back the retained alarms it holds, so alarms that ended
+                // while this gateway was away (or in its previous run) can be cleared.
+                if self.board.is_some() {
+                    if let Err(e) = self
+                        .client
+                        .try_subscribe(self.topics.alarms(), QoS::AtLeastOnce)
+                    {
+                        tracing::error!(error = %e, "MQTT alarm subscription not queued");
+                    }
+                }
                 self.republish_all();
             }
             Event::Incoming(Packet::PubAck(ack)) => self.on_puback(ack.pkid),
-            Event::Incoming(Packet::Publish(p)) => self.on_command(&p.topic, p.retain, &p.payload),
+            Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, p.retain, &p.payload),
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let tag = match self.collision {
                     Some((p, tag)) if p == pkid => {
@@ -700,6 +925,131 @@ impl Bridge {
         }
         self.last_head = None;
         self.publish_head();
+        // Everything as if never published: the broker may have lost it.
+        for v in self.alarm_last.values_mut() {
+            v.clear();
+        }
+        self.sync_alarms();
+        self.publish_kpis(true);
+    }
+
+    /// Publishes the alarms whose state changed (retained) and an empty retained payload for
+    /// those that left the board, which removes them from the broker.
+    fn sync_alarms(&mut self) {
+        let Some(board) = &self.board else {
+            return;
+        };
+        let mut now = BTreeMap::new();
+        for a in board.active() {
+            if check_segment(&a.source).is_err() || check_segment(&a.code).is_err() {
+                tracing::warn!(source = %a.source, code = %a.code, "alarm not publishable: `/`, `+` or `#` in its name");
+                continue;
+            }
+            let msg = AlarmMessage {
+                site: &self.site,
+                state: if a.raised { "raised" } else { "cleared" },
+                acknowledged: a.acknowledged(),
+                alarm: &a,
+            };
+            match serde_json::to_vec(&msg) {
+                Ok(p) => {
+                    now.insert(self.topics.alarm(&a.source, &a.code), p);
+                }
+                Err(e) => tracing::error!(error = %e, "alarm payload not encodable"),
+            }
+        }
+        let old = std::mem::take(&mut self.alarm_last);
+        for (topic, payload) in &now {
+            if old.get(topic) != Some(payload) {
+                self.publish(topic.clone(), true, payload.clone(), Tag::Other);
+            }
+        }
+        for topic in old.keys().filter(|t| !now.contains_key(*t)) {
+            self.publish(topic.clone(), true, Vec::new(), Tag::Other);
+        }
+        self.alarm_last = now;
+    }
+
+    /// Uplink KPIs, retained, when they changed since the last publication (or `force`).
+    fn publish_kpis(&mut self, force: bool) {
+        let Some(source) = &self.uplinks else {
+            return;
+        };
+        let now = Utc::now();
+        for (name, kpis) in source() {
+            if check_segment(&name).is_err() {
+                continue;
+            }
+            let topic = self.topics.uplink(&name);
+            let key = serde_json::to_value(&kpis).unwrap_or_default();
+            if !force && self.kpi_last.get(&topic) == Some(&key) {
+                continue;
+            }
+            let msg = UplinkMessage {
+                uplink: &name,
+                kpis: &kpis,
+                completeness: kpis.completeness(),
+                backlog_age_s: kpis.backlog_age(now).map(|d| d.as_secs_f64()),
+            };
+            let mut v = serde_json::to_value(&msg).unwrap_or_default();
+            v["at"] = serde_json::json!(now);
+            self.publish_json(topic.clone(), true, &v);
+            self.kpi_last.insert(topic, key);
+        }
+    }
+
+    /// A message on a subscribed topic: a command, or a retained alarm left on the broker.
+    fn on_publish(&mut self, topic: &str, retain: bool, payload: &[u8]) {
+        let alarms_prefix = format!("{}/alarms/", self.topics.root());
+        if topic.starts_with(&alarms_prefix) {
+            // Our own publications come back too; only a retained alarm this board does not
+            // have is stale.
+            if retain && !payload.is_empty() && !self.alarm_last.contains_key(topic) {
+                tracing::info!(
+                    topic,
+                    "clearing a retained alarm that is no longer on the board"
+                );
+                self.publish(topic.to_string(), true, Vec::new(), Tag::Other);
+            }
+            return;
+        }
+        self.on_command(topic, retain, payload);
+    }
+
+    /// `cmd/alarms/ack`: checked here, acknowledged (a ledger append) off the bridge task; the
+    /// answer comes back through `replies`.
+    fn start_ack(&mut self, command: &str, request_id: Option<serde_json::Value>, payload: &[u8]) {
+        let refuse = |s: &mut Bridge, m: String| s.respond(command, request_id.clone(), Err(m));
+        let cmd: AckCommand = match serde_json::from_slice(payload) {
+            Ok(c) => c,
+            Err(e) => return refuse(self, format!("malformed alarm acknowledge: {e}")),
+        };
+        if cmd.operator.trim().is_empty() {
+            return refuse(
+                self,
+                "operator identity is required to acknowledge an alarm".into(),
+            );
+        }
+        let Some(board) = self.board.clone() else {
+            return refuse(self, "this gateway publishes no alarm board".into());
+        };
+        let tx = self.replies_tx.clone();
+        let command = command.to_string();
+        tokio::spawn(async move {
+            let r = board
+                .acknowledge(&cmd.source, &cmd.code, &cmd.operator, &cmd.note)
+                .await
+                .map(|a| {
+                    format!(
+                        "alarm `{}` from `{}` acknowledged by {}",
+                        a.code,
+                        a.source,
+                        cmd.operator.trim()
+                    )
+                })
+                .map_err(|e| e.to_string());
+            let _ = tx.send((command, request_id, r));
+        });
     }
 
     fn publish_lane(&mut self, i: usize) {
@@ -805,6 +1155,9 @@ impl Bridge {
             }
             return;
         }
+        if command == "alarms/ack" {
+            return self.start_ack(&command, request_id, payload);
+        }
         let result = self.execute(&command, payload);
         self.respond(&command, request_id, result);
     }
@@ -899,6 +1252,28 @@ impl Bridge {
     }
 }
 
+async fn head_changed(rx: &mut Option<watch::Receiver<crate::ledger::ChainHead>>) -> bool {
+    match rx {
+        Some(r) => r.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn alarm_changed(rx: &mut Option<broadcast::Receiver<crate::alarm::AlarmChange>>) -> bool {
+    match rx {
+        // Lagged: some changes were missed, but the board is re-read as a whole anyway.
+        Some(r) => !matches!(r.recv().await, Err(broadcast::error::RecvError::Closed)),
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_reply(rx: &mut Option<mpsc::UnboundedReceiver<Reply>>) -> Option<Reply> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -907,11 +1282,20 @@ mod tests {
     fn urls() {
         assert_eq!(
             parse_url("mqtt://127.0.0.1:1884").unwrap(),
-            ("127.0.0.1".into(), 1884)
+            ("127.0.0.1".into(), 1884, false)
         );
-        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
-        assert_eq!(parse_url("tcp://[::1]:9").unwrap(), ("::1".into(), 9));
-        assert!(parse_url("mqtts://broker").is_err());
+        assert_eq!(
+            parse_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_url("tcp://[::1]:9").unwrap(),
+            ("::1".into(), 9, false)
+        );
+        assert_eq!(
+            parse_url("mqtts://broker").unwrap(),
+            ("broker".into(), 8883, true)
+        );
         assert!(parse_url("http://broker").is_err());
         assert!(parse_url("mqtt://broker:0").is_err());
         assert!(parse_url("mqtt://broker:70000").is_err());
