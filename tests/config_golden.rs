@@ -81,3 +81,8 @@ fn every_builtin_machine_compiles() {
         }
     }
 }
+
+#[test]
+fn health_and_mqtt_settings() {
+    check_one("health");
+}
