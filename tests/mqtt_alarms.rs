@@ -464,3 +464,27 @@ fn tls_files_are_checked_at_start() {
     assert!(err.to_string().contains("not a PEM file"), "{err}");
     assert!(err.to_string().contains("ca.pem"), "{err}");
 }
+
+#[test]
+fn severity_table_in_docs_matches_the_code() {
+    let doc = std::fs::read_to_string("docs/mqtt.md").unwrap();
+    for (code, sev) in ecogate::alarm::SEVERITIES {
+        let name = serde_json::to_value(sev).unwrap();
+        let row = format!("| `{code}` | {} |", name.as_str().unwrap());
+        assert!(doc.contains(&row), "docs/mqtt.md lacks the row {row}");
+    }
+    let rows = doc
+        .lines()
+        .filter(|l| {
+            l.starts_with("| `")
+                && (l.contains("| critical |")
+                    || l.contains("| warning |")
+                    || l.contains("| info |"))
+        })
+        .count();
+    assert_eq!(
+        rows,
+        ecogate::alarm::SEVERITIES.len(),
+        "docs list codes the code does not"
+    );
+}
