@@ -852,7 +852,8 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let ledger = crate::ledger::Ledger::open(&plan.data_dir)
             .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
         let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
-        let alarm_tx = crate::health::spawn_recorder(ledger.clone());
+        let board = crate::alarm::AlarmBoard::new(ledger.clone());
+        let alarm_tx = board.spawn_recorder();
         let mut bus = CommandBus::new();
         for (name, d) in &plan.devices {
             let (tx, rx) = mpsc::channel(64);
@@ -910,13 +911,17 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         let bridge = match &plan.mqtt {
             Some(m) => Some(
-                crate::uplink::MqttBridge::start(
+                crate::uplink::MqttBridge::start_with(
                     crate::uplink::MqttConfig::from_plan(m, &plan.site_id)?,
                     &plan.site_id,
                     ledger.clone(),
                     handles.clone(),
                     Vec::new(),
                     &plan.data_dir,
+                    crate::uplink::mqtt::BridgeExtras {
+                        alarms: Some(board.clone()),
+                        uplinks: None,
+                    },
                 )
                 .await?,
             ),

@@ -379,7 +379,9 @@ impl HealthChecks {
         };
         let mut busy_since: HashMap<String, Instant> = HashMap::new();
         let mut stuck: HashMap<String, Instant> = HashMap::new();
-        let mut next_clock = Instant::now();
+        // The first look at the platform's clock waits a little, so it never competes with the
+        // uplink's own start (login, backlog).
+        let mut next_clock = Instant::now() + self.clock_every / 10;
         let mut next_disk = Instant::now();
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -39,7 +39,12 @@ async fn alarms_are_retained_while_on_the_board_and_acknowledged_over_mqtt() {
     // A retained alarm left on the broker by an earlier run that this board does not have.
     let stale = format!("ecogate/v1/{site}/alarms/device:ghost/device_offline");
     {
-        let s = Sub::new(&format!("{site}-stale"), false, &[stale.clone()]).await;
+        let s = Sub::new(
+            &format!("{site}-stale"),
+            false,
+            std::slice::from_ref(&stale),
+        )
+        .await;
         s.client
             .publish(
                 stale.clone(),
