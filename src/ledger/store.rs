@@ -294,7 +294,11 @@ impl Ledger {
             path: photos_dir.clone(),
             source: e,
         })?;
-        let conn = open_rw(&data_dir.join(DB_FILE))?;
+        let db = data_dir.join(DB_FILE);
+        if !db.exists() {
+            create_db(&db)?;
+        }
+        let conn = open_rw(&db)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::registry::SCHEMA)?;
         let instance = instance_id(&conn, data_dir)?;
@@ -448,6 +452,41 @@ impl Ledger {
         })))?;
         rx.await.map_err(|_| LedgerError::Closed)?
     }
+}
+
+/// Creates the database with its schema under a temporary name and links it into place, so a
+/// process killed during creation leaves either no ledger or one with its tables (never a file
+/// without them, which readers and `verify` would reject). A hard link never replaces a ledger
+/// another process created in the meantime.
+fn create_db(db: &Path) -> Result<(), LedgerError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LedgerError::Io { path, source }
+    };
+    let tmp = db.with_file_name(format!("{DB_FILE}.creating.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    {
+        // Rollback journal: when execute_batch returns, the schema is in the main file.
+        let conn = Connection::open(&tmp)?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::registry::SCHEMA)?;
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    let linked = std::fs::hard_link(&tmp, db);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(db)(e)),
+    }
+    if let Some(dir) = db.parent() {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 fn store_all(store: &PhotoStore, photos: &[Bytes]) -> Result<Vec<String>, LedgerError> {
