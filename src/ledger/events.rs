@@ -21,6 +21,7 @@ pub enum EventBody {
     Alarm(Alarm),
     Correction(Correction),
     Purge(Purge),
+    UplinkResend(UplinkResend),
 }
 
 impl EventBody {
@@ -37,6 +38,7 @@ impl EventBody {
             EventBody::Alarm(_) => "alarm",
             EventBody::Correction(_) => "correction",
             EventBody::Purge(_) => "purge",
+            EventBody::UplinkResend(_) => "uplink_resend",
         }
     }
 }
@@ -269,4 +271,16 @@ pub struct Purge {
     pub reason: String,
     /// sha256 (hex) of every photo file removed.
     pub photos: Vec<String>,
+}
+
+/// Someone asked for the passes of `[from, to)` (pass time) to be uploaded again to one
+/// regulator platform (`ecogate uplink resend`). The uplink re-sends them with their original
+/// serials; recording the request here keeps who asked, when and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UplinkResend {
+    pub platform: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub operator: String,
+    pub reason: String,
 }

@@ -16,7 +16,7 @@ pub mod transport_control;
 
 use crate::config::plan::{Plan, PlatformPlan, Secret};
 use crate::ledger::{Ledger, LedgerError};
-pub use outbox::{Kpis, OutboxConfig};
+pub use outbox::{DayKpis, Kpis, OutboxConfig};
 use profile::{PlatformProfile, Protocol};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -164,8 +164,10 @@ impl Drop for RegulatorUplink {
     }
 }
 
-/// `ecogate uplink status`: the figures of every destination that has state under `data_dir`.
-pub fn status(data_dir: &Path) -> String {
+/// The figures of every destination that has state under `data_dir`, by name (the HTTP API
+/// and `ecogate uplink status` read them; a running uplink writes them with its state). A
+/// damaged state file is reported for its destination.
+pub fn kpis(data_dir: &Path) -> Vec<(String, Result<Kpis, RegulatorError>)> {
     let dir = data_dir.join("uplink");
     let mut names: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd
@@ -176,18 +178,43 @@ pub fn status(data_dir: &Path) -> String {
         Err(_) => Vec::new(),
     };
     names.sort();
-    if names.is_empty() {
-        return format!("no regulator uplink state under {}\n", dir.display());
+    names
+        .into_iter()
+        .map(|p| {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, outbox::load_state(&p).map(|s| s.kpi))
+        })
+        .collect()
+}
+
+/// `ecogate uplink status`: the figures of every destination that has state under `data_dir`,
+/// with one row per day (the last `days` days that had passes; 0 = all kept).
+pub fn status(data_dir: &Path) -> String {
+    status_days(data_dir, 14)
+}
+
+/// [`status`] with a chosen number of day rows.
+pub fn status_days(data_dir: &Path, days: usize) -> String {
+    let all = kpis(data_dir);
+    if all.is_empty() {
+        return format!(
+            "no regulator uplink state under {}\n",
+            data_dir.join("uplink").display()
+        );
     }
     let now = chrono::Utc::now();
     let mut out = String::new();
-    for p in names {
-        let name = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match outbox::load_state(&p) {
-            Ok(s) => out.push_str(&format_kpis(&name, &s.kpi, &s.rejected, now)),
+    for (name, k) in all {
+        match k {
+            Ok(k) => {
+                let rejected = outbox::load_state(&outbox::state_path(data_dir, &name))
+                    .map(|s| s.rejected)
+                    .unwrap_or_default();
+                out.push_str(&format_kpis(&name, &k, &rejected, now, days));
+            }
             Err(e) => out.push_str(&format!("{name}: {e}\n")),
         }
     }
@@ -199,15 +226,17 @@ fn format_kpis(
     k: &Kpis,
     rejected: &std::collections::BTreeMap<i64, String>,
     now: chrono::DateTime<chrono::Utc>,
+    days: usize,
 ) -> String {
     let mut s = format!(
-        "{name}: captured {} acknowledged {} sent {} failed {} rejected {} backlog {} completeness {:.1}%\n",
+        "{name}: captured {} acknowledged {} sent {} failed {} rejected {} backlog {} resent {} completeness {:.1}%\n",
         k.captured,
         k.acknowledged,
         k.sent,
         k.failed,
         k.rejected,
         k.backlog,
+        k.resent,
         k.completeness() * 100.0
     );
     if let (Some(t), Some(age)) = (k.oldest_pending, k.backlog_age(now)) {
@@ -231,6 +260,41 @@ fn format_kpis(
     }
     for (seq, m) in rejected {
         s.push_str(&format!("  refused: event {seq}: {m}\n"));
+    }
+    if !k.days.is_empty() {
+        s.push_str(&format!(
+            "  {:<10} {:>9} {:>9} {:>12} {:>7} {:>7} {:>8} {:>8}  {}\n",
+            "day",
+            "captured",
+            "sent",
+            "acknowledged",
+            "failed",
+            "resent",
+            "backlog",
+            "complete",
+            "oldest waiting"
+        ));
+        let skip = if days == 0 {
+            0
+        } else {
+            k.days.len().saturating_sub(days)
+        };
+        for (day, d) in k.days.iter().skip(skip) {
+            s.push_str(&format!(
+                "  {:<10} {:>9} {:>9} {:>12} {:>7} {:>7} {:>8} {:>7.1}%  {}\n",
+                day,
+                d.captured,
+                d.sent,
+                d.acknowledged,
+                d.failed,
+                d.resent,
+                d.backlog,
+                d.completeness() * 100.0,
+                d.oldest_pending
+                    .map(crate::ledger::local_time)
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
     }
     s
 }
