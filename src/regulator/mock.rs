@@ -50,6 +50,8 @@ struct Inner {
     next_token: u64,
     faults: Faults,
     serials: HashSet<String>,
+    /// When each accepted serial first arrived (latency figures).
+    arrivals: HashMap<String, Instant>,
     photo_keys: HashSet<(String, String)>,
     stats: MockStats,
 }
@@ -107,6 +109,7 @@ impl MockPlatform {
             next_token: 0,
             faults: Faults::default(),
             serials: HashSet::new(),
+            arrivals: HashMap::new(),
             photo_keys: HashSet::new(),
             stats: MockStats::default(),
         }));
@@ -171,6 +174,16 @@ impl MockPlatform {
     /// Forget every issued token: the next call with one is refused as expired.
     pub fn expire_tokens(&self) {
         lock(&self.inner).tokens.clear();
+    }
+
+    /// When the record with `serial` was first accepted.
+    pub fn arrival(&self, serial: &str) -> Option<Instant> {
+        lock(&self.inner).arrivals.get(serial).copied()
+    }
+
+    /// Records accepted so far (cheap; [`MockPlatform::stats`] copies every record).
+    pub fn accepted(&self) -> usize {
+        lock(&self.inner).stats.records.len()
     }
 
     pub fn stats(&self) -> MockStats {
@@ -380,6 +393,7 @@ fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Val
         if g.serials.contains(&serial) {
             g.stats.duplicate_records += 1;
         } else {
+            g.arrivals.insert(serial.clone(), Instant::now());
             g.serials.insert(serial);
             g.stats.records.push(Value::Object(value.clone()));
         }
