@@ -79,7 +79,11 @@ async fn fill(ledger: &Ledger, n: usize, t0: DateTime<Utc>, photos: bool) -> any
         .transaction(move |tx| {
             for i in 0..n {
                 let ph = photos && i % 2 == 0;
-                let hs = if ph { vec![hashes[i / 2].clone()] } else { vec![] };
+                let hs = if ph {
+                    vec![hashes[i / 2].clone()]
+                } else {
+                    vec![]
+                };
                 tx.append(&pass(i, ph), &hs, t0 + CDuration::seconds(i as i64))?;
             }
             Ok(())
@@ -116,7 +120,8 @@ async fn drain(n: usize, photos: bool) -> anyhow::Result<()> {
     let profile = PlatformProfile::builtin("transport-control")?;
     let mock = MockPlatform::start(profile.clone(), "127.0.0.1:0".parse()?).await?;
     let start = Instant::now();
-    let up = RegulatorUplink::start_with(config(dir.path()), profile, &mock.url(), "u", "p", ledger)?;
+    let up =
+        RegulatorUplink::start_with(config(dir.path()), profile, &mock.url(), "u", "p", ledger)?;
     wait_drained(&up, n as u64).await;
     let el = start.elapsed().as_secs_f64();
     up.stop().await?;
@@ -165,7 +170,11 @@ async fn live(backlog: usize) -> anyhow::Result<()> {
         }
         let now = Utc::now();
         let body = EventBody::PassAttempt(attempt(i, "豫L", false));
-        let dir_ = if i % 2 == 0 { Direction::In } else { Direction::Out };
+        let dir_ = if i % 2 == 0 {
+            Direction::In
+        } else {
+            Direction::Out
+        };
         let r = ledger.append(body, vec![], now).await?;
         sent.push((serial_for(ORGAN, "in", dir_, now, r.seq), Instant::now()));
         i += 1;

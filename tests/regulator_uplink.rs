@@ -61,15 +61,7 @@ fn site() -> SiteFacts {
 fn start_w(dir: &Path, ledger: &Ledger, m: &MockPlatform, window: usize) -> RegulatorUplink {
     let mut c = cfg(dir);
     c.window = window;
-    RegulatorUplink::start_with(
-        c,
-        profile(),
-        &m.url(),
-        "gate",
-        "s3cret",
-        ledger.clone(),
-    )
-    .unwrap()
+    RegulatorUplink::start_with(c, profile(), &m.url(), "gate", "s3cret", ledger.clone()).unwrap()
 }
 
 fn pass(plate: &str, dir: Direction, opened: bool) -> EventBody {
@@ -665,4 +657,268 @@ async fn a_damaged_state_file_is_refused_at_start_with_its_path() {
         e.contains("city.state") && e.contains("not a valid outbox state"),
         "{e}"
     );
+}
+
+fn at_day(day: &str, hms: &str) -> DateTime<Utc> {
+    ecogate::ledger::parse_local_time(&format!("{day} {hms}")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_per_day_and_a_resend_goes_again_with_the_original_serials() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let m = mock().await;
+    m.set_down(true);
+    let days = [("2026-03-01", 4), ("2026-03-02", 3), ("2026-03-03", 2)];
+    for (d, n) in days {
+        for i in 0..n {
+            ledger
+                .append(
+                    pass(&format!("豫F{i:05}"), Direction::In, true),
+                    vec![],
+                    at_day(d, &format!("08:{:02}:00", 10 + i)),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // Denied: not captured on any day.
+    ledger
+        .append(
+            pass("豫F99999", Direction::In, false),
+            vec![],
+            at_day("2026-03-02", "09:00:00"),
+        )
+        .await
+        .unwrap();
+    let up = start(dir.path(), &ledger, &m);
+    until("the outage to show", &up, &m, |k, _| {
+        k.captured == 9 && k.failed >= 1
+    })
+    .await;
+    let k = up.kpis();
+    assert_eq!(k.days.len(), 3, "{:?}", k.days);
+    for (d, n) in days {
+        let row = &k.days[d];
+        assert_eq!(row.captured, n, "{d}");
+        assert_eq!(row.backlog, n, "{d}");
+        assert_eq!(row.acknowledged, 0, "{d}");
+        assert_eq!(row.oldest_pending, Some(at_day(d, "08:10:00")), "{d}");
+        assert_eq!(row.completeness(), 0.0);
+    }
+    m.set_down(false);
+    until("drain", &up, &m, |k, _| drained(k)).await;
+    let k = up.kpis();
+    for (d, n) in days {
+        let row = &k.days[d];
+        assert_eq!(
+            (row.captured, row.acknowledged, row.backlog),
+            (n, n, 0),
+            "{d}"
+        );
+        assert_eq!(row.oldest_pending, None);
+        assert!((row.completeness() - 1.0).abs() < 1e-9);
+    }
+    let failed_days: u64 = k.days.values().map(|d| d.failed).sum();
+    assert_eq!(failed_days, k.failed, "every failure belongs to a day");
+    up.stop().await.unwrap();
+    let first = m.stats();
+    assert_eq!(first.records.len(), 9);
+    let day2: Vec<String> = first
+        .records
+        .iter()
+        .filter(|r| field(r, "date").starts_with("2026-03-02"))
+        .map(|r| field(r, "lsh").to_string())
+        .collect();
+    assert_eq!(day2.len(), 3);
+
+    // Wrong platform names and empty ranges are refused, and nothing is recorded.
+    let head = ledger.head().seq;
+    let e = ecogate::regulator::request_resend(
+        &ledger,
+        "cty",
+        at_day("2026-03-02", "00:00:00"),
+        at_day("2026-03-03", "00:00:00"),
+        "op",
+        "platform lost data",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`cty`") && e.contains("known: city"), "{e}");
+    let e = ecogate::regulator::request_resend(
+        &ledger,
+        "city",
+        at_day("2026-03-03", "00:00:00"),
+        at_day("2026-03-02", "00:00:00"),
+        "op",
+        "x",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("is not before"), "{e}");
+    assert_eq!(ledger.head().seq, head);
+
+    // Day 2 again, recorded while the platform is down and the uplink stopped; the request
+    // survives a restart before anything went.
+    m.set_down(true);
+    let from = ecogate::regulator::parse_bound("2026-03-02", false).unwrap();
+    let to = ecogate::regulator::parse_bound("2026-03-02", true).unwrap();
+    let seq =
+        ecogate::regulator::request_resend(&ledger, "city", from, to, "op", "platform lost data")
+            .await
+            .unwrap();
+    let ev = ledger.reader().unwrap().event(seq).unwrap().unwrap();
+    assert_eq!(ev.kind, "uplink_resend");
+    let up = start(dir.path(), &ledger, &m);
+    until("the resend queued", &up, &m, |k, _| k.backlog == 3).await;
+    assert_eq!(up.kpis().days["2026-03-02"].backlog, 3);
+    up.stop().await.unwrap();
+    m.set_down(false);
+    let up = start(dir.path(), &ledger, &m);
+    until("the resend delivered", &up, &m, |k, _| {
+        k.backlog == 0 && k.resent == 3
+    })
+    .await;
+    let s = m.stats();
+    let mut again = s.duplicate_serials.clone();
+    again.sort();
+    let mut want = day2.clone();
+    want.sort();
+    assert_eq!(again, want, "day 2 exactly, with its original serials");
+    assert_eq!(s.records.len(), 9, "nothing new");
+    let k = up.kpis();
+    assert_eq!(
+        k.acknowledged, 9,
+        "a resend is not a second acknowledgement"
+    );
+    assert_eq!(k.days["2026-03-02"].resent, 3);
+    assert_eq!(k.days["2026-03-01"].resent, 0);
+    assert!((k.completeness() - 1.0).abs() < 1e-9);
+    up.stop().await.unwrap();
+    // The request is not acted on twice after another restart.
+    let up = start(dir.path(), &ledger, &m);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.kpis().backlog, 0);
+    assert_eq!(m.stats().duplicate_records, 3);
+    up.stop().await.unwrap();
+    let text = status(dir.path());
+    assert!(
+        text.contains("2026-03-02") && text.contains("100.0%") && text.contains("resent 3"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("2026-03-01"))
+        .unwrap_or_default();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // day captured sent acknowledged failed resent backlog complete oldest
+    assert_eq!(cols[1], "4", "{row}");
+    assert_eq!(cols[3], "4", "{row}");
+    assert_eq!(cols[6], "0", "{row}");
+    assert_eq!(cols[7], "100.0%", "{row}");
+}
+
+#[test]
+fn uplink_cli_resend_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_ecogate");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin).args(args).output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let d = dir.path().to_str().unwrap();
+    {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .append_blocking(
+                pass("豫G00001", Direction::In, true),
+                vec![],
+                at_day("2026-03-01", "08:00:00"),
+            )
+            .unwrap();
+    }
+    std::fs::create_dir_all(dir.path().join("uplink")).unwrap();
+    std::fs::write(
+        dir.path().join("uplink/city.state"),
+        "{\"cursor\":0,\"scanned\":0}",
+    )
+    .unwrap();
+    let (ok, out) = run(&[
+        "uplink",
+        "resend",
+        "--data-dir",
+        d,
+        "--platform",
+        "city",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "31.03.2026",
+        "--operator",
+        "op",
+        "--reason",
+        "r",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("--to `31.03.2026`"), "{out}");
+    let (ok, out) = run(&[
+        "uplink",
+        "resend",
+        "--data-dir",
+        d,
+        "--platform",
+        "town",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-01",
+        "--operator",
+        "op",
+        "--reason",
+        "r",
+    ]);
+    assert!(!ok && out.contains("`town`"), "{out}");
+    let (ok, out) = run(&[
+        "uplink",
+        "resend",
+        "--data-dir",
+        d,
+        "--platform",
+        "city",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-01",
+        "--operator",
+        "op",
+        "--reason",
+        "platform lost data",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("2026-03-01 00:00:00 – 2026-03-02 00:00:00") && out.contains("ledger event 2"),
+        "{out}"
+    );
+    let ev = ecogate::ledger::LedgerReader::open(dir.path())
+        .unwrap()
+        .event(2)
+        .unwrap()
+        .unwrap();
+    match ev.body {
+        EventBody::UplinkResend(r) => {
+            assert_eq!(r.platform, "city");
+            assert_eq!(r.operator, "op");
+            assert_eq!(r.reason, "platform lost data");
+            assert_eq!(r.from, at_day("2026-03-01", "00:00:00"));
+            assert_eq!(r.to, at_day("2026-03-02", "00:00:00"));
+        }
+        b => panic!("{b:?}"),
+    }
+    let (ok, out) = run(&["uplink", "status", "--data-dir", d, "--days", "3"]);
+    assert!(ok && out.contains("city: captured 0"), "{out}");
 }

@@ -25,6 +25,8 @@ pub struct MockStats {
     pub photos: Vec<Value>,
     /// Records received again with an already accepted serial (answered as success).
     pub duplicate_records: u64,
+    /// The serial of each record received again, in order.
+    pub duplicate_serials: Vec<String>,
     pub duplicate_photos: u64,
     /// Refusal messages, in order.
     pub rejections: Vec<String>,
@@ -392,6 +394,7 @@ fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Val
         let serial = field(value, &p.record.fields["serial"], "serial", &op)?.to_string();
         if g.serials.contains(&serial) {
             g.stats.duplicate_records += 1;
+            g.stats.duplicate_serials.push(serial);
         } else {
             g.arrivals.insert(serial.clone(), Instant::now());
             g.serials.insert(serial);

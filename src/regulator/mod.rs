@@ -34,6 +34,8 @@ pub enum RegulatorError {
     Config { platform: String, message: String },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("uplink resend: {0}")]
+    Resend(String),
 }
 
 /// A running uplink to one platform. Dropping it stops the task (like a crash: whatever was
@@ -188,6 +190,67 @@ pub fn kpis(data_dir: &Path) -> Vec<(String, Result<Kpis, RegulatorError>)> {
             (name, outbox::load_state(&p).map(|s| s.kpi))
         })
         .collect()
+}
+
+/// Parses a `--from`/`--to` bound: `yyyy-MM-dd HH:mm:ss` (GMT+8) as given, or a date alone —
+/// its start for `from`, the start of the next day for `to` (so `--to` a date includes it).
+pub fn parse_bound(s: &str, end: bool) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Some(t) = crate::ledger::parse_local_time(s) {
+        return Some(t);
+    }
+    let d = crate::ledger::parse_date(s)?;
+    let d = if end { d.succ_opt()? } else { d };
+    Some(crate::ledger::local_day_start(d))
+}
+
+/// `ecogate uplink resend`: records an `uplink_resend` event asking `platform` to receive the
+/// passes of `[from, to)` again. The running uplink (or the next start) sends them with their
+/// original serials. The platform must have uplink state under `data_dir` (a typo in its name
+/// would otherwise be recorded and never acted on). Returns the event's seq.
+pub async fn request_resend(
+    ledger: &Ledger,
+    platform: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    operator: &str,
+    reason: &str,
+) -> Result<i64, RegulatorError> {
+    let known: Vec<String> = kpis(ledger.data_dir())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if !known.iter().any(|n| n == platform) {
+        return Err(RegulatorError::Resend(format!(
+            "no uplink state for platform `{platform}` under {} (known: {})",
+            ledger.data_dir().join("uplink").display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    if from >= to {
+        return Err(RegulatorError::Resend(format!(
+            "--from {} is not before --to {}",
+            crate::ledger::local_time(from),
+            crate::ledger::local_time(to)
+        )));
+    }
+    for (what, v) in [("--operator", operator), ("--reason", reason)] {
+        if v.trim().is_empty() {
+            return Err(RegulatorError::Resend(format!("{what} must not be empty")));
+        }
+    }
+    let body = crate::ledger::EventBody::UplinkResend(crate::ledger::UplinkResend {
+        platform: platform.to_string(),
+        from,
+        to,
+        operator: operator.to_string(),
+        reason: reason.to_string(),
+    });
+    let r = ledger.append(body, vec![], chrono::Utc::now()).await?;
+    Ok(r.seq)
 }
 
 /// `ecogate uplink status`: the figures of every destination that has state under `data_dir`,

@@ -8,8 +8,8 @@ use crate::vehicle::{EmissionStage, Fuel};
 use chrono::{DateTime, Utc};
 use ecogate_drivers::plate::PlateColor;
 use serde_json::{Map, Value};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the site says about itself in every record.
