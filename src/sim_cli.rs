@@ -1474,6 +1474,8 @@ impl Console for PlatformConsole {
   status             counts and faults
   down | up          answer every request with HTTP 503 / serve again
   fail N             answer the next N requests with HTTP 503
+  reset N            reset the connection of the next N requests before processing them
+  reset-after N      process the next N requests, then reset instead of answering
   delay MS           wait before every answer (longer than the client timeout = timeout)
   expire             forget every issued token
   ttl SECS           lifetime of new tokens"
@@ -1495,6 +1497,14 @@ impl Console for PlatformConsole {
             ["fail", n] => n
                 .parse::<u32>()
                 .map(|n| m.fail_next(n))
+                .map_err(|_| format!("`{n}` is not a whole number")),
+            ["reset", n] => n
+                .parse::<u32>()
+                .map(|n| m.reset_next(n))
+                .map_err(|_| format!("`{n}` is not a whole number")),
+            ["reset-after", n] => n
+                .parse::<u32>()
+                .map(|n| m.reset_after_next(n))
                 .map_err(|_| format!("`{n}` is not a whole number")),
             ["delay", ms] => ms
                 .parse::<u64>()

@@ -922,3 +922,119 @@ fn uplink_cli_resend_and_status() {
     let (ok, out) = run(&["uplink", "status", "--data-dir", d, "--days", "3"]);
     assert!(ok && out.contains("city: captured 0"), "{out}");
 }
+
+/// Every serial the ledger's uploadable passes stand for.
+fn ledger_serials(dir: &Path) -> Vec<String> {
+    let reader = ecogate::ledger::LedgerReader::open(dir).unwrap();
+    let c = cfg(dir);
+    let mut v: Vec<String> = reader
+        .events_after(0, 1_000_000)
+        .unwrap()
+        .iter()
+        .filter_map(|e| ecogate::regulator::outbox::pass_record(e, ORGAN, &c.lane_gates))
+        .map(|r| r.serial)
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_survives_every_fault_the_mock_injects() {
+    for fault in [
+        "503",
+        "timeout",
+        "slow",
+        "token-expiry",
+        "reset",
+        "reset-after",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let m = mock().await;
+        let t0 = Utc::now() - CDuration::hours(2);
+        for i in 0..24 {
+            let mut body = pass(
+                &format!("豫H{:05}", i / 2),
+                if i % 2 == 0 {
+                    Direction::In
+                } else {
+                    Direction::Out
+                },
+                true,
+            );
+            let mut photos = vec![];
+            if i % 3 == 0 {
+                if let EventBody::PassAttempt(p) = &mut body {
+                    p.photo_kinds = vec!["head".into()];
+                }
+                photos.push(Bytes::from(format!("\u{FF}jpeg {i}").into_bytes()));
+            }
+            ledger
+                .append(body, photos, t0 + CDuration::seconds(i))
+                .await
+                .unwrap();
+        }
+        match fault {
+            "503" => m.fail_next(6),
+            "timeout" | "slow" => m.set_delay(Duration::from_millis(300)),
+            "token-expiry" => m.set_token_ttl(Duration::from_millis(150)),
+            "reset" => m.reset_next(6),
+            // Injected once records flow (a reset login would only be a login again).
+            "reset-after" => m.set_delay(Duration::from_millis(30)),
+            _ => unreachable!(),
+        }
+        let mut c = cfg(dir.path());
+        c.window = 4;
+        c.request_timeout = if fault == "timeout" {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(5)
+        };
+        let up =
+            RegulatorUplink::start_with(c, profile(), &m.url(), "gate", "s3cret", ledger.clone())
+                .unwrap();
+        if fault == "timeout" {
+            until("timeouts", &up, &m, |k, _| k.failed >= 2).await;
+            m.set_delay(Duration::ZERO);
+        }
+        if fault == "reset-after" {
+            until("first records", &up, &m, |_, s| s.records.len() >= 2).await;
+            m.reset_after_next(6);
+        }
+        until(fault, &up, &m, |k, _| drained(k) && k.captured == 24).await;
+        up.stop().await.unwrap();
+        let s = m.stats();
+        let k = status(dir.path());
+        let mut got = serials(&s);
+        got.sort();
+        assert_eq!(got, ledger_serials(dir.path()), "{fault}: each pass once");
+        assert_eq!(s.photos.len(), 8, "{fault}: {}", m.summary());
+        assert!(s.rejections.is_empty(), "{fault}: {:?}", s.rejections);
+        assert!(k.contains("completeness 100.0%"), "{fault}: {k}");
+        for d in &s.duplicate_serials {
+            assert!(
+                got.contains(d),
+                "{fault}: a duplicate with a new serial {d}"
+            );
+        }
+        match fault {
+            "503" | "reset" => {
+                assert!(s.faults_served >= 6, "{fault}: {}", m.summary());
+                assert!(!k.contains("failed 0 "), "{fault}: {k}");
+            }
+            "timeout" => assert!(!k.contains("failed 0 "), "{fault}: {k}"),
+            "slow" => assert!(k.contains("failed 0 "), "{fault}: slow is not failed: {k}"),
+            "token-expiry" => assert!(s.logins >= 2, "{fault}: {}", m.summary()),
+            "reset-after" => {
+                assert_eq!(s.faults_served, 6, "{fault}: {}", m.summary());
+                // Whatever the mock took before the reset came again with its serial.
+                assert!(
+                    s.duplicate_records + s.duplicate_photos >= 1,
+                    "{fault}: {}",
+                    m.summary()
+                );
+            }
+            _ => unreachable!(),
+        }
+    }
+}

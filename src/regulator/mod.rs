@@ -114,7 +114,7 @@ impl RegulatorUplink {
             &cfg.site.enterprise,
             username,
             password,
-            Duration::from_secs(15),
+            cfg.request_timeout,
         )
         .map_err(|e| RegulatorError::Config {
             platform: name.clone(),

@@ -189,6 +189,8 @@ pub struct OutboxConfig {
     pub backoff_max: Duration,
     /// Records in flight at once (each with its photos). Also the most a crash can resend.
     pub window: usize,
+    /// Longest wait for one HTTP exchange (connect included) before it counts as failed.
+    pub request_timeout: Duration,
 }
 
 impl OutboxConfig {
@@ -203,6 +205,7 @@ impl OutboxConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             window: 16,
+            request_timeout: Duration::from_secs(15),
         }
     }
 }
