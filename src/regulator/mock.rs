@@ -148,7 +148,7 @@ impl Connected<axum::serve::IncomingStream<'_, ResetListener>> for ConnKill {
 }
 
 struct Inner {
-    profile: PlatformProfile,
+    profile: Arc<PlatformProfile>,
     token_ttl: Duration,
     credentials: Option<(String, String)>,
     organ: Option<String>,
@@ -208,7 +208,7 @@ impl MockPlatform {
         })?;
         let inner = Arc::new(Mutex::new(Inner {
             token_ttl: Duration::from_secs(profile.auth.token_ttl_secs),
-            profile,
+            profile: Arc::new(profile),
             credentials: None,
             organ: None,
             tokens: HashMap::new(),

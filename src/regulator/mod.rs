@@ -20,7 +20,7 @@ pub use outbox::{DayKpis, Kpis, OutboxConfig};
 use profile::{PlatformProfile, Protocol};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
 use tokio::sync::watch;
 use transport_control::{SiteFacts, TcClient};
 

@@ -107,7 +107,10 @@ pub fn is_base64(s: &str) -> bool {
         return false;
     }
     let pad = b.iter().rev().take_while(|c| **c == b'=').count();
-    pad <= 2 && b[..b.len() - pad].iter().all(|c| B64.contains(c))
+    pad <= 2
+        && b[..b.len() - pad]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 fn put(obj: &mut Map<String, Value>, fields: &FieldMap, key: &str, v: &str) {
