@@ -506,6 +506,29 @@ async fn a_refused_record_is_reported_and_does_not_block_the_rest() {
     let text = status(dir.path());
     assert!(text.contains("refused: event 1:"), "{text}");
     assert!(text.contains("completeness 50.0%"), "{text}");
+
+    // The refused record holds the cursor at 0 from now on; what is delivered after it (and the
+    // events that are not uploaded) must not make the state grow with every event.
+    for i in 0..150 {
+        ledger
+            .append(
+                pass(&format!("豫E{:05}", i + 2), Direction::In, i % 3 != 0),
+                vec![],
+                t0 + CDuration::seconds(10 + i),
+            )
+            .await
+            .unwrap();
+    }
+    let up = start(dir.path(), &ledger, &m);
+    until("the rest", &up, &m, |k, _| {
+        k.acknowledged == 101 && k.backlog == 1
+    })
+    .await;
+    up.stop().await.unwrap();
+    let st = ecogate::regulator::outbox::load_state(&dir.path().join("uplink/city.state")).unwrap();
+    assert_eq!(st.cursor, 0);
+    assert_eq!(st.done.ranges(), 1, "{:?}", st.done);
+    assert!(st.done.contains(&152) && !st.done.contains(&1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

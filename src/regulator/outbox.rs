@@ -35,9 +35,11 @@ pub struct OutboxState {
     pub cursor: i64,
     /// Highest seq examined; `captured` counts the uploadable events up to here.
     pub scanned: i64,
-    /// Delivered (record and photos acknowledged) above the cursor.
+    /// Settled above the cursor: delivered (record and photos acknowledged) or not for upload.
+    /// Kept as ranges, so a record that holds the cursor back for long (refused, waiting for
+    /// its vehicle) does not make the state file grow with every later event.
     #[serde(default)]
-    pub done: BTreeSet<i64>,
+    pub done: SeqRanges,
     /// Record acknowledged, photos not all yet: seq → photos acknowledged so far.
     #[serde(default)]
     pub photos_sent: BTreeMap<i64, usize>,
@@ -50,6 +52,100 @@ pub struct OutboxState {
     pub resend: BTreeSet<i64>,
     #[serde(default)]
     pub kpi: Kpis,
+}
+
+/// A set of ledger seqs stored as inclusive ranges. Serialized as `[[from, to], …]`; a plain
+/// list of seqs (the earlier form) is read too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeqRanges(BTreeMap<i64, i64>);
+
+impl SeqRanges {
+    pub fn contains(&self, s: &i64) -> bool {
+        self.0.range(..=*s).next_back().is_some_and(|(_, e)| e >= s)
+    }
+
+    pub fn insert(&mut self, s: i64) {
+        if self.contains(&s) {
+            return;
+        }
+        let mut start = s;
+        let mut end = s;
+        if let Some((a, b)) = self.0.range(..s).next_back() {
+            if *b == s - 1 {
+                start = *a;
+            }
+        }
+        if let Some(e) = self.0.remove(&(s + 1)) {
+            end = e;
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Adds `a..=b`, merging with what overlaps or touches it.
+    pub fn insert_range(&mut self, a: i64, b: i64) {
+        let (mut start, mut end) = (a, b);
+        let touching: Vec<(i64, i64)> = self
+            .0
+            .range(..=b.saturating_add(1))
+            .filter(|(_, e)| **e >= a.saturating_sub(1))
+            .map(|(x, y)| (*x, *y))
+            .collect();
+        for (x, y) in touching {
+            self.0.remove(&x);
+            start = start.min(x);
+            end = end.max(y);
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Drops everything at or below `c`.
+    pub fn retain_above(&mut self, c: i64) {
+        let below: Vec<i64> = self.0.range(..=c).map(|(a, _)| *a).collect();
+        for a in below {
+            if let Some(e) = self.0.remove(&a) {
+                if e > c {
+                    self.0.insert(c + 1, e);
+                }
+            }
+        }
+    }
+
+    /// Number of ranges (what the state file holds).
+    pub fn ranges(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Serialize for SeqRanges {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(a, b)| [*a, *b]))
+    }
+}
+
+impl<'de> Deserialize<'de> for SeqRanges {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            One(i64),
+            Range([i64; 2]),
+        }
+        let mut r = SeqRanges::default();
+        for it in Vec::<Item>::deserialize(d)? {
+            match it {
+                Item::One(s) => r.insert(s),
+                Item::Range([a, b]) => {
+                    if b < a {
+                        return Err(serde::de::Error::custom(format!(
+                            "range [{a}, {b}] runs backwards"
+                        )));
+                    }
+                    r.insert_range(a, b);
+                }
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// Key performance figures of one destination (issue 7 item 4).
@@ -448,9 +544,12 @@ impl Outbox {
             if rs.platform == self.cfg.name && e.seq > self.state.scanned {
                 self.requeue(rs.from, rs.to, reader)?;
             }
-            return Ok(());
         }
         let Some(r) = pass_record(e, &self.cfg.site.enterprise, &self.cfg.lane_gates) else {
+            // Nothing to send: settled (keeps the settled ranges whole).
+            if e.seq > self.state.cursor {
+                self.state.done.insert(e.seq);
+            }
             return Ok(());
         };
         if e.seq > self.state.scanned {
@@ -573,7 +672,7 @@ impl Outbox {
         }
         let c = self.state.cursor;
         let resend = &self.state.resend;
-        self.state.done.retain(|s| *s > c);
+        self.state.done.retain_above(c);
         self.state
             .photos_sent
             .retain(|s, _| *s > c || resend.contains(s));
@@ -887,5 +986,29 @@ fn outcome_of(
                 logins: 0,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_ranges_merge_trim_and_read_both_forms() {
+        let mut r = SeqRanges::default();
+        for s in [5, 7, 6, 10, 1, 2, 12, 11] {
+            r.insert(s);
+        }
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[[1,2],[5,7],[10,12]]");
+        assert!(r.contains(&6) && r.contains(&12) && !r.contains(&3) && !r.contains(&13));
+        r.retain_above(6);
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[[7,7],[10,12]]");
+        r.insert_range(3, 9);
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[[3,12]]");
+        let old: SeqRanges = serde_json::from_str("[4, 5, 6, 9]").unwrap();
+        assert_eq!(serde_json::to_string(&old).unwrap(), "[[4,6],[9,9]]");
+        let mixed: SeqRanges = serde_json::from_str("[[1,3], 4, [8, 9], [2, 8]]").unwrap();
+        assert_eq!(mixed.ranges(), 1);
+        assert!(serde_json::from_str::<SeqRanges>("[[5, 1]]").is_err());
     }
 }
