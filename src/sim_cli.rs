@@ -1524,13 +1524,13 @@ impl Console for PlatformConsole {
     }
 
     fn poll(&mut self) -> Vec<String> {
-        let s = self.mock.stats();
+        let (records, photos, rejections) =
+            self.mock.since(self.records, self.photos, self.rejections);
         let mut lines = Vec::new();
-        for r in s.records.iter().skip(self.records) {
+        for r in &records {
             lines.push(format!("accepted record {r}"));
         }
-        for p in s.photos.iter().skip(self.photos) {
-            let mut p = p.clone();
+        for mut p in photos.iter().cloned() {
             // A photo line with its whole base64 body would flood the terminal.
             if let Some(o) = p.as_object_mut() {
                 for v in o.values_mut() {
@@ -1541,12 +1541,12 @@ impl Console for PlatformConsole {
             }
             lines.push(format!("accepted photo {p}"));
         }
-        for e in s.rejections.iter().skip(self.rejections) {
+        for e in &rejections {
             lines.push(format!("refused: {e}"));
         }
-        self.records = s.records.len();
-        self.photos = s.photos.len();
-        self.rejections = s.rejections.len();
+        self.records += records.len();
+        self.photos += photos.len();
+        self.rejections += rejections.len();
         lines
     }
 }

@@ -304,6 +304,23 @@ impl MockPlatform {
         lock(&self.inner).stats.records.len()
     }
 
+    /// What arrived after the first `records`, `photos` and `rejections` items (the console
+    /// prints only what is new, without copying everything each time).
+    pub fn since(
+        &self,
+        records: usize,
+        photos: usize,
+        rejections: usize,
+    ) -> (Vec<Value>, Vec<Value>, Vec<String>) {
+        let g = lock(&self.inner);
+        let s = &g.stats;
+        (
+            s.records.iter().skip(records).cloned().collect(),
+            s.photos.iter().skip(photos).cloned().collect(),
+            s.rejections.iter().skip(rejections).cloned().collect(),
+        )
+    }
+
     pub fn stats(&self) -> MockStats {
         lock(&self.inner).stats.clone()
     }
