@@ -865,7 +865,15 @@ pub(crate) async fn run(
     let site = cfg.site.clone();
     let client = Arc::new(client);
     let photos = ledger.photos().clone();
-    let mut ob = Outbox::open(cfg, &reader, kpis)?;
+    // Reading a large backlog back from the ledger takes a while: not on a runtime thread.
+    let (mut ob, reader) = tokio::task::spawn_blocking(move || {
+        Outbox::open(cfg, &reader, kpis).map(|ob| (ob, reader))
+    })
+    .await
+    .map_err(|e| RegulatorError::Config {
+        platform: name.clone(),
+        message: format!("opening the outbox failed: {e}"),
+    })??;
     ob.save().await;
     tracing::info!(destination = %name, backlog = ob.pending.len(), cursor = ob.state.cursor,
         "regulator uplink started");
