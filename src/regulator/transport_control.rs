@@ -418,7 +418,7 @@ impl TcClient {
         self.call(
             &p.paths.record,
             &p.operations.record,
-            record_value(&p, site, r),
+            record_value(p, site, r),
         )
         .await
     }
@@ -435,7 +435,7 @@ impl TcClient {
         self.call(
             &p.paths.photo,
             &p.operations.photo,
-            photo_value(&p, site, r, index, role, jpeg),
+            photo_value(p, site, r, index, role, jpeg),
         )
         .await
     }
