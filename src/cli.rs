@@ -62,10 +62,31 @@ pub enum Cmd {
 
 #[derive(Subcommand, Debug)]
 pub enum UplinkCmd {
-    /// Captured, sent, acknowledged, failed, backlog and completeness per platform.
+    /// Captured, sent, acknowledged, failed, backlog and completeness per platform and day.
     Status {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Day rows to print (the most recent days with passes; 0 = all kept).
+        #[arg(long, default_value_t = 14)]
+        days: usize,
+    },
+    /// Queue the passes of a time range again for one platform (recorded in the ledger).
+    Resend {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The platform's name as in `[[uplinks.platforms]]`.
+        #[arg(long)]
+        platform: String,
+        /// `yyyy-MM-dd HH:mm:ss` or `yyyy-MM-dd` (GMT+8), pass time, inclusive.
+        #[arg(long)]
+        from: String,
+        /// `yyyy-MM-dd HH:mm:ss` (exclusive) or `yyyy-MM-dd` (the whole day included).
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -97,9 +118,46 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ledger { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Registry { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Uplink {
-            command: UplinkCmd::Status { data_dir },
+            command: UplinkCmd::Status { data_dir, days },
         } => {
-            let _ = write!(std::io::stdout(), "{}", crate::regulator::status(&data_dir));
+            let _ = write!(
+                std::io::stdout(),
+                "{}",
+                crate::regulator::status_days(&data_dir, days)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Uplink {
+            command:
+                UplinkCmd::Resend {
+                    data_dir,
+                    platform,
+                    from,
+                    to,
+                    operator,
+                    reason,
+                },
+        } => {
+            let bound = |s: &str, end: bool, what: &str| {
+                crate::regulator::parse_bound(s, end).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{what} `{s}` is neither `yyyy-MM-dd HH:mm:ss` nor `yyyy-MM-dd`"
+                    )
+                })
+            };
+            let (f, t) = (bound(&from, false, "--from")?, bound(&to, true, "--to")?);
+            let ledger = crate::ledger::Ledger::open(&data_dir)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let seq = rt.block_on(crate::regulator::request_resend(
+                &ledger, &platform, f, t, &operator, &reason,
+            ))?;
+            println!(
+                "resend of {} – {} to `{platform}` recorded as ledger event {seq}; the uplink sends those passes again with their serials",
+                crate::ledger::local_time(f),
+                crate::ledger::local_time(t)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo(args) => crate::demo::run(args),

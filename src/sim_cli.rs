@@ -1474,6 +1474,8 @@ impl Console for PlatformConsole {
   status             counts and faults
   down | up          answer every request with HTTP 503 / serve again
   fail N             answer the next N requests with HTTP 503
+  reset N            reset the connection of the next N requests before processing them
+  reset-after N      process the next N requests, then reset instead of answering
   delay MS           wait before every answer (longer than the client timeout = timeout)
   expire             forget every issued token
   ttl SECS           lifetime of new tokens"
@@ -1496,6 +1498,14 @@ impl Console for PlatformConsole {
                 .parse::<u32>()
                 .map(|n| m.fail_next(n))
                 .map_err(|_| format!("`{n}` is not a whole number")),
+            ["reset", n] => n
+                .parse::<u32>()
+                .map(|n| m.reset_next(n))
+                .map_err(|_| format!("`{n}` is not a whole number")),
+            ["reset-after", n] => n
+                .parse::<u32>()
+                .map(|n| m.reset_after_next(n))
+                .map_err(|_| format!("`{n}` is not a whole number")),
             ["delay", ms] => ms
                 .parse::<u64>()
                 .map(|ms| m.set_delay(Duration::from_millis(ms)))
@@ -1514,13 +1524,13 @@ impl Console for PlatformConsole {
     }
 
     fn poll(&mut self) -> Vec<String> {
-        let s = self.mock.stats();
+        let (records, photos, rejections) =
+            self.mock.since(self.records, self.photos, self.rejections);
         let mut lines = Vec::new();
-        for r in s.records.iter().skip(self.records) {
+        for r in &records {
             lines.push(format!("accepted record {r}"));
         }
-        for p in s.photos.iter().skip(self.photos) {
-            let mut p = p.clone();
+        for mut p in photos.iter().cloned() {
             // A photo line with its whole base64 body would flood the terminal.
             if let Some(o) = p.as_object_mut() {
                 for v in o.values_mut() {
@@ -1531,12 +1541,12 @@ impl Console for PlatformConsole {
             }
             lines.push(format!("accepted photo {p}"));
         }
-        for e in s.rejections.iter().skip(self.rejections) {
+        for e in &rejections {
             lines.push(format!("refused: {e}"));
         }
-        self.records = s.records.len();
-        self.photos = s.photos.len();
-        self.rejections = s.rejections.len();
+        self.records += records.len();
+        self.photos += photos.len();
+        self.rejections += rejections.len();
         lines
     }
 }

@@ -22,6 +22,7 @@ pub enum EventBody {
     AlarmAck(AlarmAck),
     Correction(Correction),
     Purge(Purge),
+    UplinkResend(UplinkResend),
 }
 
 impl EventBody {
@@ -39,6 +40,7 @@ impl EventBody {
             EventBody::AlarmAck(_) => "alarm_ack",
             EventBody::Correction(_) => "correction",
             EventBody::Purge(_) => "purge",
+            EventBody::UplinkResend(_) => "uplink_resend",
         }
     }
 }
@@ -281,4 +283,16 @@ pub struct Purge {
     pub reason: String,
     /// sha256 (hex) of every photo file removed.
     pub photos: Vec<String>,
+}
+
+/// Someone asked for the passes of `[from, to)` (pass time) to be uploaded again to one
+/// regulator platform (`ecogate uplink resend`). The uplink re-sends them with their original
+/// serials; recording the request here keeps who asked, when and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UplinkResend {
+    pub platform: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub operator: String,
+    pub reason: String,
 }

@@ -1,20 +1,26 @@
 //! A strict mock of a transportControl platform, driven by the same profile as the client.
 //! It refuses what a real platform would (missing or empty fields, codes outside the tables,
 //! bad times, photos for unknown records, expired tokens), can be told to fail (HTTP 503, slow
-//! answers, token expiry), and keeps what it accepted so tests can hold it against the ledger.
-//! Listens on 127.0.0.1 only.
+//! answers, token expiry, connections reset mid-request before or after the record was taken),
+//! and keeps what it accepted so tests can hold it against the ledger. Listens on 127.0.0.1
+//! only.
 
 use super::profile::{PhotoEncoding, PlatformProfile};
 use super::transport_control::is_base64;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Counters and contents of the mock, as seen by a test.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +31,8 @@ pub struct MockStats {
     pub photos: Vec<Value>,
     /// Records received again with an already accepted serial (answered as success).
     pub duplicate_records: u64,
+    /// The serial of each record received again, in order.
+    pub duplicate_serials: Vec<String>,
     pub duplicate_photos: u64,
     /// Refusal messages, in order.
     pub rejections: Vec<String>,
@@ -39,10 +47,108 @@ struct Faults {
     down: bool,
     fail_next: u32,
     delay: Duration,
+    /// The next N requests: the connection is reset before the request is looked at.
+    reset_next: u32,
+    /// The next N requests are processed (a record is kept) and then the connection is reset
+    /// instead of answering: the client cannot know it got through.
+    reset_after_next: u32,
+}
+
+/// A connection whose socket the handler can kill: once `kill` is set, reads and writes fail
+/// and the socket closes with RST (zero linger), so the client sees a reset mid-request.
+struct ResetStream {
+    inner: tokio::net::TcpStream,
+    kill: Arc<AtomicBool>,
+}
+
+fn reset_err() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "injected connection reset",
+    )
+}
+
+impl AsyncRead for ResetStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.kill.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(reset_err()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResetStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.kill.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(reset_err()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.kill.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(reset_err()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.kill.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct ResetListener(tokio::net::TcpListener);
+
+impl axum::serve::Listener for ResetListener {
+    type Io = ResetStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (ResetStream, SocketAddr) {
+        loop {
+            match self.0.accept().await {
+                Ok((inner, addr)) => {
+                    // Closing a killed connection must be a reset, not an orderly FIN.
+                    let _ = inner.set_zero_linger();
+                    let _ = inner.set_nodelay(true);
+                    let kill = Arc::new(AtomicBool::new(false));
+                    return (ResetStream { inner, kill }, addr);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "mock platform: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// The handler's hold on its own connection.
+#[derive(Clone)]
+struct ConnKill(Arc<AtomicBool>);
+
+impl Connected<axum::serve::IncomingStream<'_, ResetListener>> for ConnKill {
+    fn connect_info(s: axum::serve::IncomingStream<'_, ResetListener>) -> Self {
+        ConnKill(s.io().kill.clone())
+    }
 }
 
 struct Inner {
-    profile: PlatformProfile,
+    profile: Arc<PlatformProfile>,
     token_ttl: Duration,
     credentials: Option<(String, String)>,
     organ: Option<String>,
@@ -50,6 +156,8 @@ struct Inner {
     next_token: u64,
     faults: Faults,
     serials: HashSet<String>,
+    /// When each accepted serial first arrived (latency figures).
+    arrivals: HashMap<String, Instant>,
     photo_keys: HashSet<(String, String)>,
     stats: MockStats,
 }
@@ -100,22 +208,24 @@ impl MockPlatform {
         })?;
         let inner = Arc::new(Mutex::new(Inner {
             token_ttl: Duration::from_secs(profile.auth.token_ttl_secs),
-            profile,
+            profile: Arc::new(profile),
             credentials: None,
             organ: None,
             tokens: HashMap::new(),
             next_token: 0,
             faults: Faults::default(),
             serials: HashSet::new(),
+            arrivals: HashMap::new(),
             photo_keys: HashSet::new(),
             stats: MockStats::default(),
         }));
         let app = axum::Router::new()
             .fallback(handle)
-            .with_state(inner.clone());
+            .with_state(inner.clone())
+            .into_make_service_with_connect_info::<ConnKill>();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            let r = axum::serve(listener, app)
+            let r = axum::serve(ResetListener(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
                 })
@@ -164,6 +274,17 @@ impl MockPlatform {
         lock(&self.inner).faults.delay = d;
     }
 
+    /// The next `n` requests have their connection reset before they are processed.
+    pub fn reset_next(&self, n: u32) {
+        lock(&self.inner).faults.reset_next = n;
+    }
+
+    /// The next `n` requests are processed, then their connection is reset instead of
+    /// answering (a record is kept; the client must send it again, with the same serial).
+    pub fn reset_after_next(&self, n: u32) {
+        lock(&self.inner).faults.reset_after_next = n;
+    }
+
     pub fn set_token_ttl(&self, d: Duration) {
         lock(&self.inner).token_ttl = d;
     }
@@ -171,6 +292,33 @@ impl MockPlatform {
     /// Forget every issued token: the next call with one is refused as expired.
     pub fn expire_tokens(&self) {
         lock(&self.inner).tokens.clear();
+    }
+
+    /// When the record with `serial` was first accepted.
+    pub fn arrival(&self, serial: &str) -> Option<Instant> {
+        lock(&self.inner).arrivals.get(serial).copied()
+    }
+
+    /// Records accepted so far (cheap; [`MockPlatform::stats`] copies every record).
+    pub fn accepted(&self) -> usize {
+        lock(&self.inner).stats.records.len()
+    }
+
+    /// What arrived after the first `records`, `photos` and `rejections` items (the console
+    /// prints only what is new, without copying everything each time).
+    pub fn since(
+        &self,
+        records: usize,
+        photos: usize,
+        rejections: usize,
+    ) -> (Vec<Value>, Vec<Value>, Vec<String>) {
+        let g = lock(&self.inner);
+        let s = &g.stats;
+        (
+            s.records.iter().skip(records).cloned().collect(),
+            s.photos.iter().skip(photos).cloned().collect(),
+            s.rejections.iter().skip(rejections).cloned().collect(),
+        )
     }
 
     pub fn stats(&self) -> MockStats {
@@ -182,7 +330,7 @@ impl MockPlatform {
         let g = lock(&self.inner);
         let s = &g.stats;
         format!(
-            "records {} (duplicates {}), photos {} (duplicates {}), refused {}, logins {}, faults served {}, down {}, fail-next {}, delay {} ms",
+            "records {} (duplicates {}), photos {} (duplicates {}), refused {}, logins {}, faults served {}, down {}, fail-next {}, reset-next {}, reset-after-next {}, delay {} ms",
             s.records.len(),
             s.duplicate_records,
             s.photos.len(),
@@ -192,6 +340,8 @@ impl MockPlatform {
             s.faults_served,
             g.faults.down,
             g.faults.fail_next,
+            g.faults.reset_next,
+            g.faults.reset_after_next,
             g.faults.delay.as_millis()
         )
     }
@@ -220,12 +370,28 @@ fn reply(code: &str, p: &PlatformProfile, message: &str, extra: Option<(&str, Va
         .into_response()
 }
 
-async fn handle(State(st): State<Shared>, uri: Uri, body: Bytes) -> Response {
+async fn handle(
+    State(st): State<Shared>,
+    ConnectInfo(conn): ConnectInfo<ConnKill>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     let delay = lock(&st).faults.delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let mut g = lock(&st);
+    if g.faults.reset_next > 0 {
+        g.faults.reset_next -= 1;
+        g.stats.faults_served += 1;
+        conn.0.store(true, Ordering::SeqCst);
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let reset_after = g.faults.reset_after_next > 0;
+    if reset_after {
+        g.faults.reset_after_next -= 1;
+        g.stats.faults_served += 1;
+    }
     if g.faults.down || g.faults.fail_next > 0 {
         g.faults.fail_next = g.faults.fail_next.saturating_sub(1);
         g.stats.faults_served += 1;
@@ -242,6 +408,10 @@ async fn handle(State(st): State<Shared>, uri: Uri, body: Bytes) -> Response {
             (code.to_string(), msg, None)
         }
     };
+    if reset_after {
+        // Processed; the answer is lost with the connection.
+        conn.0.store(true, Ordering::SeqCst);
+    }
     let p = &g.profile;
     reply(
         &code,
@@ -379,7 +549,9 @@ fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Val
         let serial = field(value, &p.record.fields["serial"], "serial", &op)?.to_string();
         if g.serials.contains(&serial) {
             g.stats.duplicate_records += 1;
+            g.stats.duplicate_serials.push(serial);
         } else {
+            g.arrivals.insert(serial.clone(), Instant::now());
             g.serials.insert(serial);
             g.stats.records.push(Value::Object(value.clone()));
         }

@@ -16,11 +16,11 @@ pub mod transport_control;
 
 use crate::config::plan::{Plan, PlatformPlan, Secret};
 use crate::ledger::{Ledger, LedgerError};
-pub use outbox::{Kpis, OutboxConfig};
+pub use outbox::{DayKpis, Kpis, OutboxConfig};
 use profile::{PlatformProfile, Protocol};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
 use tokio::sync::watch;
 use transport_control::{SiteFacts, TcClient};
 
@@ -34,6 +34,8 @@ pub enum RegulatorError {
     Config { platform: String, message: String },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("uplink resend: {0}")]
+    Resend(String),
 }
 
 /// A running uplink to one platform. Dropping it stops the task (like a crash: whatever was
@@ -112,7 +114,7 @@ impl RegulatorUplink {
             &cfg.site.enterprise,
             username,
             password,
-            Duration::from_secs(15),
+            cfg.request_timeout,
         )
         .map_err(|e| RegulatorError::Config {
             platform: name.clone(),
@@ -164,8 +166,10 @@ impl Drop for RegulatorUplink {
     }
 }
 
-/// `ecogate uplink status`: the figures of every destination that has state under `data_dir`.
-pub fn status(data_dir: &Path) -> String {
+/// The figures of every destination that has state under `data_dir`, by name (the HTTP API
+/// and `ecogate uplink status` read them; a running uplink writes them with its state). A
+/// damaged state file is reported for its destination.
+pub fn kpis(data_dir: &Path) -> Vec<(String, Result<Kpis, RegulatorError>)> {
     let dir = data_dir.join("uplink");
     let mut names: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd
@@ -176,18 +180,104 @@ pub fn status(data_dir: &Path) -> String {
         Err(_) => Vec::new(),
     };
     names.sort();
-    if names.is_empty() {
-        return format!("no regulator uplink state under {}\n", dir.display());
+    names
+        .into_iter()
+        .map(|p| {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, outbox::load_state(&p).map(|s| s.kpi))
+        })
+        .collect()
+}
+
+/// Parses a `--from`/`--to` bound: `yyyy-MM-dd HH:mm:ss` (GMT+8) as given, or a date alone —
+/// its start for `from`, the start of the next day for `to` (so `--to` a date includes it).
+pub fn parse_bound(s: &str, end: bool) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Some(t) = crate::ledger::parse_local_time(s) {
+        return Some(t);
+    }
+    let d = crate::ledger::parse_date(s)?;
+    let d = if end { d.succ_opt()? } else { d };
+    Some(crate::ledger::local_day_start(d))
+}
+
+/// `ecogate uplink resend`: records an `uplink_resend` event asking `platform` to receive the
+/// passes of `[from, to)` again. The running uplink (or the next start) sends them with their
+/// original serials. The platform must have uplink state under `data_dir` (a typo in its name
+/// would otherwise be recorded and never acted on). Returns the event's seq.
+pub async fn request_resend(
+    ledger: &Ledger,
+    platform: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    operator: &str,
+    reason: &str,
+) -> Result<i64, RegulatorError> {
+    let known: Vec<String> = kpis(ledger.data_dir())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if !known.iter().any(|n| n == platform) {
+        return Err(RegulatorError::Resend(format!(
+            "no uplink state for platform `{platform}` under {} (known: {})",
+            ledger.data_dir().join("uplink").display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    if from >= to {
+        return Err(RegulatorError::Resend(format!(
+            "--from {} is not before --to {}",
+            crate::ledger::local_time(from),
+            crate::ledger::local_time(to)
+        )));
+    }
+    for (what, v) in [("--operator", operator), ("--reason", reason)] {
+        if v.trim().is_empty() {
+            return Err(RegulatorError::Resend(format!("{what} must not be empty")));
+        }
+    }
+    let body = crate::ledger::EventBody::UplinkResend(crate::ledger::UplinkResend {
+        platform: platform.to_string(),
+        from,
+        to,
+        operator: operator.to_string(),
+        reason: reason.to_string(),
+    });
+    let r = ledger.append(body, vec![], chrono::Utc::now()).await?;
+    Ok(r.seq)
+}
+
+/// `ecogate uplink status`: the figures of every destination that has state under `data_dir`,
+/// with one row per day (the last `days` days that had passes; 0 = all kept).
+pub fn status(data_dir: &Path) -> String {
+    status_days(data_dir, 14)
+}
+
+/// [`status`] with a chosen number of day rows.
+pub fn status_days(data_dir: &Path, days: usize) -> String {
+    let all = kpis(data_dir);
+    if all.is_empty() {
+        return format!(
+            "no regulator uplink state under {}\n",
+            data_dir.join("uplink").display()
+        );
     }
     let now = chrono::Utc::now();
     let mut out = String::new();
-    for p in names {
-        let name = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match outbox::load_state(&p) {
-            Ok(s) => out.push_str(&format_kpis(&name, &s.kpi, &s.rejected, now)),
+    for (name, k) in all {
+        match k {
+            Ok(k) => {
+                let rejected = outbox::load_state(&outbox::state_path(data_dir, &name))
+                    .map(|s| s.rejected)
+                    .unwrap_or_default();
+                out.push_str(&format_kpis(&name, &k, &rejected, now, days));
+            }
             Err(e) => out.push_str(&format!("{name}: {e}\n")),
         }
     }
@@ -199,15 +289,17 @@ fn format_kpis(
     k: &Kpis,
     rejected: &std::collections::BTreeMap<i64, String>,
     now: chrono::DateTime<chrono::Utc>,
+    days: usize,
 ) -> String {
     let mut s = format!(
-        "{name}: captured {} acknowledged {} sent {} failed {} rejected {} backlog {} completeness {:.1}%\n",
+        "{name}: captured {} acknowledged {} sent {} failed {} rejected {} backlog {} resent {} completeness {:.1}%\n",
         k.captured,
         k.acknowledged,
         k.sent,
         k.failed,
         k.rejected,
         k.backlog,
+        k.resent,
         k.completeness() * 100.0
     );
     if let (Some(t), Some(age)) = (k.oldest_pending, k.backlog_age(now)) {
@@ -231,6 +323,41 @@ fn format_kpis(
     }
     for (seq, m) in rejected {
         s.push_str(&format!("  refused: event {seq}: {m}\n"));
+    }
+    if !k.days.is_empty() {
+        s.push_str(&format!(
+            "  {:<10} {:>9} {:>9} {:>12} {:>7} {:>7} {:>8} {:>8}  {}\n",
+            "day",
+            "captured",
+            "sent",
+            "acknowledged",
+            "failed",
+            "resent",
+            "backlog",
+            "complete",
+            "oldest waiting"
+        ));
+        let skip = if days == 0 {
+            0
+        } else {
+            k.days.len().saturating_sub(days)
+        };
+        for (day, d) in k.days.iter().skip(skip) {
+            s.push_str(&format!(
+                "  {:<10} {:>9} {:>9} {:>12} {:>7} {:>7} {:>8} {:>7.1}%  {}\n",
+                day,
+                d.captured,
+                d.sent,
+                d.acknowledged,
+                d.failed,
+                d.resent,
+                d.backlog,
+                d.completeness() * 100.0,
+                d.oldest_pending
+                    .map(crate::ledger::local_time)
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
     }
     s
 }

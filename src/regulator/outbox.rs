@@ -2,22 +2,30 @@
 //! records above it. The records themselves are never copied — after a restart they are read
 //! again from the ledger — so the outbox cannot drift from what the ledger holds.
 //!
-//! Order: one record at a time. Records that happened within `live_window` go first so the
-//! platform sees the present; everything older (the backlog) drains oldest first. Before any
-//! record of a vehicle goes, every earlier pending record of that vehicle goes (entry before
-//! exit), and a record's photos follow its acknowledgement before the next record is sent.
+//! Order: up to `window` records are in flight at once, but never two of one vehicle, and a
+//! vehicle's record goes only when all its earlier waiting records are acknowledged (entry
+//! before exit). Records that happened within `live_window` are picked first so the platform
+//! sees the present; everything older (the backlog) drains oldest first. A record's photos
+//! follow its acknowledgement within the same delivery.
+//!
+//! Durability: acknowledgements are applied in groups and the state file is written (fsync,
+//! rename) once per group. A window slot is freed only once its outcome is on disk, so a crash
+//! resends at most the `window` records that were in flight — each with the serial it had.
 
 use super::transport_control::{serial_for, PassRecord, SendError, SiteFacts, TcClient};
 use super::RegulatorError;
-use crate::ledger::{EventBody, EventRecord, Ledger, LedgerReader};
+use crate::ledger::photos::PhotoStore;
+use crate::ledger::{
+    local_day_start, parse_date, site_zone, EventBody, EventRecord, Ledger, LedgerReader,
+};
 use chrono::{DateTime, Utc};
 use ecogate_drivers::plate::PlateColor;
 use ecogate_drivers::Backoff;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Persisted per destination in `data_dir/uplink/<name>.state` (JSON, replaced atomically).
@@ -27,9 +35,11 @@ pub struct OutboxState {
     pub cursor: i64,
     /// Highest seq examined; `captured` counts the uploadable events up to here.
     pub scanned: i64,
-    /// Delivered (record and photos acknowledged) above the cursor.
+    /// Settled above the cursor: delivered (record and photos acknowledged) or not for upload.
+    /// Kept as ranges, so a record that holds the cursor back for long (refused, waiting for
+    /// its vehicle) does not make the state file grow with every later event.
     #[serde(default)]
-    pub done: BTreeSet<i64>,
+    pub done: SeqRanges,
     /// Record acknowledged, photos not all yet: seq → photos acknowledged so far.
     #[serde(default)]
     pub photos_sent: BTreeMap<i64, usize>,
@@ -37,8 +47,105 @@ pub struct OutboxState {
     /// the vehicle's later records.
     #[serde(default)]
     pub rejected: BTreeMap<i64, String>,
+    /// Delivered once, re-queued by an `uplink_resend` ledger event, not yet sent again.
+    #[serde(default)]
+    pub resend: BTreeSet<i64>,
     #[serde(default)]
     pub kpi: Kpis,
+}
+
+/// A set of ledger seqs stored as inclusive ranges. Serialized as `[[from, to], …]`; a plain
+/// list of seqs (the earlier form) is read too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeqRanges(BTreeMap<i64, i64>);
+
+impl SeqRanges {
+    pub fn contains(&self, s: &i64) -> bool {
+        self.0.range(..=*s).next_back().is_some_and(|(_, e)| e >= s)
+    }
+
+    pub fn insert(&mut self, s: i64) {
+        if self.contains(&s) {
+            return;
+        }
+        let mut start = s;
+        let mut end = s;
+        if let Some((a, b)) = self.0.range(..s).next_back() {
+            if *b == s - 1 {
+                start = *a;
+            }
+        }
+        if let Some(e) = self.0.remove(&(s + 1)) {
+            end = e;
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Adds `a..=b`, merging with what overlaps or touches it.
+    pub fn insert_range(&mut self, a: i64, b: i64) {
+        let (mut start, mut end) = (a, b);
+        let touching: Vec<(i64, i64)> = self
+            .0
+            .range(..=b.saturating_add(1))
+            .filter(|(_, e)| **e >= a.saturating_sub(1))
+            .map(|(x, y)| (*x, *y))
+            .collect();
+        for (x, y) in touching {
+            self.0.remove(&x);
+            start = start.min(x);
+            end = end.max(y);
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Drops everything at or below `c`.
+    pub fn retain_above(&mut self, c: i64) {
+        let below: Vec<i64> = self.0.range(..=c).map(|(a, _)| *a).collect();
+        for a in below {
+            if let Some(e) = self.0.remove(&a) {
+                if e > c {
+                    self.0.insert(c + 1, e);
+                }
+            }
+        }
+    }
+
+    /// Number of ranges (what the state file holds).
+    pub fn ranges(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Serialize for SeqRanges {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(a, b)| [*a, *b]))
+    }
+}
+
+impl<'de> Deserialize<'de> for SeqRanges {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            One(i64),
+            Range([i64; 2]),
+        }
+        let mut r = SeqRanges::default();
+        for it in Vec::<Item>::deserialize(d)? {
+            match it {
+                Item::One(s) => r.insert(s),
+                Item::Range([a, b]) => {
+                    if b < a {
+                        return Err(serde::de::Error::custom(format!(
+                            "range [{a}, {b}] runs backwards"
+                        )));
+                    }
+                    r.insert_range(a, b);
+                }
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// Key performance figures of one destination (issue 7 item 4).
@@ -48,39 +155,81 @@ pub struct Kpis {
     pub captured: u64,
     /// Record uploads attempted (including retries and resends).
     pub sent: u64,
-    /// Records the platform acknowledged (each counted once).
+    /// Records the platform acknowledged (each counted once; resends are counted in `resent`).
     pub acknowledged: u64,
     pub photos_acknowledged: u64,
     /// Failed attempts (network, 5xx, refusals). Never reset: the history of trouble.
     pub failed: u64,
     /// Records currently refused by the platform.
     pub rejected: u64,
-    /// Records waiting (not yet acknowledged with all photos).
+    /// Records waiting (not yet acknowledged with all photos), resends included.
     pub backlog: u64,
+    /// Records acknowledged again after an `uplink resend`.
+    #[serde(default)]
+    pub resent: u64,
     /// Pass time of the oldest waiting record.
     pub oldest_pending: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
     pub last_ack_at: Option<DateTime<Utc>>,
     pub logins: u64,
+    /// The same figures per local (GMT+8) day of the pass time, `YYYY-MM-DD`, for the last
+    /// [`KEPT_DAYS`] days that had passes.
+    #[serde(default)]
+    pub days: BTreeMap<String, DayKpis>,
+}
+
+/// One day's figures of one destination, by the pass's own (GMT+8) date: a pass recorded on
+/// Monday and acknowledged on Thursday counts for Monday.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DayKpis {
+    pub captured: u64,
+    /// Record uploads attempted (with retries and resends).
+    pub sent: u64,
+    pub acknowledged: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    pub resent: u64,
+    /// Waiting now.
+    pub backlog: u64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+impl DayKpis {
+    /// Acknowledged ÷ captured (1.0 for a day with nothing captured).
+    pub fn completeness(&self) -> f64 {
+        ratio(self.acknowledged, self.captured)
+    }
+}
+
+/// Days of figures kept in the state file (older days are dropped, the totals stay).
+pub const KEPT_DAYS: usize = 366;
+
+fn ratio(acknowledged: u64, captured: u64) -> f64 {
+    if captured == 0 {
+        1.0
+    } else {
+        // Counters and delivery marks are saved together, so a crash rolls both back and the
+        // resend counts once; the cap is only a guard.
+        (acknowledged as f64 / captured as f64).min(1.0)
+    }
 }
 
 impl Kpis {
-    /// Acknowledged ÷ captured (1.0 when nothing was captured). A crash between the
-    /// platform's acknowledgement and the state write makes the resend count again, so the
-    /// ratio is capped at 1.
+    /// Acknowledged ÷ captured (1.0 when nothing was captured).
     pub fn completeness(&self) -> f64 {
-        if self.captured == 0 {
-            1.0
-        } else {
-            (self.acknowledged as f64 / self.captured as f64).min(1.0)
-        }
+        ratio(self.acknowledged, self.captured)
     }
 
     pub fn backlog_age(&self, now: DateTime<Utc>) -> Option<Duration> {
         self.oldest_pending
             .map(|t| (now - t).to_std().unwrap_or(Duration::ZERO))
     }
+}
+
+/// The local (GMT+8) date of a pass time, as the per-day key.
+pub fn day_key(t: DateTime<Utc>) -> String {
+    t.with_timezone(&site_zone()).format("%Y-%m-%d").to_string()
 }
 
 pub fn state_path(data_dir: &Path, name: &str) -> PathBuf {
@@ -101,7 +250,7 @@ pub fn load_state(path: &Path) -> Result<OutboxState, RegulatorError> {
     }
 }
 
-fn save_state(path: &Path, s: &OutboxState) -> Result<(), RegulatorError> {
+fn write_state(path: &Path, text: &[u8]) -> Result<(), RegulatorError> {
     let err = |e: std::io::Error| RegulatorError::State {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -110,14 +259,10 @@ fn save_state(path: &Path, s: &OutboxState) -> Result<(), RegulatorError> {
         std::fs::create_dir_all(d).map_err(err)?;
     }
     let tmp = path.with_extension("state.tmp");
-    let text = serde_json::to_vec(s).map_err(|e| RegulatorError::State {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
     {
         use std::io::Write as _;
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&text).map_err(err)?;
+        f.write_all(text).map_err(err)?;
         // The rename must not reach the disk before the data it names.
         f.sync_all().map_err(err)?;
     }
@@ -134,10 +279,14 @@ pub struct OutboxConfig {
     pub lane_gates: HashMap<String, String>,
     /// Records younger than this are "live" and overtake the backlog.
     pub live_window: Duration,
-    /// How often the ledger head is looked at when idle.
+    /// How often the ledger head is looked at when nothing else wakes the outbox.
     pub poll: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Records in flight at once (each with its photos). Also the most a crash can resend.
+    pub window: usize,
+    /// Longest wait for one HTTP exchange (connect included) before it counts as failed.
+    pub request_timeout: Duration,
 }
 
 impl OutboxConfig {
@@ -148,12 +297,17 @@ impl OutboxConfig {
             site,
             lane_gates: HashMap::new(),
             live_window: Duration::from_secs(60),
-            poll: Duration::from_millis(500),
+            poll: Duration::from_millis(100),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            window: 16,
+            request_timeout: Duration::from_secs(15),
         }
     }
 }
+
+/// The ledger kinds that can be a pass record.
+pub const PASS_KINDS: &[&str] = &["pass_attempt", "manual_release", "backfill"];
 
 /// The pass record an event stands for, if it is one that is uploaded (the barrier opened).
 pub fn pass_record(
@@ -232,15 +386,56 @@ pub fn pass_record(
     })
 }
 
+type Key = (DateTime<Utc>, i64);
+
+struct Pending {
+    rec: PassRecord,
+    /// Sent again after an `uplink resend` (already counted as acknowledged once).
+    resend: bool,
+}
+
+/// One delivery handed to a task: the record, and where its photos stand.
+struct Job {
+    key: Key,
+    rec: PassRecord,
+    /// `Some(n)`: the record is acknowledged and `n` photos too; `None`: send the record first.
+    photos_from: Option<usize>,
+}
+
+/// What a delivery task did.
+struct Outcome {
+    key: Key,
+    /// The record upload was attempted.
+    attempted: bool,
+    /// The record was acknowledged in this delivery.
+    record_acked: bool,
+    /// Photos acknowledged in this delivery.
+    photos_acked: u64,
+    /// Photos settled so far (acknowledged or unreadable), when the record is acknowledged.
+    photos_done: Option<usize>,
+    result: Result<(), SendError>,
+    logins: u64,
+}
+
 pub(crate) struct Outbox {
     cfg: OutboxConfig,
     path: PathBuf,
     state: OutboxState,
     /// Waiting records keyed by (pass time, seq): the backlog order.
-    pending: BTreeMap<(DateTime<Utc>, i64), PassRecord>,
-    /// Refused in this run: skipped until the next start.
+    pending: BTreeMap<Key, Pending>,
+    /// Waiting records of each plate, in pass-time order (causal order per vehicle).
+    by_plate: HashMap<String, BTreeSet<Key>>,
+    /// Seqs of waiting records that are not resends: the lowest bounds the cursor.
+    fresh: BTreeSet<i64>,
+    /// Waiting records per day, for the per-day backlog.
+    pending_days: BTreeMap<String, u64>,
+    /// Refused in this run: skipped until the next start (or a resend).
     parked: BTreeSet<i64>,
+    /// In flight: handed to a task, outcome not yet on disk.
+    busy: HashSet<i64>,
+    busy_plates: HashSet<String>,
     kpis: Arc<Mutex<Kpis>>,
+    dirty: bool,
 }
 
 const SCAN_BATCH: usize = 1000;
@@ -258,36 +453,142 @@ impl Outbox {
             path,
             state,
             pending: BTreeMap::new(),
+            by_plate: HashMap::new(),
+            fresh: BTreeSet::new(),
+            pending_days: BTreeMap::new(),
             parked: BTreeSet::new(),
+            busy: HashSet::new(),
+            busy_plates: HashSet::new(),
             kpis,
+            dirty: true,
         };
         // Rebuild the waiting set from the ledger itself: nothing about a record but its
         // delivery progress is kept outside the ledger.
+        let requeued: Vec<i64> = o.state.resend.iter().copied().collect();
+        for seq in requeued {
+            if seq > o.state.cursor && !o.state.done.contains(&seq) {
+                continue; // still waiting as a first delivery; the scan below finds it
+            }
+            match reader.event(seq)? {
+                Some(e) => o.consider(&e, reader)?,
+                None => {
+                    o.state.resend.remove(&seq);
+                }
+            }
+        }
         let mut after = o.state.cursor;
         loop {
             let batch = reader.events_after(after, SCAN_BATCH)?;
             let Some(last) = batch.last() else { break };
             after = last.seq;
             for e in &batch {
-                o.consider(e);
+                o.consider(e, reader)?;
             }
         }
         o.state.scanned = o.state.scanned.max(after);
         o.settle();
-        o.save();
+        o.publish();
         Ok(o)
     }
 
-    fn consider(&mut self, e: &EventRecord) {
-        let Some(r) = pass_record(e, &self.cfg.site.enterprise, &self.cfg.lane_gates) else {
+    fn day_mut(&mut self, t: DateTime<Utc>) -> &mut DayKpis {
+        let key = day_key(t);
+        let days = &mut self.state.kpi.days;
+        if !days.contains_key(&key) {
+            days.insert(key.clone(), DayKpis::default());
+            while days.len() > KEPT_DAYS {
+                days.pop_first();
+            }
+        }
+        // An old backfill can name a day that was just dropped; it gets a fresh row.
+        days.entry(key).or_default()
+    }
+
+    fn insert_pending(&mut self, r: PassRecord, resend: bool) {
+        let key = (r.time, r.seq);
+        if self.pending.contains_key(&key) {
             return;
+        }
+        self.by_plate
+            .entry(r.plate.clone())
+            .or_default()
+            .insert(key);
+        if !resend {
+            self.fresh.insert(r.seq);
+        }
+        *self.pending_days.entry(day_key(r.time)).or_default() += 1;
+        self.pending.insert(key, Pending { rec: r, resend });
+    }
+
+    fn remove_pending(&mut self, key: &Key) -> Option<Pending> {
+        let p = self.pending.remove(key)?;
+        if let Some(s) = self.by_plate.get_mut(&p.rec.plate) {
+            s.remove(key);
+            if s.is_empty() {
+                self.by_plate.remove(&p.rec.plate);
+            }
+        }
+        self.fresh.remove(&p.rec.seq);
+        let day = day_key(p.rec.time);
+        if let Some(n) = self.pending_days.get_mut(&day) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pending_days.remove(&day);
+            }
+        }
+        Some(p)
+    }
+
+    fn consider(&mut self, e: &EventRecord, reader: &LedgerReader) -> Result<(), RegulatorError> {
+        if let EventBody::UplinkResend(rs) = &e.body {
+            if rs.platform == self.cfg.name && e.seq > self.state.scanned {
+                self.requeue(rs.from, rs.to, reader)?;
+            }
+        }
+        let Some(r) = pass_record(e, &self.cfg.site.enterprise, &self.cfg.lane_gates) else {
+            // Nothing to send: settled (keeps the settled ranges whole).
+            if e.seq > self.state.cursor {
+                self.state.done.insert(e.seq);
+            }
+            return Ok(());
         };
         if e.seq > self.state.scanned {
             self.state.kpi.captured += 1;
+            self.day_mut(r.time).captured += 1;
+            self.dirty = true;
         }
-        if !self.state.done.contains(&e.seq) && e.seq > self.state.cursor {
-            self.pending.insert((r.time, r.seq), r);
+        let fresh = e.seq > self.state.cursor && !self.state.done.contains(&e.seq);
+        if fresh {
+            self.insert_pending(r, false);
+        } else if self.state.resend.contains(&e.seq) {
+            self.insert_pending(r, true);
         }
+        Ok(())
+    }
+
+    /// Queues again every delivered pass of `[from, to)`; refused ones get another try.
+    fn requeue(
+        &mut self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        reader: &LedgerReader,
+    ) -> Result<(), RegulatorError> {
+        let mut n = 0u64;
+        for e in reader.events_between(PASS_KINDS, from, to)? {
+            let Some(r) = pass_record(&e, &self.cfg.site.enterprise, &self.cfg.lane_gates) else {
+                continue;
+            };
+            self.parked.remove(&e.seq);
+            let delivered = e.seq <= self.state.cursor || self.state.done.contains(&e.seq);
+            if delivered && self.state.resend.insert(e.seq) {
+                self.insert_pending(r, true);
+                n += 1;
+            }
+        }
+        self.dirty = true;
+        tracing::info!(destination = %self.cfg.name, from = %from, to = %to, records = n,
+            "passes queued again by uplink_resend");
+        Ok(())
     }
 
     /// Reads new events; true if any arrived.
@@ -299,59 +600,82 @@ impl Outbox {
                 break;
             };
             for e in &batch {
-                self.consider(e);
+                self.consider(e, reader)?;
             }
             self.state.scanned = last;
             any = true;
         }
         if any {
+            self.dirty = true;
             self.settle();
-            self.save();
         }
         Ok(any)
     }
 
-    /// The next record to send, if any.
-    pub(crate) fn pick(&self, now: DateTime<Utc>) -> Option<PassRecord> {
-        let live_from = now
-            - chrono::Duration::from_std(self.cfg.live_window).unwrap_or(chrono::Duration::zero());
-        let open = |(_, r): &(&(DateTime<Utc>, i64), &PassRecord)| !self.parked.contains(&r.seq);
-        let live = self
-            .pending
-            .range((live_from, i64::MIN)..)
-            .find(|x| open(x))
-            .map(|(_, r)| r);
-        match live {
-            // The vehicle's own earlier records go first (entry before exit).
-            Some(l) => self
-                .pending
-                .iter()
-                .filter(|x| open(x))
-                .find(|(_, r)| r.plate == l.plate)
-                .map(|(_, r)| r.clone()),
-            None => self
-                .pending
-                .iter()
-                .find(|x| open(x))
-                .map(|(_, r)| r.clone()),
-        }
+    /// May `key` go now? Not refused in this run, not in flight, its vehicle has nothing in
+    /// flight, and it is the vehicle's earliest record still to go.
+    fn ready(&self, key: &Key, p: &Pending) -> bool {
+        !self.parked.contains(&key.1)
+            && !self.busy.contains(&key.1)
+            && !self.busy_plates.contains(&p.rec.plate)
+            && self.first_open_of(&p.rec.plate) == Some(*key)
     }
 
-    /// Moves the cursor up to just below the oldest unsettled seq.
+    fn first_open_of(&self, plate: &str) -> Option<Key> {
+        self.by_plate
+            .get(plate)?
+            .iter()
+            .find(|k| !self.parked.contains(&k.1))
+            .copied()
+    }
+
+    /// The next record to send, if any: the earliest live record's vehicle first (its own
+    /// earlier records before it), else the oldest of the backlog.
+    pub(crate) fn pick(&self, now: DateTime<Utc>) -> Option<Key> {
+        let live_from = now
+            - chrono::Duration::from_std(self.cfg.live_window).unwrap_or(chrono::Duration::zero());
+        for (k, p) in self.pending.range((live_from, i64::MIN)..) {
+            if self.parked.contains(&k.1)
+                || self.busy.contains(&k.1)
+                || self.busy_plates.contains(&p.rec.plate)
+            {
+                continue;
+            }
+            if let Some(first) = self.first_open_of(&p.rec.plate) {
+                return Some(first);
+            }
+        }
+        self.pending
+            .iter()
+            .find(|(k, p)| self.ready(k, p))
+            .map(|(k, _)| *k)
+    }
+
+    fn take_job(&mut self, key: Key) -> Option<Job> {
+        let p = self.pending.get(&key)?;
+        let rec = p.rec.clone();
+        self.busy.insert(key.1);
+        self.busy_plates.insert(rec.plate.clone());
+        Some(Job {
+            key,
+            photos_from: self.state.photos_sent.get(&key.1).copied(),
+            rec,
+        })
+    }
+
+    /// Moves the cursor up to just below the oldest unsettled first delivery.
     fn settle(&mut self) {
-        let lowest = self
-            .pending
-            .values()
-            .map(|r| r.seq)
-            .min()
-            .unwrap_or(i64::MAX);
+        let lowest = self.fresh.first().copied().unwrap_or(i64::MAX);
         let cursor = self.state.scanned.min(lowest.saturating_sub(1));
         if cursor > self.state.cursor {
             self.state.cursor = cursor;
         }
         let c = self.state.cursor;
-        self.state.done.retain(|s| *s > c);
-        self.state.photos_sent.retain(|s, _| *s > c);
+        let resend = &self.state.resend;
+        self.state.done.retain_above(c);
+        self.state
+            .photos_sent
+            .retain(|s, _| *s > c || resend.contains(s));
     }
 
     fn publish(&mut self) {
@@ -359,21 +683,60 @@ impl Outbox {
         k.backlog = self.pending.len() as u64;
         k.oldest_pending = self.pending.keys().next().map(|(t, _)| *t);
         k.rejected = self.state.rejected.len() as u64;
+        for (day, d) in k.days.iter_mut() {
+            match self.pending_days.get(day) {
+                Some(n) => {
+                    d.backlog = *n;
+                    d.oldest_pending = parse_date(day)
+                        .map(local_day_start)
+                        .and_then(|start| self.pending.range((start, i64::MIN)..).next())
+                        .map(|(k, _)| k.0);
+                }
+                None => {
+                    d.backlog = 0;
+                    d.oldest_pending = None;
+                }
+            }
+        }
         if let Ok(mut g) = self.kpis.lock() {
             *g = k.clone();
         }
     }
 
-    fn save(&mut self) {
+    /// Writes the state if it changed (one fsync for every outcome applied since the last
+    /// write) and publishes the figures.
+    async fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
         self.publish();
-        if let Err(e) = save_state(&self.path, &self.state) {
+        let text = match serde_json::to_vec(&self.state) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(destination = %self.cfg.name, error = %e, "cannot encode outbox state");
+                return;
+            }
+        };
+        let path = self.path.clone();
+        let r = tokio::task::spawn_blocking(move || write_state(&path, &text)).await;
+        let r = r.unwrap_or_else(|e| {
+            Err(RegulatorError::State {
+                path: self.path.clone(),
+                message: format!("writer task failed: {e}"),
+            })
+        });
+        match r {
+            Ok(()) => self.dirty = false,
             // Losing the state only means resending with the same serials; say so loudly.
-            tracing::error!(destination = %self.cfg.name, error = %e, "cannot save outbox state");
+            Err(e) => {
+                tracing::error!(destination = %self.cfg.name, error = %e, "cannot save outbox state")
+            }
         }
     }
 
     fn note_failure(&mut self, r: &PassRecord, e: &SendError) {
         self.state.kpi.failed += 1;
+        self.day_mut(r.time).failed += 1;
         self.state.kpi.last_error = Some(format!("{} ({}): {e}", r.serial, r.plate));
         self.state.kpi.last_error_at = Some(Utc::now());
         tracing::warn!(destination = %self.cfg.name, serial = %r.serial, plate = %r.plate,
@@ -382,81 +745,147 @@ impl Outbox {
             self.state.rejected.insert(r.seq, m.clone());
             self.parked.insert(r.seq);
         }
-        self.save();
     }
 
-    /// Sends `r` and its photos. Ok(()) when all are acknowledged.
-    pub(crate) async fn deliver(
-        &mut self,
-        client: &mut TcClient,
-        ledger: &Ledger,
-        r: &PassRecord,
-    ) -> Result<(), SendError> {
-        if !self.state.photos_sent.contains_key(&r.seq) {
+    /// Applies a finished delivery to the state (in memory; [`Outbox::save`] makes it durable).
+    fn apply(&mut self, o: Outcome) {
+        self.dirty = true;
+        self.state.kpi.logins = self.state.kpi.logins.max(o.logins);
+        let seq = o.key.1;
+        self.busy.remove(&seq);
+        let Some(p) = self.pending.get(&o.key) else {
+            return;
+        };
+        let (rec, resend) = (p.rec.clone(), p.resend);
+        self.busy_plates.remove(&rec.plate);
+        if o.attempted {
             self.state.kpi.sent += 1;
-            let res = client.send_record(&self.cfg.site, r).await;
-            self.state.kpi.logins = client.logins;
-            if let Err(e) = res {
-                self.note_failure(r, &e);
-                return Err(e);
-            }
-            self.state.photos_sent.insert(r.seq, 0);
-            self.state.rejected.remove(&r.seq);
-            self.state.kpi.acknowledged += 1;
-            self.state.kpi.last_ack_at = Some(Utc::now());
-            self.save();
+            self.day_mut(rec.time).sent += 1;
         }
-        let from = self.state.photos_sent.get(&r.seq).copied().unwrap_or(0);
-        for (i, (role, hash)) in r.photos.iter().enumerate().skip(from) {
-            match ledger.photos().get(hash) {
-                Ok(bytes) => {
-                    let res = client
-                        .send_photo(&self.cfg.site, r, i + 1, role, &bytes)
-                        .await;
-                    self.state.kpi.logins = client.logins;
-                    if let Err(e) = res {
-                        self.note_failure(r, &e);
-                        return Err(e);
-                    }
-                    self.state.kpi.photos_acknowledged += 1;
-                }
-                Err(e) => {
-                    // Purged or lost evidence: the record stands without it (verify reports it).
-                    tracing::warn!(destination = %self.cfg.name, serial = %r.serial, photo = %hash,
-                        error = %e, "photo not readable; not uploaded");
-                }
+        if o.record_acked {
+            self.state.rejected.remove(&seq);
+            let now = Utc::now();
+            self.state.kpi.last_ack_at = Some(now);
+            if resend {
+                self.state.kpi.resent += 1;
+                self.day_mut(rec.time).resent += 1;
+            } else {
+                self.state.kpi.acknowledged += 1;
+                self.day_mut(rec.time).acknowledged += 1;
             }
-            self.state.photos_sent.insert(r.seq, i + 1);
-            self.save();
         }
-        self.state.photos_sent.remove(&r.seq);
-        self.state.done.insert(r.seq);
-        self.pending.remove(&(r.time, r.seq));
-        self.settle();
-        self.save();
-        tracing::debug!(destination = %self.cfg.name, serial = %r.serial, "delivered");
-        Ok(())
+        self.state.kpi.photos_acknowledged += o.photos_acked;
+        if let Some(n) = o.photos_done {
+            self.state.photos_sent.insert(seq, n);
+        }
+        match &o.result {
+            Ok(()) => {
+                self.state.photos_sent.remove(&seq);
+                if resend {
+                    self.state.resend.remove(&seq);
+                } else {
+                    self.state.done.insert(seq);
+                }
+                self.remove_pending(&o.key);
+                tracing::debug!(destination = %self.cfg.name, serial = %rec.serial, "delivered");
+            }
+            Err(e) => self.note_failure(&rec, e),
+        }
     }
 }
 
-/// The delivery loop: scan, pick, deliver, back off on failure. Ends when `stop` turns true.
+/// One record and its photos, as a task of its own so that several can be in flight.
+async fn deliver(client: Arc<TcClient>, photos: PhotoStore, site: SiteFacts, job: Job) -> Outcome {
+    let r = &job.rec;
+    let mut out = Outcome {
+        key: job.key,
+        attempted: false,
+        record_acked: false,
+        photos_acked: 0,
+        photos_done: job.photos_from,
+        result: Ok(()),
+        logins: 0,
+    };
+    let from = match job.photos_from {
+        Some(n) => n,
+        None => {
+            out.attempted = true;
+            if let Err(e) = client.send_record(&site, r).await {
+                out.result = Err(e);
+                out.logins = client.logins();
+                return out;
+            }
+            out.record_acked = true;
+            out.photos_done = Some(0);
+            0
+        }
+    };
+    for (i, (role, hash)) in r.photos.iter().enumerate().skip(from) {
+        let store = photos.clone();
+        let h = hash.clone();
+        let bytes = tokio::task::spawn_blocking(move || store.get(&h)).await;
+        match bytes {
+            Ok(Ok(bytes)) => {
+                if let Err(e) = client.send_photo(&site, r, i + 1, role, &bytes).await {
+                    out.result = Err(e);
+                    break;
+                }
+                out.photos_acked += 1;
+            }
+            Ok(Err(e)) => {
+                // Purged or lost evidence: the record stands without it (verify reports it).
+                tracing::warn!(serial = %r.serial, photo = %hash, error = %e,
+                    "photo not readable; not uploaded");
+            }
+            Err(e) => {
+                out.result = Err(SendError::Transient(format!("photo reader failed: {e}")));
+                break;
+            }
+        }
+        out.photos_done = Some(i + 1);
+    }
+    out.logins = client.logins();
+    out
+}
+
+/// The delivery loop: scan, fill the window, apply outcomes in groups, back off on failure.
+/// Ends when `stop` turns true, after the deliveries in flight have finished.
 pub(crate) async fn run(
     cfg: OutboxConfig,
-    mut client: TcClient,
+    client: TcClient,
     ledger: Ledger,
     kpis: Arc<Mutex<Kpis>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RegulatorError> {
     let reader = ledger.reader()?;
     let poll = cfg.poll;
+    let window = cfg.window.max(1);
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let name = cfg.name.clone();
-    let mut ob = Outbox::open(cfg, &reader, kpis)?;
+    let site = cfg.site.clone();
+    let client = Arc::new(client);
+    let photos = ledger.photos().clone();
+    // Reading a large backlog back from the ledger takes a while: not on a runtime thread.
+    let (mut ob, reader) = tokio::task::spawn_blocking(move || {
+        Outbox::open(cfg, &reader, kpis).map(|ob| (ob, reader))
+    })
+    .await
+    .map_err(|e| RegulatorError::Config {
+        platform: name.clone(),
+        message: format!("opening the outbox failed: {e}"),
+    })??;
+    ob.save().await;
     tracing::info!(destination = %name, backlog = ob.pending.len(), cursor = ob.state.cursor,
         "regulator uplink started");
+    let mut tasks: tokio::task::JoinSet<Outcome> = tokio::task::JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, Key> = HashMap::new();
+    // After a transient failure: nothing new goes before `paused_until`, then one record at a
+    // time until one gets through (an outage costs one failed attempt per pause, not `window`).
+    let mut paused_until: Option<Instant> = None;
+    let mut probing = false;
     loop {
         if *stop.borrow() {
-            return Ok(());
+            break;
         }
         if ledger.head().seq > ob.state.scanned {
             if let Err(e) = ob.scan(&reader) {
@@ -474,20 +903,120 @@ pub(crate) async fn run(
                 continue;
             }
         }
-        let wait = match ob.pick(Utc::now()) {
-            Some(r) => match ob.deliver(&mut client, &ledger, &r).await {
-                Ok(()) => {
-                    backoff.reset();
-                    continue;
-                }
-                Err(SendError::Rejected(_)) => Duration::ZERO,
-                Err(SendError::Transient(_)) => backoff.next_delay(),
-            },
-            None => poll,
-        };
+        ob.save().await;
+        let now = Instant::now();
+        if paused_until.is_some_and(|t| now >= t) {
+            paused_until = None;
+        }
+        if paused_until.is_none() {
+            let cap = if probing { 1 } else { window };
+            while tasks.len() < cap {
+                let Some(job) = ob.pick(Utc::now()).and_then(|k| ob.take_job(k)) else {
+                    break;
+                };
+                let key = job.key;
+                let h = tasks.spawn(deliver(client.clone(), photos.clone(), site.clone(), job));
+                running.insert(h.id(), key);
+            }
+        }
+        let wait = paused_until
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(poll)
+            .min(poll);
+        if tasks.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
         tokio::select! {
+            first = tasks.join_next_with_id() => {
+                let mut next = first;
+                // Everything that has finished by now goes into one state write.
+                while let Some(r) = next {
+                    let o = outcome_of(r, &mut running);
+                    match &o.result {
+                        Ok(()) => {
+                            backoff.reset();
+                            probing = false;
+                        }
+                        Err(SendError::Transient(_)) => {
+                            probing = true;
+                            if paused_until.is_none() {
+                                paused_until = Some(Instant::now() + backoff.next_delay());
+                            }
+                        }
+                        Err(SendError::Rejected(_)) => {}
+                    }
+                    ob.apply(o);
+                    next = tasks.try_join_next_with_id();
+                }
+                ob.settle();
+                ob.save().await;
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
+    }
+    // Stopping: let what is in flight finish so its outcome is kept.
+    while let Some(r) = tasks.join_next_with_id().await {
+        let o = outcome_of(r, &mut running);
+        ob.apply(o);
+    }
+    ob.settle();
+    ob.save().await;
+    Ok(())
+}
+
+fn outcome_of(
+    r: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>,
+    running: &mut HashMap<tokio::task::Id, Key>,
+) -> Outcome {
+    match r {
+        Ok((id, o)) => {
+            running.remove(&id);
+            o
+        }
+        Err(e) => {
+            // A delivery task that panicked: its record goes again, like after a failure.
+            let key = running
+                .remove(&e.id())
+                .unwrap_or((DateTime::<Utc>::UNIX_EPOCH, i64::MIN));
+            tracing::error!(seq = key.1, error = %e, "delivery task failed");
+            Outcome {
+                key,
+                attempted: false,
+                record_acked: false,
+                photos_acked: 0,
+                photos_done: None,
+                result: Err(SendError::Transient(format!("delivery task failed: {e}"))),
+                logins: 0,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_ranges_merge_trim_and_read_both_forms() {
+        let mut r = SeqRanges::default();
+        for s in [5, 7, 6, 10, 1, 2, 12, 11] {
+            r.insert(s);
+        }
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[[1,2],[5,7],[10,12]]");
+        assert!(r.contains(&6) && r.contains(&12) && !r.contains(&3) && !r.contains(&13));
+        r.retain_above(6);
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[[7,7],[10,12]]");
+        r.insert_range(3, 9);
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[[3,12]]");
+        let old: SeqRanges = serde_json::from_str("[4, 5, 6, 9]").unwrap();
+        assert_eq!(serde_json::to_string(&old).unwrap(), "[[4,6],[9,9]]");
+        let mixed: SeqRanges = serde_json::from_str("[[1,3], 4, [8, 9], [2, 8]]").unwrap();
+        assert_eq!(mixed.ranges(), 1);
+        assert!(serde_json::from_str::<SeqRanges>("[[5, 1]]").is_err());
     }
 }

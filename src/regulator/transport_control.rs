@@ -8,6 +8,7 @@ use crate::vehicle::{EmissionStage, Fuel};
 use chrono::{DateTime, Utc};
 use ecogate_drivers::plate::PlateColor;
 use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,7 +107,10 @@ pub fn is_base64(s: &str) -> bool {
         return false;
     }
     let pad = b.iter().rev().take_while(|c| **c == b'=').count();
-    pad <= 2 && b[..b.len() - pad].iter().all(|c| B64.contains(c))
+    pad <= 2
+        && b[..b.len() - pad]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 fn put(obj: &mut Map<String, Value>, fields: &FieldMap, key: &str, v: &str) {
@@ -215,7 +219,9 @@ pub fn local(p: &PlatformProfile, t: DateTime<Utc>) -> String {
         .to_string()
 }
 
-/// HTTP client of one transportControl platform, holding its token.
+/// HTTP client of one transportControl platform, holding its token. Shared by the delivery
+/// tasks of one destination (`&self` everywhere): the token sits behind an async lock so that
+/// when it runs out only one task logs in and the others use the new token.
 pub struct TcClient {
     http: reqwest::Client,
     base: String,
@@ -223,9 +229,8 @@ pub struct TcClient {
     organ: String,
     username: String,
     password: String,
-    token: Option<(String, Instant)>,
-    /// Logins made (KPI and tests: a token refresh shows here).
-    pub logins: u64,
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+    logins: AtomicU64,
 }
 
 impl TcClient {
@@ -249,9 +254,14 @@ impl TcClient {
             organ: organ.to_string(),
             username: username.to_string(),
             password: password.to_string(),
-            token: None,
-            logins: 0,
+            token: tokio::sync::Mutex::new(None),
+            logins: AtomicU64::new(0),
         })
+    }
+
+    /// Logins made (KPI and tests: a token refresh shows here).
+    pub fn logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, SendError> {
@@ -303,8 +313,8 @@ impl TcClient {
         }
     }
 
-    async fn login(&mut self) -> Result<String, SendError> {
-        let p = self.profile.clone();
+    async fn login(&self) -> Result<String, SendError> {
+        let p = &self.profile;
         let mut env = Map::new();
         env.insert(p.envelope.organ.clone(), self.organ.clone().into());
         env.insert(
@@ -337,32 +347,46 @@ impl TcClient {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| SendError::Transient(format!("login reply has no `{}`", p.reply.token)))?
             .to_string();
-        self.logins += 1;
+        self.logins.fetch_add(1, Ordering::Relaxed);
         tracing::info!(base = %self.base, "platform login ok");
-        self.token = Some((
-            token.clone(),
-            Instant::now() + Duration::from_secs(p.auth.token_ttl_secs),
-        ));
         Ok(token)
     }
 
-    async fn token(&mut self) -> Result<String, SendError> {
-        match &self.token {
-            Some((t, until)) if Instant::now() < *until => Ok(t.clone()),
-            _ => self.login().await,
+    /// The current token, logging in when there is none or it has run out. The lock is held
+    /// across the login so concurrent deliveries wait for one login instead of making many.
+    async fn token(&self) -> Result<String, SendError> {
+        let mut g = self.token.lock().await;
+        if let Some((t, until)) = &*g {
+            if Instant::now() < *until {
+                return Ok(t.clone());
+            }
+        }
+        let t = self.login().await?;
+        *g = Some((
+            t.clone(),
+            Instant::now() + Duration::from_secs(self.profile.auth.token_ttl_secs),
+        ));
+        Ok(t)
+    }
+
+    /// Drops `refused` unless another task already replaced it.
+    async fn forget_token(&self, refused: &str) {
+        let mut g = self.token.lock().await;
+        if g.as_ref().is_some_and(|(t, _)| t == refused) {
+            *g = None;
         }
     }
 
     /// One operation with the current token; logs in again once if the platform says the
     /// token is no longer good.
-    async fn call(&mut self, path: &str, op: &str, value: Value) -> Result<(), SendError> {
-        let p = self.profile.clone();
+    async fn call(&self, path: &str, op: &str, value: Value) -> Result<(), SendError> {
+        let p = &self.profile;
         for attempt in 0..2 {
             let token = self.token().await?;
             let mut env = Map::new();
             env.insert(p.envelope.organ.clone(), self.organ.clone().into());
             env.insert(p.envelope.operation.clone(), op.into());
-            env.insert(p.envelope.token.clone(), token.into());
+            env.insert(p.envelope.token.clone(), token.clone().into());
             env.insert(p.envelope.value.clone(), value.clone());
             let r = self.post(path, &Value::Object(env)).await?;
             let code = self.reply_code(&r);
@@ -372,7 +396,7 @@ impl TcClient {
             let msg = self.reply_message(&r);
             // HTTP 401 arrives here as code "401" whatever the profile lists.
             if p.reply.auth_codes.contains(&code) || code == "401" {
-                self.token = None;
+                self.forget_token(&token).await;
                 if attempt == 0 {
                     tracing::info!(%msg, "platform token refused; logging in again");
                     continue;
@@ -389,29 +413,29 @@ impl TcClient {
         Err(SendError::Transient("token refused".into()))
     }
 
-    pub async fn send_record(&mut self, site: &SiteFacts, r: &PassRecord) -> Result<(), SendError> {
-        let p = self.profile.clone();
+    pub async fn send_record(&self, site: &SiteFacts, r: &PassRecord) -> Result<(), SendError> {
+        let p = &self.profile;
         self.call(
             &p.paths.record,
             &p.operations.record,
-            record_value(&p, site, r),
+            record_value(p, site, r),
         )
         .await
     }
 
     pub async fn send_photo(
-        &mut self,
+        &self,
         site: &SiteFacts,
         r: &PassRecord,
         index: usize,
         role: &str,
         jpeg: &[u8],
     ) -> Result<(), SendError> {
-        let p = self.profile.clone();
+        let p = &self.profile;
         self.call(
             &p.paths.photo,
             &p.operations.photo,
-            photo_value(&p, site, r, index, role, jpeg),
+            photo_value(p, site, r, index, role, jpeg),
         )
         .await
     }
