@@ -67,7 +67,8 @@ fn id_seq(expr: &str) -> String {
 fn weighing_pass(e: &str) -> String {
     let named = id_seq(&format!("json_extract({e}.body, '$.pass_ref')"));
     format!(
-        "coalesce((SELECT p.seq FROM pass_index p WHERE p.seq = {named}), \
+        "coalesce((SELECT p.seq FROM pass_index p JOIN events x ON x.seq = p.seq \
+            WHERE p.seq = {named} AND x.id = json_extract({e}.body, '$.pass_ref')), \
          (SELECT p.seq FROM pass_index p WHERE p.plate = json_extract({e}.body, '$.plate') \
             AND p.color = json_extract({e}.body, '$.color') AND p.is_pass = 1 \
             AND p.occurred_at <= {e}.occurred_at ORDER BY p.occurred_at DESC LIMIT 1))"
@@ -187,26 +188,39 @@ pub fn schema() -> String {
 }
 
 /// Create the tables and triggers, and fill them from the events when this ledger was written
-/// before they existed (or by another index version). Runs inside one `BEGIN IMMEDIATE`, so a
-/// writer in another process waits and no event slips between the fill and the triggers.
+/// before they existed (or by another index version). Returns whether it rebuilt.
 pub fn ensure(conn: &Connection) -> Result<bool, LedgerError> {
-    conn.execute_batch(&schema())?;
     let current: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [MARKER], |r| {
             r.get(0)
         })
         .optional()?;
     if current.as_deref() == Some(VERSION) {
+        conn.execute_batch(&schema())?;
         return Ok(false);
     }
     rebuild(conn)?;
     Ok(true)
 }
 
-/// Drop the derived rows and fill them again from `events`, in seq order.
+/// Drop the derived tables and their triggers, create them again and fill them from `events`
+/// in seq order — all in one `BEGIN IMMEDIATE`, so a writer in another process waits and no
+/// event slips between the fill and the triggers.
 pub fn rebuild(conn: &Connection) -> Result<(), LedgerError> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-    tx.execute_batch("DELETE FROM pass_index; DELETE FROM weighing_index;")?;
+    let triggers: Vec<String> = {
+        let mut stmt = tx.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'
+               AND (name LIKE 'pass_index_%' OR name LIKE 'weighing_index_%')",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for t in triggers {
+        tx.execute_batch(&format!("DROP TRIGGER \"{}\";", t.replace('"', "")))?;
+    }
+    tx.execute_batch("DROP TABLE IF EXISTS pass_index; DROP TABLE IF EXISTS weighing_index;")?;
+    tx.execute_batch(&schema())?;
     for kind in ["pass_attempt", "manual_release", "backfill"] {
         tx.execute(
             &format!(

@@ -342,12 +342,22 @@ fn scan_passes(
     let mut key = String::new();
     let conn = reader.conn();
     let mut stmt = conn.prepare_cached(
-        "SELECT day, hour, direction, gate, plate, color, stage, fuel, barrier, kind
-         FROM pass_index WHERE occurred_at >= ?1 AND occurred_at < ?2
-           AND is_pass = 1 AND voided = 0",
+        "SELECT day, hour, direction, gate, plate, color, stage, fuel, barrier, kind,
+                is_pass, voided, decision
+         FROM pass_index WHERE occurred_at >= ?1 AND occurred_at < ?2",
     )?;
     let mut rows = stmt.query([db_time(period.from), db_time(period.to)])?;
     while let Some(r) = rows.next()? {
+        if r.get::<_, i64>(11)? != 0 {
+            continue;
+        }
+        if r.get::<_, i64>(10)? == 0 {
+            // Not a pass: a denied attempt (未摆杆) or a release that named no plate.
+            if r.get_ref(12)?.as_str_or_null()? == Some("deny") {
+                counts.denied_attempts += 1;
+            }
+            continue;
+        }
         let day = r.get_ref(0)?.as_str().unwrap_or("");
         let hour = r.get::<_, i64>(1)?.clamp(0, 23) as usize;
         let entry = r.get_ref(2)?.as_str_or_null()?.unwrap_or("") == "in";
@@ -454,14 +464,6 @@ fn scan_passes(
             exits: *o,
         })
         .collect();
-    counts.denied_attempts = conn
-        .prepare_cached(
-            "SELECT count(*) FROM pass_index WHERE occurred_at >= ?1 AND occurred_at < ?2
-               AND kind = 'pass_attempt' AND decision = 'deny' AND voided = 0",
-        )?
-        .query_row([db_time(period.from), db_time(period.to)], |r| {
-            r.get::<_, i64>(0)
-        })? as u64;
     let mut stage_veh: BTreeMap<String, u64> = BTreeMap::new();
     let mut fuel_veh: BTreeMap<String, u64> = BTreeMap::new();
     let mut compliant_veh = 0u64;
@@ -867,8 +869,9 @@ fn manual_releases(reader: &LedgerReader, period: Period) -> Result<ManualReleas
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut stmt = reader.conn().prepare_cached(
         "SELECT coalesce(operator, ''), coalesce(reason, ''), plate IS NULL, count(*)
-         FROM pass_index WHERE kind = 'manual_release' AND voided = 0
-           AND occurred_at >= ?1 AND occurred_at < ?2
+         FROM pass_index WHERE voided = 0 AND seq IN (
+             SELECT seq FROM events WHERE kind = 'manual_release'
+               AND occurred_at >= ?1 AND occurred_at < ?2)
          GROUP BY 1, 2, 3",
     )?;
     let mut rows = stmt.query([db_time(period.from), db_time(period.to)])?;
