@@ -237,6 +237,37 @@ fn main() {
         r.clean_transport.total.ratio_tonnage.unwrap_or(0.0),
     );
 
+    // Where the report's time goes: the raw SQLite work under it.
+    let conn = reader.conn();
+    let (f, t) = ("2026-10-31T16:00:00.000000Z", "2026-11-30T16:00:00.000000Z");
+    let time = |label: &str, sql: &str| {
+        let c0 = cpu_seconds();
+        let t0 = Instant::now();
+        let mut stmt = conn.prepare(sql).expect("sql");
+        let mut rows = stmt.query([f, t]).expect("query");
+        let mut n = 0u64;
+        while let Some(r) = rows.next().expect("row") {
+            n += r.get_ref(0).map(|_| 1).unwrap_or(0);
+        }
+        println!(
+            "  {label}: {n} rows in {:.0} ms (CPU {:.0} ms)",
+            ms(t0.elapsed()),
+            (cpu_seconds() - c0) * 1e3
+        );
+    };
+    time(
+        "min/max seq of the month (index scan)",
+        "SELECT min(seq), max(seq) FROM pass_index WHERE occurred_at >= ?1 AND occurred_at < ?2",
+    );
+    time(
+        "step the month's pass rows, 14 columns, no work",
+        "SELECT day, hour, direction, gate, plate, color, stage, fuel, barrier, kind, is_pass, voided, decision, occurred_at FROM pass_index WHERE +occurred_at >= ?1 AND +occurred_at < ?2",
+    );
+    time(
+        "step the month's weighings",
+        "SELECT cargo, net_g, stage, fuel FROM weighing_index WHERE occurred_at >= ?1 AND occurred_at < ?2",
+    );
+
     // Search by plate: exact, first page of 50, over many plates.
     let mut rng = Rng(7);
     let mut lat = Vec::new();
