@@ -297,6 +297,8 @@ pub struct UplinkResend {
     pub to: DateTime<Utc>,
     pub operator: String,
     pub reason: String,
+}
+
 /// A clean (non-road) transport mode whose tonnage is entered by hand (§7.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
