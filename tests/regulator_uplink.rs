@@ -1000,7 +1000,11 @@ async fn the_outbox_survives_every_fault_the_mock_injects() {
         match fault {
             "503" => m.fail_next(6),
             "timeout" | "slow" => m.set_delay(Duration::from_millis(300)),
-            "token-expiry" => m.set_token_ttl(Duration::from_millis(150)),
+            // Slow enough that the drain outlives the first token.
+            "token-expiry" => {
+                m.set_token_ttl(Duration::from_millis(100));
+                m.set_delay(Duration::from_millis(40));
+            }
             "reset" => m.reset_next(6),
             // Injected once records flow (a reset login would only be a login again).
             "reset-after" => m.set_delay(Duration::from_millis(30)),
