@@ -630,6 +630,8 @@ async fn drive(
                         reason: "抢险救援车辆".into(),
                         remote: false,
                         plate: None,
+                        approval: None,
+                        request: None,
                     };
                     let _ = kit.handle.inputs.send(Input::ManualRelease(release)).await;
                 } else {
