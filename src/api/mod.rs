@@ -294,7 +294,10 @@ pub fn router(state: ApiState) -> axum::Router {
     for (_, path, h) in table() {
         r = r.route(path, h);
     }
-    r.fallback(api_fallback).with_state(state)
+    // Not a router-wide fallback: the console (and whatever else shares the listener) keeps
+    // its own paths; only unknown `/api/v1/...` paths get the JSON 404.
+    r.route("/api/v1/{*rest}", axum::routing::any(api_fallback))
+        .with_state(state)
 }
 
 /// Everything the site serves to operators: the API and (once the console lands) the console.
