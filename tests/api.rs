@@ -281,13 +281,16 @@ async fn an_inspector_gets_403_on_every_write() {
     assert_eq!(st, 200);
 }
 
+/// Method, path, token, body, expected status, what the message must name.
+type Case<'a> = (Method, &'a str, &'a str, Option<Value>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_4xx_naming_the_field() {
     let s = start("").await;
     let guard = s.login("guard").await;
     let admin = s.login("admin").await;
     let env = s.login("envmgr").await;
-    let cases: Vec<(Method, &str, &str, Option<Value>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/api/v1/login",

@@ -336,7 +336,11 @@ pub async fn visits(
             Ok(r.visits(from, to)?
                 .iter()
                 .rev()
-                .filter(|v| plate.as_ref().is_none_or(|p| v.plate.contains(p.as_str())))
+                .filter(|v| {
+                    plate
+                        .as_ref()
+                        .map_or(true, |p| v.plate.contains(p.as_str()))
+                })
                 .map(visit_json)
                 .collect::<Vec<_>>())
         })
@@ -486,7 +490,7 @@ pub async fn registry_list(
                 .filter(|row| {
                     needle
                         .as_ref()
-                        .is_none_or(|n| row.iter().any(|(_, v)| v.contains(n.as_str())))
+                        .map_or(true, |n| row.iter().any(|(_, v)| v.contains(n.as_str())))
                 })
                 .map(|row| Value::Object(row.into_iter().map(|(k, v)| (k, json!(v))).collect()))
                 .collect::<Vec<_>>())

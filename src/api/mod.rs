@@ -426,7 +426,7 @@ async fn measures(_u: AuthUser, State(s): State<ApiState>) -> Json<Value> {
             if let Some(o) = v.as_object_mut() {
                 o.insert(
                     "in_force".into(),
-                    json!(m.start <= now && m.end.is_none_or(|e| now < e)),
+                    json!(m.start <= now && m.end.map_or(true, |e| now < e)),
                 );
             }
             v

@@ -130,7 +130,7 @@ pub async fn list(
         .releases
         .lock()
         .iter()
-        .filter(|r| want.is_none_or(|w| r.status == w))
+        .filter(|r| want.map_or(true, |w| r.status == w))
         .cloned()
         .collect();
     out.reverse();
