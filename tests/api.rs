@@ -1062,13 +1062,122 @@ async fn users_alarms_lanes_and_the_live_stream() {
     let (_, found) = s
         .call(
             Method::GET,
-            "/api/v1/passes?plate=77777&decision=deny",
+            "/api/v1/passes?plate=豫A777*&decision=deny",
             Some(&insp),
             None,
         )
         .await;
     assert_eq!(found["total"], 1, "{found}");
     assert_eq!(found["items"][0]["lane"], "1-in");
+    let (_, none) = s
+        .call(
+            Method::GET,
+            "/api/v1/passes?plate=豫A77777&decision=allow",
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(none["total"], 0, "{none}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_inspection_and_tonnage_are_served_from_src_report() {
+    let s = start("").await;
+    let env = s.login("envmgr").await;
+    let insp = s.login("inspector").await;
+    denied_vehicle(&s, "豫A66666", 31).await;
+    let today = ecogate::ledger::local_time(chrono::Utc::now())[..10].to_string();
+
+    let (st, rep) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/reports/summary?day={today}"),
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{rep}");
+    assert_eq!(rep["first_day"], today.as_str());
+    for (fmt, ctype) in [
+        ("csv", "text/csv; charset=utf-8"),
+        (
+            "xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+    ] {
+        let r = s
+            .http
+            .get(format!(
+                "{}/api/v1/reports/summary?day={today}&format={fmt}",
+                s.base
+            ))
+            .bearer_auth(&insp)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{fmt}");
+        assert_eq!(r.headers()["content-type"], ctype);
+        assert!(!r.bytes().await.unwrap().is_empty());
+    }
+    let (st, v) = s
+        .call(
+            Method::GET,
+            "/api/v1/reports/summary?from=2026-13-01&to=2026-12-01",
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("from"));
+    let (st, v) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/reports/summary?day={today}&format=pdf"),
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("format"));
+
+    let (st, i) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/inspection?day={today}&sample=5&seed=42"),
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{i}");
+    assert_eq!(i["seed"], 42);
+
+    let (st, v) = s
+        .call(Method::POST, "/api/v1/transport-tonnage", Some(&env),
+            Some(json!({"date": today, "mode": "rail", "cargo": "铁矿石", "tonnes": 1250.5, "note": "铁路到货"})))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let t = s.kinds("transport_tonnage").pop().unwrap();
+    assert_eq!(body(&t)["operator"], "envmgr");
+    let (st, list) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/transport-tonnage?from={today}&to={today}"),
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list[0]["cargo"], "铁矿石");
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/v1/transport-tonnage",
+            Some(&env),
+            Some(json!({"date": today, "mode": "boat", "cargo": "煤", "tonnes": 1})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("mode"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ pub mod error;
 pub mod ingest;
 mod ledger_api;
 pub mod release;
+mod reports;
 mod users;
 
 use crate::config::Plan;
@@ -226,7 +227,7 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
         ("post", "/api/v1/alarms/ack", post(ledger_api::ack_alarm)),
         ("get", "/api/v1/measures", get(measures)),
         ("get", "/api/v1/uplinks", get(uplinks)),
-        ("get", "/api/v1/passes", get(ledger_api::passes)),
+        ("get", "/api/v1/passes", get(reports::passes)),
         ("get", "/api/v1/passes/{seq}", get(ledger_api::pass_detail)),
         ("get", "/api/v1/photos/{sha256}", get(ledger_api::photo)),
         ("get", "/api/v1/visits", get(ledger_api::visits)),
@@ -264,17 +265,17 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
             post(release::correct_plate),
         ),
         ("get", "/api/v1/reports/releases", get(release::report)),
-        ("get", "/api/v1/reports/summary", get(reports_pending)),
-        ("get", "/api/v1/inspection", get(reports_pending)),
+        ("get", "/api/v1/reports/summary", get(reports::summary)),
+        ("get", "/api/v1/inspection", get(reports::inspection)),
         (
             "get",
             "/api/v1/transport-tonnage",
-            get(reports_pending_read),
+            get(reports::tonnage_list),
         ),
         (
             "post",
             "/api/v1/transport-tonnage",
-            post(reports_pending_write),
+            post(reports::tonnage_add),
         ),
         ("get", "/api/v1/openapi.json", get(openapi)),
     ]
@@ -459,21 +460,6 @@ async fn uplinks(_u: AuthUser, State(s): State<ApiState>) -> Json<Value> {
         })
         .collect();
     Json(Value::Array(out))
-}
-
-async fn reports_pending(_u: AuthUser) -> ApiError {
-    ApiError::not_implemented("reports are not built into this gateway yet (src/report)")
-}
-
-async fn reports_pending_read(_u: AuthUser) -> ApiError {
-    ApiError::not_implemented("transport tonnage is not built into this gateway yet (src/report)")
-}
-
-async fn reports_pending_write(u: AuthUser) -> Result<(), ApiError> {
-    u.require(&[auth::Role::EnvManager, auth::Role::Admin])?;
-    Err(ApiError::not_implemented(
-        "transport tonnage is not built into this gateway yet (src/report)",
-    ))
 }
 
 /// Parses a time parameter (RFC 3339, `yyyy-MM-dd HH:mm:ss` or `yyyy-MM-dd`, GMT+8).
