@@ -1260,3 +1260,109 @@ async fn the_served_openapi_document_is_the_file_and_lists_every_route() {
         assert!(md.contains(&line), "docs/api.md lacks `{line}`");
     }
 }
+
+#[test]
+fn user_cli_adds_lists_and_changes_passwords_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_ecogate");
+    let out = std::process::Command::new(exe)
+        .args(["user", "add", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--username",
+            "admin",
+            "--role",
+            "admin",
+            "--display-name",
+            "系统管理员",
+        ])
+        .args(["--password-env", "ECOGATE_TEST_PW"])
+        .env("ECOGATE_TEST_PW", "cli-secret-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("cli-secret-1"), "{all}");
+
+    // Password from stdin.
+    let mut child = std::process::Command::new(exe)
+        .args(["user", "passwd", "--data-dir"])
+        .arg(dir.path())
+        .args(["--username", "admin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cli-secret-2\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("cli-secret-2"));
+
+    let store = ecogate::api::auth::UserStore::open(dir.path()).unwrap();
+    assert!(store
+        .authenticate("admin", "cli-secret-2")
+        .unwrap()
+        .is_some());
+    assert!(store
+        .authenticate("admin", "cli-secret-1")
+        .unwrap()
+        .is_none());
+
+    let out = std::process::Command::new(exe)
+        .args(["user", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "admin\tadmin\t系统管理员\n"
+    );
+    let bad = std::process::Command::new(exe)
+        .args(["user", "add", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--username",
+            "x",
+            "--role",
+            "boss",
+            "--password-env",
+            "ECOGATE_TEST_PW",
+        ])
+        .env("ECOGATE_TEST_PW", "whatever1")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--role"));
+
+    let changes: Vec<Value> = LedgerReader::open(dir.path())
+        .unwrap()
+        .events_after(0, 100)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == "user_change")
+        .map(body)
+        .collect();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["op"], "create");
+    assert_eq!(changes[1]["op"], "password");
+    assert!(changes.iter().all(|c| c["actor"] == "cli"));
+}
