@@ -13,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{Duration, Utc};
+use rusqlite::OptionalExtension as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -77,25 +78,35 @@ pub fn pass_json(e: &EventRecord) -> Value {
     pass_row(e).unwrap_or_else(|| event_json(e))
 }
 
-/// The latest pass attempt or manual release of each lane (looking back a bounded number of
-/// events: a lane silent for that long shows no last pass).
-pub fn last_passes(r: &LedgerReader) -> Result<HashMap<String, EventRecord>, ApiError> {
+/// How far back (in events) a lane's last pass is looked for: a lane silent for longer shows
+/// none, rather than every lane change scanning the whole log.
+const LAST_PASS_LOOKBACK: i64 = 50_000;
+
+/// The latest pass attempt or manual release of a lane.
+pub fn last_pass(r: &LedgerReader, lane: &str) -> Result<Option<EventRecord>, ApiError> {
     let mut stmt = r.conn().prepare_cached(
         "SELECT seq, id, recorded_at, occurred_at, kind, body, photos FROM events
-         WHERE kind IN ('pass_attempt', 'manual_release') ORDER BY seq DESC LIMIT 2000",
+         WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events) - ?2
+           AND kind IN ('pass_attempt', 'manual_release')
+           AND json_extract(body, '$.lane') = ?1
+         ORDER BY seq DESC LIMIT 1",
     )?;
-    let rows = stmt
-        .query_map([], raw_row)
-        .map_err(crate::ledger::LedgerError::from)?;
+    let row = stmt
+        .query_row(rusqlite::params![lane, LAST_PASS_LOOKBACK], raw_row)
+        .optional()?;
+    Ok(row.map(decode).transpose()?)
+}
+
+/// [`last_pass`] of each of `lanes`.
+pub fn last_passes(
+    r: &LedgerReader,
+    lanes: &[String],
+) -> Result<HashMap<String, EventRecord>, ApiError> {
     let mut out = HashMap::new();
-    for row in rows {
-        let e = decode(row.map_err(crate::ledger::LedgerError::from)?)?;
-        let lane = match &e.body {
-            EventBody::PassAttempt(p) => p.lane.clone(),
-            EventBody::ManualRelease(m) => m.lane.clone(),
-            _ => continue,
-        };
-        out.entry(lane).or_insert(e);
+    for l in lanes {
+        if let Some(e) = last_pass(r, l)? {
+            out.insert(l.clone(), e);
+        }
     }
     Ok(out)
 }

@@ -28,7 +28,6 @@ use chrono::Utc;
 use ecogate_drivers::DeviceHealth;
 use error::ApiError;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -123,6 +122,10 @@ impl ApiState {
             tokio::spawn(async move {
                 while rx.changed().await.is_ok() {
                     let Some(inner) = weak.upgrade() else { break };
+                    // Nobody watching: no need to read the lane's last pass.
+                    if inner.bus.receiver_count() == 0 {
+                        continue;
+                    }
                     let s = ApiState { inner };
                     match s.lane_views(Some(id.clone())).await {
                         Ok(mut v) => {
@@ -140,7 +143,14 @@ impl ApiState {
 
     /// LaneView of every lane (or one), with its last pass from the ledger.
     pub async fn lane_views(&self, only: Option<String>) -> Result<Vec<Value>, ApiError> {
-        let lasts = self.read(ledger_api::last_passes).await?;
+        let ids: Vec<String> = self
+            .inner
+            .lanes
+            .iter()
+            .filter(|h| only.as_ref().map_or(true, |o| *o == h.id))
+            .map(|h| h.id.clone())
+            .collect();
+        let lasts = self.read(move |r| ledger_api::last_passes(r, &ids)).await?;
         let plan = &self.inner.plan;
         let mut out = Vec::new();
         for h in &self.inner.lanes {
@@ -188,6 +198,9 @@ async fn tail_alarms(weak: Weak<Inner>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(inner) = weak.upgrade() else { return };
+        if inner.ledger.head().seq <= after {
+            continue;
+        }
         let s = ApiState { inner };
         let from = after;
         let got = s
@@ -532,7 +545,10 @@ pub fn record_json(e: &EventRecord) -> Value {
     ledger_api::event_json(e)
 }
 
-/// Last events per lane helper re-exported for the release module.
-pub(crate) fn lanes_last_pass(r: &LedgerReader) -> Result<HashMap<String, EventRecord>, ApiError> {
-    ledger_api::last_passes(r)
+/// The lane's latest pass, for the release module.
+pub(crate) fn lane_last_pass(
+    r: &LedgerReader,
+    lane: &str,
+) -> Result<Option<EventRecord>, ApiError> {
+    ledger_api::last_pass(r, lane)
 }
