@@ -675,6 +675,9 @@ fn level_rank(l: &str) -> u8 {
     }
 }
 
+/// A measure in force: start, announced end, level.
+type OpenSpan = (DateTime<Utc>, Option<DateTime<Utc>>, &'static str);
+
 /// Local days in `[from, to)` with a yellow/orange/red measure in force, with the highest level.
 ///
 /// A `measure_change` with `active: true` opens its measure from `starts_at` (else the event
@@ -687,8 +690,7 @@ pub fn warning_days(
 ) -> Result<BTreeMap<NaiveDate, String>, ReportError> {
     let origin = DateTime::<Utc>::MIN_UTC;
     let events = reader.events_between(&["measure_change"], origin, to)?;
-    let mut open: HashMap<String, (DateTime<Utc>, Option<DateTime<Utc>>, &'static str)> =
-        HashMap::new();
+    let mut open: HashMap<String, OpenSpan> = HashMap::new();
     let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>, &'static str)> = Vec::new();
     let far = to + Duration::days(1);
     for e in &events {
@@ -726,7 +728,7 @@ pub fn warning_days(
             if *s < de && ds < *e {
                 let better = out
                     .get(&d)
-                    .is_none_or(|cur| level_rank(l) > level_rank(cur));
+                    .map_or(true, |cur| level_rank(l) > level_rank(cur));
                 if better {
                     out.insert(d, (*l).to_string());
                 }
