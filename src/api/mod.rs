@@ -311,6 +311,7 @@ pub fn router(state: ApiState) -> axum::Router {
     // Not a router-wide fallback: the console (and whatever else shares the listener) keeps
     // its own paths; only unknown `/api/v1/...` paths get the JSON 404.
     r.route("/api/v1/{*rest}", axum::routing::any(api_fallback))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -318,6 +319,17 @@ pub fn router(state: ApiState) -> axum::Router {
 pub fn routes(state: ApiState) -> axum::Router {
     // MERGE POINT for the console helper: `.merge(crate::api::console::router())` here.
     router(state)
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "`{method} {}` is not a route; see /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 async fn api_fallback(uri: axum::http::Uri) -> ApiError {
