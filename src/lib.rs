@@ -5,6 +5,7 @@
 //! [`lane`] engine runs one machine per lane, [`policy`] decides who may pass.
 
 pub mod alarm;
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
