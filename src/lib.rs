@@ -4,6 +4,7 @@
 //! storage, uplinks); [`config`] loads it in two phases (raw → validated [`config::Plan`]), the
 //! [`lane`] engine runs one machine per lane, [`policy`] decides who may pass.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;

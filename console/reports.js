@@ -1,0 +1,253 @@
+// 报表 (reports with inline-SVG charts and CSV/XLSX downloads) and 核查 (inspection mode).
+// The report's JSON is rendered by shape (numbers → charts, rows → tables), so a new figure in
+// the report shows up here without a console change.
+
+import {
+  h, clear, get, post, can, qs, fmtTime, siteDate, COLORS, toast, dialog, field, select, input,
+  formValues, table, photo, section, loadInto, plateBadge,
+} from "./core.js";
+import { stageText } from "./records.js";
+
+const PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#ea580c", "#475569"];
+
+const TITLES = {
+  passes: "通行统计", by_gate: "按门岗", by_direction: "按方向", by_hour: "按小时", by_lane: "按车道",
+  stage_mix: "排放阶段构成", fuel_mix: "燃料类型构成", by_trips: "按车次", by_vehicles: "按车辆数", trips: "车次",
+  vehicles: "车辆数", clean_transport: "清洁运输比例", clean_transport_ratio: "清洁运输比例", by_tonnage: "按运量",
+  per_cargo: "按货物", cargo: "货物", formula: "计算公式", inputs: "计算输入", ratio: "比例", in_plant: "厂内运输车辆",
+  machinery: "非道路移动机械", non_road: "非道路移动机械", stage_shares: "排放阶段占比", thresholds: "A/B级门槛",
+  daily_average: "日均车辆", average_daily_vehicles: "日均车辆", normal_days: "常规日", warning_days: "预警日",
+  normal: "常规日", warning: "预警日", manual_releases: "人工放行", releases: "人工放行", uploads: "数据上传",
+  upload_completeness: "上传完整率", completeness: "完整率", total: "合计", from: "开始", to: "结束",
+  in: "进厂", out: "出厂", allow: "允许", deny: "拒绝", tonnes: "吨", sample: "抽样记录", window: "时间窗内通行",
+  stage_recheck: "排放阶段复核清单", recheck: "排放阶段复核清单", per_guard: "按门岗人员", daily: "每日异常",
+  exceptions: "异常记录", generated_at: "生成时间", period: "统计期间", site: "站点", seed: "随机种子",
+};
+const title = (k) => TITLES[k] || k;
+
+// Horizontal bars; labels on the left, values at the bar end.
+export function barChart(pairs, opts = {}) {
+  const data = pairs.filter(([, v]) => typeof v === "number" && isFinite(v));
+  if (!data.length) return h("p", { class: "empty" }, "无数据");
+  const row = 26, left = 120, width = 560, max = Math.max(...data.map(([, v]) => v), 1);
+  const hgt = data.length * row + 10;
+  return h(
+    "svg:svg",
+    { class: "chart", viewBox: `0 0 ${left + width + 70} ${hgt}`, width: "100%", role: "img", "aria-label": opts.label || "柱状图", testid: opts.testid || "bar-chart" },
+    data.map(([label, v], i) => {
+      const w = Math.max(1, (v / max) * width);
+      const y = 5 + i * row;
+      return h("svg:g", {},
+        h("svg:text", { x: left - 8, y: y + 16, "text-anchor": "end", class: "chart-label" }, String(label)),
+        h("svg:rect", { x: left, y: y + 3, width: w, height: row - 8, rx: 3, fill: opts.color || PALETTE[0] }),
+        h("svg:text", { x: left + w + 6, y: y + 16, class: "chart-value" }, fmtNum(v, opts.percent)));
+    }),
+  );
+}
+
+export function pieChart(pairs, opts = {}) {
+  const data = pairs.filter(([, v]) => typeof v === "number" && v > 0);
+  const sum = data.reduce((a, [, v]) => a + v, 0);
+  if (!sum) return h("p", { class: "empty" }, "无数据");
+  const r = 80, cx = 90, cy = 90;
+  let a0 = -Math.PI / 2;
+  const slices = data.map(([label, v], i) => {
+    const a1 = a0 + (v / sum) * 2 * Math.PI;
+    const large = a1 - a0 > Math.PI ? 1 : 0;
+    const p = (a) => `${(cx + r * Math.cos(a)).toFixed(2)} ${(cy + r * Math.sin(a)).toFixed(2)}`;
+    const d = data.length === 1 ? `M ${cx - r} ${cy} a ${r} ${r} 0 1 0 ${2 * r} 0 a ${r} ${r} 0 1 0 ${-2 * r} 0` : `M ${cx} ${cy} L ${p(a0)} A ${r} ${r} 0 ${large} 1 ${p(a1)} Z`;
+    a0 = a1;
+    return h("svg:path", { d, fill: PALETTE[i % PALETTE.length] }, h("svg:title", {}, `${label}: ${v}`));
+  });
+  const legend = data.map(([label, v], i) =>
+    h("svg:g", {},
+      h("svg:rect", { x: 200, y: 10 + i * 22, width: 14, height: 14, fill: PALETTE[i % PALETTE.length] }),
+      h("svg:text", { x: 220, y: 22 + i * 22, class: "chart-label" }, `${label}  ${fmtNum(v)}（${((v / sum) * 100).toFixed(1)}%）`)));
+  return h("svg:svg", { class: "chart chart-pie", viewBox: `0 0 460 ${Math.max(185, data.length * 22 + 20)}`, width: "100%", role: "img", "aria-label": opts.label || "饼图", testid: "pie-chart" }, slices, legend);
+}
+
+function fmtNum(v, percent) {
+  if (percent) return `${(v * 100).toFixed(1)}%`;
+  return Number.isInteger(v) ? String(v) : v.toFixed(2);
+}
+
+const isNumMap = (o) => o && typeof o === "object" && !Array.isArray(o) && Object.keys(o).length > 0 && Object.values(o).every((v) => typeof v === "number");
+const isRows = (a) => Array.isArray(a) && a.length > 0 && a.every((x) => x && typeof x === "object" && !Array.isArray(x));
+
+function labelOf(key, k) {
+  if (key.includes("color")) return COLORS[k] || k;
+  if (key.includes("stage")) return stageText(k);
+  return TITLES[k] || k;
+}
+
+function cell(k, v) {
+  if (v === null || v === undefined) return "";
+  if (/photo/.test(k) && Array.isArray(v)) return h("span", { class: "thumbs" }, v.map((p) => photo(typeof p === "string" ? p : p.url, p.kind)));
+  if (k === "at" || k.endsWith("_at")) return fmtTime(v);
+  if (k === "plate") return String(v);
+  if (k === "color") return COLORS[v] || v;
+  if (k === "stage") return stageText(v);
+  if (typeof v === "boolean") return v ? "是" : "否";
+  if (typeof v === "number") return fmtNum(v);
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+export function rowsTable(rows, testid) {
+  const keys = [];
+  for (const r of rows) for (const k of Object.keys(r)) if (!keys.includes(k)) keys.push(k);
+  return table(keys.slice(0, 14).map((k) => [title(k), (r) => cell(k, r[k])]), rows, { testid });
+}
+
+// A value of unknown shape, rendered by what it is.
+export function auto(key, v, depth = 0) {
+  if (v === null || v === undefined) return null;
+  if (isNumMap(v)) {
+    const pairs = Object.entries(v).map(([k, n]) => [labelOf(key, k), n]);
+    const mix = /mix|share|by_direction|stage|fuel/.test(key) && pairs.length <= 10;
+    const percent = /ratio|share|completeness/.test(key) && pairs.every(([, n]) => n >= 0 && n <= 1);
+    return h("div", { class: "chart-box", "data-key": key }, mix && !percent ? pieChart(pairs, { label: title(key) }) : barChart(pairs, { label: title(key), percent }));
+  }
+  if (isRows(v)) {
+    // Rows with one label and one number also get a bar chart.
+    const ks = Object.keys(v[0]);
+    const num = ks.filter((k) => typeof v[0][k] === "number");
+    const lab = ks.find((k) => typeof v[0][k] === "string");
+    return h("div", { class: "rows-box", "data-key": key },
+      lab && num.length >= 1 && v.length <= 40 ? barChart(v.map((r) => [labelOf(lab, r[lab]), r[num[0]]]), { label: title(key) }) : null,
+      rowsTable(v));
+  }
+  if (Array.isArray(v)) return h("span", {}, v.map((x) => (typeof x === "object" ? JSON.stringify(x) : String(x))).join("、") || "无");
+  if (typeof v === "object") {
+    const simple = Object.entries(v).filter(([, x]) => x === null || typeof x !== "object");
+    const nested = Object.entries(v).filter(([, x]) => x !== null && typeof x === "object");
+    return h("div", { class: `auto depth-${depth}`, "data-key": key },
+      simple.length ? h("dl", { class: "kv" }, simple.map(([k, x]) => [h("dt", {}, title(k)), h("dd", { "data-key": k }, cell(k, x))])) : null,
+      nested.map(([k, x]) => h("div", { class: "sub" }, h(depth === 0 ? "h3" : "h4", {}, title(k)), auto(k, x, depth + 1))));
+  }
+  return h("span", {}, cell(key, v));
+}
+
+function range(state) {
+  // A bare `to` date includes that whole day (docs/api.md).
+  return { from: state.from, to: state.to };
+}
+
+export function reportsView(el) {
+  const state = { from: siteDate(-6), to: siteDate(0) };
+  const form = h("form", { class: "filters", testid: "report-form" },
+    field("开始日期", h("input", { type: "date", name: "from", value: state.from, testid: "report-from" })),
+    field("结束日期", h("input", { type: "date", name: "to", value: state.to, testid: "report-to" })),
+    h("div", { class: "filter-buttons" },
+      h("button", { class: "btn", type: "button", onclick: () => preset(0) }, "今日"),
+      h("button", { class: "btn", type: "button", onclick: () => preset(-6) }, "近7天"),
+      h("button", { class: "btn", type: "button", onclick: () => preset(-29) }, "近30天"),
+      h("button", { class: "btn btn-primary", type: "submit", testid: "report-submit" }, "生成报表")));
+  const links = h("div", { class: "downloads", id: "report-downloads" });
+  const out = h("div", { id: "report", testid: "report" });
+  const rel = h("div", { id: "release-report" });
+  const tonnage = h("div", { id: "tonnage" });
+  function preset(d) {
+    form.from.value = siteDate(d);
+    form.to.value = siteDate(0);
+    form.requestSubmit();
+  }
+  const run = () => {
+    const q = range(state);
+    clear(links,
+      h("a", { class: "btn", href: "/api/v1/reports/summary" + qs({ ...q, format: "csv" }), download: `report-${state.from}-${state.to}.csv`, testid: "report-csv" }, "下载 CSV"),
+      h("a", { class: "btn", href: "/api/v1/reports/summary" + qs({ ...q, format: "xlsx" }), download: `report-${state.from}-${state.to}.xlsx`, testid: "report-xlsx" }, "下载 Excel"));
+    loadInto(out, async () => {
+      const r = await get("/api/v1/reports/summary" + qs({ ...q, format: "json" }));
+      clear(out, auto("report", r));
+    });
+    loadInto(rel, async () => clear(rel, auto("releases", await get("/api/v1/reports/releases" + qs(q)))));
+    loadInto(tonnage, async () => {
+      const t = await get("/api/v1/transport-tonnage" + qs(q));
+      const rows = Array.isArray(t) ? t : t.items || [];
+      clear(tonnage, rows.length ? rowsTable(rows, "tonnage-table") : h("p", { class: "empty" }, "本期未录入铁路/水路/管廊运量"),
+        can("tonnage") ? h("button", { class: "btn", testid: "tonnage-add", onclick: addTonnage }, "录入运量") : null);
+    });
+  };
+  const addTonnage = () =>
+    dialog({
+      title: "录入清洁运输运量",
+      testid: "tonnage-form",
+      build: () => [
+        field("日期", h("input", { type: "date", name: "date", value: siteDate(0), required: true })),
+        field("运输方式", select("mode", [["rail", "铁路"], ["water", "水路"], ["belt", "管状带式输送"], ["pipeline", "管道"]], "rail")),
+        field("货物", input("cargo", { required: true })),
+        field("吨数", h("input", { type: "number", name: "tonnes", min: "0", step: "0.001", required: true })),
+        field("备注", input("note")),
+      ],
+      submit: async (f) => {
+        const v = formValues(f);
+        if (!v.cargo) throw new Error("请填写货物");
+        const n = Number(v.tonnes);
+        if (!v.tonnes || !isFinite(n) || n < 0) throw new Error("吨数须为非负数");
+        const r = await post("/api/v1/transport-tonnage", { ...v, tonnes: n });
+        toast("运量已录入", "ok");
+        run();
+        return r;
+      },
+    });
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const v = formValues(form);
+    if (v.from && v.to && v.from > v.to) {
+      toast("开始日期不能晚于结束日期", "error");
+      return;
+    }
+    Object.assign(state, v);
+    run();
+  });
+  el.append(h("div", { class: "view-head" }, h("h1", {}, "统计报表")), section("统计期间", form, links), section("汇总", out),
+    section("人工放行统计", rel), section("铁路/水路/管廊运量", tonnage));
+  run();
+}
+
+// ---- 核查 ----
+
+function sampleCard(r) {
+  const photos = r.photos || r.photo_urls || [];
+  return h("div", { class: "sample", testid: "sample-row" },
+    h("div", { class: "sample-head" }, plateBadge(r.plate, r.color), h("span", {}, fmtTime(r.at)), h("span", {}, r.lane || ""),
+      r.seq ? h("a", { href: `#/pass/${r.seq}`, class: "link" }, `#${r.seq}`) : null),
+    h("div", { class: "thumbs" }, photos.length ? photos.map((p) => photo(typeof p === "string" ? p : p.url, p.kind)) : h("span", { class: "muted" }, "无照片")),
+    h("dl", { class: "kv kv-small" }, Object.entries(r).filter(([k, v]) => !["photos", "photo_urls", "plate", "color", "at", "lane", "seq"].includes(k) && v !== null && typeof v !== "object")
+      .map(([k, v]) => [h("dt", {}, title(k)), h("dd", {}, cell(k, v))])));
+}
+
+export function inspectionView(el) {
+  const form = h("form", { class: "filters", testid: "inspection-form" },
+    field("开始日期", h("input", { type: "date", name: "from", value: siteDate(-29) })),
+    field("结束日期", h("input", { type: "date", name: "to", value: siteDate(0) })),
+    field("抽样数量", h("input", { type: "number", name: "sample", value: "20", min: "1", max: "500" })),
+    field("随机种子", input("seed", { placeholder: "留空则随机" })),
+    field("常规日", input("normal_days", { placeholder: "2026-11-01,2026-11-02" })),
+    field("预警日", input("warning_days", { placeholder: "2026-11-10,2026-11-11" })),
+    field("时间窗开始", h("input", { type: "datetime-local", name: "window_from" })),
+    field("时间窗结束", h("input", { type: "datetime-local", name: "window_to" })),
+    h("div", { class: "filter-buttons" }, h("button", { class: "btn btn-primary", type: "submit", testid: "inspection-submit" }, "生成核查数据")));
+  const links = h("div", { class: "downloads" });
+  const out = h("div", { id: "inspection", testid: "inspection" });
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const v = formValues(form);
+    const dt = (s) => (s ? s.replace("T", " ") + (s.length === 16 ? ":00" : "") : "");
+    const q = { ...v, window_from: dt(v.window_from), window_to: dt(v.window_to) };
+    clear(links, h("a", { class: "btn btn-primary btn-big", href: "/api/v1/inspection" + qs({ ...q, format: "xlsx" }), download: `inspection-${v.from}-${v.to}.xlsx`, testid: "inspection-xlsx" }, "一键导出 Excel"));
+    loadInto(out, async () => {
+      const r = await get("/api/v1/inspection" + qs({ ...q, format: "json" }));
+      const sample = r.sample || r.samples || [];
+      const rest = { ...r };
+      delete rest.sample;
+      delete rest.samples;
+      clear(out,
+        section(`抽样记录（${sample.length} 条）`, h("div", { class: "samples" }, sample.length ? sample.map(sampleCard) : h("p", { class: "empty" }, "本期无记录"))),
+        auto("inspection", rest));
+    });
+  });
+  el.append(h("div", { class: "view-head" }, h("h1", {}, "核查模式"), h("span", { class: "hint" }, "随机抽样、日均对比、时间窗通行、排放阶段复核，一键导出")),
+    section("核查参数", form, links), out);
+}
