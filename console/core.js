@@ -140,6 +140,14 @@ export function siteDate(days = 0) {
   return `${t.getUTCFullYear()}-${pad(t.getUTCMonth() + 1)}-${pad(t.getUTCDate())}`;
 }
 
+// The lane's display name from the site (`东门 进厂`), or its id.
+export function laneName(id) {
+  for (const g of (session.site && session.site.gates) || []) {
+    for (const l of g.lanes || []) if (l.id === id) return l.name || `${g.name} ${id}`;
+  }
+  return id || "";
+}
+
 export const COLORS = {
   blue: "蓝",
   yellow: "黄",

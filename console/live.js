@@ -4,7 +4,7 @@
 import {
   h, clear, get, post, session, can, fmtTime, plateBadge, decisionChip, COLORS, STATES, BARRIER,
   DIRECTION, RELEASE_STATUS, toast, showError, dialog, field, select, colorSelect, input, formValues,
-  table, photo, section, loadInto,
+  table, photo, section, loadInto, laneName,
 } from "./core.js";
 
 // One event bus fed by the shell's SSE connection.
@@ -226,7 +226,7 @@ export function pendingView(el) {
         table(
           [
             ["申请时间", (r) => fmtTime(r.requested_at)],
-            ["车道", (r) => r.lane],
+            ["车道", (r) => laneName(r.lane)],
             ["车牌", (r) => plateBadge(r.plate, r.color)],
             ["原因", (r) => reasonLabel(r.reason_code)],
             ["说明", (r) => r.reason_text || ""],
@@ -253,7 +253,7 @@ export function pendingView(el) {
         table(
           [
             ["申请时间", (r) => fmtTime(r.requested_at)],
-            ["车道", (r) => r.lane],
+            ["车道", (r) => laneName(r.lane)],
             ["车牌", (r) => plateBadge(r.plate, r.color)],
             ["原因", (r) => reasonLabel(r.reason_code)],
             ["申请人", (r) => r.requested_by],

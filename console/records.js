@@ -3,7 +3,7 @@
 import {
   h, clear, get, post, api, session, can, qs, fmtTime, plateBadge, decisionChip, COLORS, BARRIER,
   DIRECTION, toast, dialog, field, select, colorSelect, input, formValues, table, pager, photo,
-  section, loadInto, siteDate,
+  section, loadInto, siteDate, laneName,
 } from "./core.js";
 
 // `datetime-local` value → the API's `yyyy-MM-dd HH:mm:ss` (site time).
@@ -23,14 +23,14 @@ function laneOptions() {
   return out;
 }
 
-const STAGES = [["", "全部"], ...[0, 1, 2, 3, 4, 5, 6].map((n) => [String(n), `国${"0ⅠⅡⅢⅣⅤⅥ"[n]}`]), ["D", "电动"], ["X", "未知"]];
+const STAGES = [["", "全部"], ...[0, 1, 2, 3, 4, 5, 6].map((n) => [String(n), stageText(String(n))]), ["D", "电动"], ["X", "未知"]];
 
 export function stageText(s) {
   if (s === null || s === undefined || s === "") return "";
   const m = { D: "电动", X: "未知" };
   if (m[s]) return m[s];
   const n = Number(s);
-  return Number.isInteger(n) ? `国${"0ⅠⅡⅢⅣⅤⅥⅦ"[n] || n}` : String(s);
+  return Number.isInteger(n) ? `国${"零一二三四五六七"[n] || n}` : String(s);
 }
 
 // The last search survives a visit to a pass's detail page.
@@ -65,7 +65,7 @@ export function searchView(el) {
         table(
           [
             ["时间", (r) => fmtTime(r.at)],
-            ["车道", (r) => r.lane],
+            ["车道", (r) => laneName(r.lane)],
             ["方向", (r) => DIRECTION[r.direction] || r.direction || ""],
             ["车牌", (r) => plateBadge(r.plate, r.color)],
             ["判定", (r) => (r.kind === "manual_release" ? h("span", { class: "chip chip-manual" }, "人工放行") : decisionChip(r.decision))],
@@ -174,7 +174,7 @@ export function passView(el, [seq]) {
 
 function passCell(p) {
   if (!p) return "";
-  return h("span", {}, fmtTime(p.at), p.lane ? ` · ${p.lane}` : "", p.seq ? h("a", { href: `#/pass/${p.seq}`, class: "link" }, " 详情") : null);
+  return h("span", {}, fmtTime(p.at), p.lane ? ` · ${laneName(p.lane)}` : "", p.seq ? h("a", { href: `#/pass/${p.seq}`, class: "link" }, " 详情") : null);
 }
 
 function flagsCell(flags) {
@@ -232,7 +232,7 @@ export function visitsView(el) {
         [
           ["车牌", (v) => plateBadge(v.plate, v.color)],
           ["进厂时间", (v) => fmtTime(v.at || (v.entry && v.entry.at) || v.entered_at)],
-          ["车道", (v) => v.lane || (v.entry && v.entry.lane) || ""],
+          ["车道", (v) => laneName(v.lane || (v.entry && v.entry.lane) || "")],
           ["排放阶段", (v) => stageText(v.stage || (v.entry && v.entry.stage))],
         ],
         items,
