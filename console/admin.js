@@ -55,7 +55,7 @@ export function devicesView(el) {
           h("div", { class: "device-name" }, d.name),
           h("div", {}, d.online ? "在线" : "离线"),
           h("small", {}, `${d.kind || ""} ${d.profile || ""}`),
-          d.rtt_ms != null ? h("small", {}, `响应 ${d.rtt_ms} ms`) : null,
+          d.rtt_ms != null ? h("small", {}, `响应 ${Number(d.rtt_ms).toFixed(1)} ms`) : null,
           d.errors ? h("small", {}, `错误 ${d.errors} 次`) : null,
           d.last_error ? h("small", { class: "warn" }, d.last_error) : null)) : h("p", { class: "empty" }, "未配置设备")));
     });

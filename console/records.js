@@ -117,6 +117,7 @@ const LABELS = {
 function valueText(k, v) {
   if (v === null || v === undefined) return "";
   if (k === "color") return COLORS[v] || v;
+  if (k === "lane") return laneName(v);
   if (k === "direction") return DIRECTION[v] || v;
   if (k === "barrier" || k === "mode") return BARRIER[v] || v;
   if (k === "decision") return { allow: "允许", deny: "拒绝", approved: "批准", rejected: "驳回" }[v] || v;
@@ -142,7 +143,7 @@ function eventBlock(e) {
     "div",
     { class: "event", testid: `event-${e.kind}` },
     h("h3", {}, `${KIND[e.kind] || e.kind} · #${e.seq} · ${fmtTime(e.occurred_at || e.at)}`),
-    kv(body, ["kind", "photo_kinds"]),
+    kv(body, ["kind", "photo_kinds", "photos", "seq", "id", "at"]),
   );
 }
 

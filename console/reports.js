@@ -21,7 +21,12 @@ const TITLES = {
   upload_completeness: "上传完整率", completeness: "完整率", total: "合计", from: "开始", to: "结束",
   in: "进厂", out: "出厂", allow: "允许", deny: "拒绝", tonnes: "吨", sample: "抽样记录", window: "时间窗内通行",
   stage_recheck: "排放阶段复核清单", recheck: "排放阶段复核清单", per_guard: "按门岗人员", daily: "每日异常",
-  exceptions: "异常记录", generated_at: "生成时间", period: "统计期间", site: "站点", seed: "随机种子",
+  exceptions: "异常记录", generated_at: "生成时间", name: "名称", captured: "产生", uploaded: "已上传",
+  acknowledged: "已确认", failed: "失败", rejected: "被拒", backlog: "积压", oldest_age_s: "最早积压(秒)",
+  last_error: "最近错误", last_ack_at: "最近确认", level: "预警级别", strategy: "管控策略", start: "开始",
+  end: "结束", source: "来源", in_force: "生效中", guard: "门岗人员", requests: "申请", approved: "批准",
+  executed: "已执行", plate: "车牌", color: "颜色", lane: "车道", stage: "排放阶段", fuel: "燃料",
+  date: "日期", mode: "运输方式", note: "备注", count: "数量", hour: "小时", period: "统计期间", site: "站点", seed: "随机种子",
 };
 const title = (k) => TITLES[k] || k;
 
@@ -88,6 +93,7 @@ function cell(k, v) {
   if (k === "color") return COLORS[v] || v;
   if (k === "stage") return stageText(v);
   if (typeof v === "boolean") return v ? "是" : "否";
+  if (typeof v === "number" && /completeness|ratio|share/.test(k) && v >= 0 && v <= 1) return fmtNum(v, true);
   if (typeof v === "number") return fmtNum(v);
   if (typeof v === "object") return JSON.stringify(v);
   return String(v);
