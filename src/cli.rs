@@ -58,6 +58,11 @@ pub enum Cmd {
     },
     /// Measure the core's speed (config check, lane interpreter, policy).
     Bench(crate::bench::BenchArgs),
+    /// Operator accounts of the console and HTTP API.
+    User {
+        #[command(subcommand)]
+        command: crate::api::cli::UserCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Demo(args) => crate::demo::run(args),
         Cmd::Sim { command } => command.run(),
         Cmd::Bench(args) => crate::bench::run(args),
+        Cmd::User { command } => crate::api::cli::run(command),
     }
 }
 

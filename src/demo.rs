@@ -57,6 +57,9 @@ pub struct DemoArgs {
     /// watch it with `mosquitto_sub -t 'ecogate/#' -v`.
     #[arg(long)]
     pub mqtt: Option<String>,
+    /// Where the console and the HTTP API listen (camera ingest too with --simulators).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 }
 
 /// SplitMix64: tiny, seedable, and the same on every platform.
@@ -630,6 +633,8 @@ async fn drive(
                         reason: "抢险救援车辆".into(),
                         remote: false,
                         plate: None,
+                        approval: None,
+                        request: None,
                     };
                     let _ = kit.handle.inputs.send(Input::ManualRelease(release)).await;
                 } else {
@@ -657,6 +662,70 @@ async fn drive(
             return false;
         }
     }
+}
+
+/// Demo accounts, created when the demo's users database is empty (a fresh data dir). The
+/// passwords are printed and in the README: this is a demo, not a site.
+pub const DEMO_USERS: [(&str, &str, &str, crate::api::auth::Role); 5] = [
+    (
+        "guard",
+        "guard123",
+        "门卫张三",
+        crate::api::auth::Role::Guard,
+    ),
+    (
+        "supervisor",
+        "super123",
+        "值班主管李四",
+        crate::api::auth::Role::Supervisor,
+    ),
+    (
+        "envmgr",
+        "env123",
+        "环保专员王五",
+        crate::api::auth::Role::EnvManager,
+    ),
+    (
+        "admin",
+        "admin123",
+        "系统管理员",
+        crate::api::auth::Role::Admin,
+    ),
+    (
+        "inspector",
+        "insp123",
+        "核查人员",
+        crate::api::auth::Role::Inspector,
+    ),
+];
+
+async fn add_demo_users(
+    api: &crate::api::ApiState,
+) -> anyhow::Result<Vec<(&'static str, &'static str, &'static str, &'static str)>> {
+    let users = &api.inner.users;
+    if !users.is_empty()? {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (name, pw, display, role) in DEMO_USERS {
+        users.create(name, display, role, pw)?;
+        api.inner
+            .ledger
+            .append(
+                crate::ledger::events::EventBody::UserChange(crate::ledger::events::UserChange {
+                    username: name.into(),
+                    op: "create".into(),
+                    role: Some(role.name().into()),
+                    display_name: Some(display.into()),
+                    actor: "demo".into(),
+                }),
+                Vec::new(),
+                Utc::now(),
+            )
+            .await?;
+        out.push((name, pw, display, role.name()));
+    }
+    Ok(out)
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -810,13 +879,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let (handles, decider, ledger, mut kits, mut gateway, mut bridge) = if args.simulators {
-        let gw = crate::gateway::Gateway::start(
-            plan,
-            Some("127.0.0.1:0".parse()?),
-            Some(registry.clone()),
-        )
-        .await?;
+    let (handles, decider, ledger, mut kits, mut gateway, mut bridge, api) = if args.simulators {
+        let gw =
+            crate::gateway::Gateway::start(plan, Some(args.listen), Some(registry.clone())).await?;
         anyhow::ensure!(
             gw.device_errors.is_empty(),
             "devices did not start: {:?}",
@@ -839,6 +904,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 },
             });
         }
+        let api = (gw.http_addr, gw.api.clone());
         (
             gw.lanes.clone(),
             Arc::clone(&gw.decider),
@@ -846,6 +912,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             kits,
             Some(gw),
             None,
+            api,
         )
     } else {
         let decider = Arc::new(SiteDecider::new(plan.policy.clone(), registry.clone()));
@@ -922,8 +989,29 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         };
-        (handles, decider, ledger, kits, None, bridge)
+        let api = crate::api::ApiState::new(crate::api::ApiParts {
+            plan: Arc::new(plan.clone()),
+            lanes: handles.clone(),
+            ledger: ledger.clone(),
+            decider: Arc::clone(&decider),
+            devices: Vec::new(),
+            uplinks: Vec::new(),
+        })
+        .context("opening the operator accounts")?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding the console on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let app =
+            crate::api::routes(api.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "console listener stopped");
+            }
+        });
+        (handles, decider, ledger, kits, None, bridge, (addr, api))
     };
+    let demo_users = add_demo_users(&api.1).await?;
     {
         let state = decider.state();
         let mut state = state.write().unwrap_or_else(|e| e.into_inner());
@@ -986,6 +1074,13 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             args.seed,
             ledger_dir.display()
         );
+        println!(
+            "console: open http://{}/  (API http://{}/api/v1)",
+            api.0, api.0
+        );
+        for (name, pw, display, role) in &demo_users {
+            println!("  user {name} / {pw}  ({display}, {role})");
+        }
         if let Some(gw) = &gateway {
             println!(
                 "HTTP on {} (try: curl http://{}/healthz)",

@@ -52,6 +52,8 @@ pub struct Gateway {
     pub regulators: Vec<crate::regulator::RegulatorUplink>,
     /// Becomes true when the UPS reports battery low: the site is about to lose power.
     pub power_loss: watch::Receiver<bool>,
+    /// The operator API's state (users, sessions, release requests).
+    pub api: crate::api::ApiState,
 }
 
 #[derive(Clone)]
@@ -192,18 +194,35 @@ impl Gateway {
             ledger: ledger.clone(),
             site: plan.site_id.clone(),
         };
-        let app = ecogate_drivers::camera::ingest_router(devices.ingest.clone()).merge(
+        let api = crate::api::ApiState::new(crate::api::ApiParts {
+            plan: Arc::clone(&plan),
+            lanes: lanes.clone(),
+            ledger: ledger.clone(),
+            decider: Arc::clone(&decider),
+            devices: devices.health().into_iter().collect(),
+            uplinks: regulators.iter().map(|r| r.kpi_reader()).collect(),
+        })
+        .context("opening the operator accounts")?;
+        let ingest =
+            crate::api::ingest::IngestGuard::from_plan(&plan.ingest).map_err(anyhow::Error::msg)?;
+        let app = crate::api::ingest::guard(
+            ecogate_drivers::camera::ingest_router(devices.ingest.clone()),
+            ingest,
+        )
+        .merge(
             axum::Router::new()
                 .route("/healthz", get(healthz))
                 .route("/metrics", get(metrics))
                 .with_state(state),
-        );
+        )
+        .merge(crate::api::routes(api.clone()));
         let addr = listen.unwrap_or(plan.http_listen);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP listener on {addr}"))?;
         let http_addr = listener.local_addr()?;
         tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "HTTP listener stopped");
             }
@@ -220,6 +239,7 @@ impl Gateway {
             mqtt,
             regulators,
             power_loss,
+            api,
         })
     }
 }

@@ -43,7 +43,8 @@ pub fn to_event(r: &Record) -> (EventBody, Vec<Bytes>, DateTime<Utc>) {
                     operator: rel.operator.clone(),
                     role: rel.role.clone(),
                     reason: rel.reason.clone(),
-                    approval: None,
+                    approval: rel.approval.clone(),
+                    request: rel.request.clone(),
                     photo_kinds: kinds,
                 });
                 return (body, photos, p.at);

@@ -138,6 +138,8 @@ fn demo_runs_500_vehicles_and_its_summary_adds_up() {
     let out = ecogate()
         .args([
             "demo",
+            "--listen",
+            "127.0.0.1:0",
             "--vehicles",
             "500",
             "--lanes",
@@ -196,6 +198,8 @@ fn demo_over_real_drivers_and_loopback_simulators_adds_up() {
     let out = ecogate()
         .args([
             "demo",
+            "--listen",
+            "127.0.0.1:0",
             "--simulators",
             "--vehicles",
             "24",
@@ -270,6 +274,8 @@ fn demo_publishes_every_pass_over_mqtt() {
     let out = ecogate()
         .args([
             "demo",
+            "--listen",
+            "127.0.0.1:0",
             "--vehicles",
             "30",
             "--lanes",

@@ -168,6 +168,8 @@ fn manual_release_records_operator_before_actuation() {
         reason: "应急车辆".into(),
         remote: true,
         plate: None,
+        approval: None,
+        request: None,
     };
     lane.handle(Input::ManualRelease(r), at(5), &OddDenied, &mut out);
     let rec = first_pass_index(&out).expect("release record");
@@ -360,7 +362,9 @@ fn arb_input() -> impl Strategy<Value = Input> {
             role: "guard".into(),
             reason: "r".into(),
             remote: false,
-            plate: None
+            plate: None,
+            approval: None,
+            request: None,
         })),
         Just(Input::DeviceOffline("cam1".into())),
         Just(Input::DeviceOnline("cam1".into())),

@@ -178,7 +178,10 @@ fn verify_recovers_a_hot_rollback_journal_left_by_a_crash() {
     std::fs::create_dir_all(crashed.path().join("photos")).unwrap();
     std::fs::copy(&db, crashed.path().join(DB_FILE)).unwrap();
     let journal = live.path().join(format!("{DB_FILE}-journal"));
-    assert!(journal.exists(), "the transaction spilled into a rollback journal");
+    assert!(
+        journal.exists(),
+        "the transaction spilled into a rollback journal"
+    );
     std::fs::copy(&journal, crashed.path().join(format!("{DB_FILE}-journal"))).unwrap();
     conn.execute_batch("ROLLBACK").unwrap();
 

@@ -83,6 +83,109 @@ pub struct PlatformPlan {
     pub password: Option<Secret>,
 }
 
+/// A network cameras may push from (`192.168.10.0/24`, `127.0.0.1/32`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("`/{p}` is not a prefix length (0–{max})"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Who may push to `/ingest/...`: cameras authenticate apart from the console's users.
+#[derive(Debug, Clone, Default)]
+pub struct IngestAuth {
+    /// Empty: any source address.
+    pub allow: Vec<IpNet>,
+    pub token: Option<Secret>,
+}
+
+/// One reason a guard can pick for a manual release.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReleaseReason {
+    pub code: String,
+    pub label: String,
+    pub solo: bool,
+}
+
+/// `[console]`, validated.
+#[derive(Debug, Clone)]
+pub struct ConsolePlan {
+    pub session_ttl: Duration,
+    pub release_reasons: Vec<ReleaseReason>,
+}
+
+impl Default for ConsolePlan {
+    fn default() -> Self {
+        ConsolePlan {
+            session_ttl: Duration::from_secs(12 * 3600),
+            release_reasons: default_release_reasons(),
+        }
+    }
+}
+
+/// The reasons a site gets when `[console]` lists none.
+pub fn default_release_reasons() -> Vec<ReleaseReason> {
+    [
+        ("emergency", "应急车辆", true),
+        ("plate_unreadable", "车牌识别失败", false),
+        ("system_fault", "系统故障", false),
+        ("visitor", "临时来访", false),
+        ("other", "其他", false),
+    ]
+    .into_iter()
+    .map(|(code, label, solo)| ReleaseReason {
+        code: code.into(),
+        label: label.into(),
+        solo,
+    })
+    .collect()
+}
+
 /// A validated site, ready to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -100,6 +203,8 @@ pub struct Plan {
     pub texts: Arc<Texts>,
     pub mqtt: Option<MqttPlan>,
     pub platforms: Vec<PlatformPlan>,
+    pub ingest: IngestAuth,
+    pub console: ConsolePlan,
 }
 
 impl Plan {
@@ -402,6 +507,8 @@ impl Validator<'_> {
             });
         }
 
+        let ingest = self.ingest(raw);
+        let console = self.console(raw);
         Some(Plan {
             site_file: self.file.path.clone(),
             site_id,
@@ -424,7 +531,112 @@ impl Validator<'_> {
             texts,
             mqtt,
             platforms,
+            ingest,
+            console,
         })
+    }
+
+    fn ingest(&mut self, raw: &RawSite) -> IngestAuth {
+        let mut allow = Vec::new();
+        for (i, a) in raw.http.ingest_allow.iter().enumerate() {
+            match IpNet::parse(a) {
+                Ok(n) => allow.push(n),
+                Err(e) => self.err(
+                    &path!["http", "ingest_allow", i],
+                    At::Value,
+                    e,
+                    "write a network as address/prefix, e.g. \"192.168.10.0/24\" or \"127.0.0.1/32\"",
+                ),
+            }
+        }
+        let (env, file) = (&raw.http.ingest_token_env, &raw.http.ingest_token_file);
+        if env.is_some() && file.is_some() {
+            self.err(
+                &path!["http", "ingest_token_file"],
+                At::Key,
+                "give the ingest token either by `ingest_token_env` or by `ingest_token_file`, not both",
+                "remove one of them",
+            );
+        }
+        let base_dir = self.file.path.parent().unwrap_or(Path::new("."));
+        let token = (env.is_some() || file.is_some()).then(|| Secret {
+            env: env.clone(),
+            file: file.as_ref().map(|f| base_dir.join(f)),
+        });
+        IngestAuth { allow, token }
+    }
+
+    fn console(&mut self, raw: &RawSite) -> ConsolePlan {
+        let mut plan = ConsolePlan::default();
+        if let Some(t) = &raw.console.session_ttl {
+            match parse_duration(t) {
+                Ok(d) if d >= Duration::from_secs(1) => plan.session_ttl = d,
+                Ok(_) => self.err(
+                    &path!["console", "session_ttl"],
+                    At::Value,
+                    format!("session_ttl `{t}` is shorter than one second"),
+                    "write e.g. session_ttl = \"12h\"",
+                ),
+                Err(e) => self.err(
+                    &path!["console", "session_ttl"],
+                    At::Value,
+                    e,
+                    "write e.g. session_ttl = \"12h\"",
+                ),
+            }
+        }
+        if let Some(list) = &raw.console.release_reasons {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for (i, r) in list.iter().enumerate() {
+                let code = r.code.trim();
+                if code.is_empty()
+                    || !code
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    self.err(
+                        &path!["console", "release_reasons", i, "code"],
+                        At::Value,
+                        format!(
+                            "release reason code `{}` must be ASCII letters, digits, `_` or `-`",
+                            r.code
+                        ),
+                        "e.g. code = \"emergency\"",
+                    );
+                } else if !seen.insert(code.to_string()) {
+                    self.err(
+                        &path!["console", "release_reasons", i, "code"],
+                        At::Value,
+                        format!("release reason `{code}` is listed twice"),
+                        "give every reason its own code",
+                    );
+                }
+                if r.label.trim().is_empty() {
+                    self.err(
+                        &path!["console", "release_reasons", i, "label"],
+                        At::Value,
+                        "the label of a release reason is empty",
+                        "write the text the guard picks, e.g. label = \"应急车辆\"",
+                    );
+                }
+                out.push(ReleaseReason {
+                    code: code.to_string(),
+                    label: r.label.trim().to_string(),
+                    solo: r.solo,
+                });
+            }
+            if out.is_empty() {
+                self.err(
+                    &path!["console", "release_reasons"],
+                    At::Key,
+                    "no release reasons: guards could not request a manual release",
+                    "list at least one [[console.release_reasons]], or remove the key for the built-in list",
+                );
+            }
+            plan.release_reasons = out;
+        }
+        plan
     }
 
     fn devices(&mut self, raw: &RawSite) -> BTreeMap<String, DevicePlan> {

@@ -22,6 +22,8 @@ pub struct RawSite {
     pub texts: RawTexts,
     #[serde(default)]
     pub uplinks: RawUplinks,
+    #[serde(default)]
+    pub console: RawConsole,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +216,13 @@ impl Default for RawStorage {
 pub struct RawHttp {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Networks (CIDR) cameras may push from, e.g. `["192.168.10.0/24"]`; empty = any.
+    #[serde(default)]
+    pub ingest_allow: Vec<String>,
+    /// Environment variable / file holding the token cameras must send (header
+    /// `X-Ingest-Token` or `?token=`).
+    pub ingest_token_env: Option<String>,
+    pub ingest_token_file: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -224,6 +233,9 @@ impl Default for RawHttp {
     fn default() -> Self {
         RawHttp {
             listen: default_listen(),
+            ingest_allow: Vec::new(),
+            ingest_token_env: None,
+            ingest_token_file: None,
         }
     }
 }
@@ -268,4 +280,22 @@ pub struct RawPlatform {
 
 fn yes() -> bool {
     true
+}
+
+/// `[console]`: the operator console and its HTTP API.
+#[derive(Debug, Deserialize, Default)]
+pub struct RawConsole {
+    /// Idle time after which a session ends (sliding), e.g. `12h`, `30m`.
+    pub session_ttl: Option<String>,
+    /// Reasons a guard may give for a manual release; the built-in list when absent.
+    pub release_reasons: Option<Vec<RawReleaseReason>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawReleaseReason {
+    pub code: String,
+    pub label: String,
+    /// A guard may release alone for this reason (no second person).
+    #[serde(default)]
+    pub solo: bool,
 }

@@ -86,6 +86,10 @@ pub struct Release {
     pub remote: bool,
     /// A plate typed by the operator when the camera read none or misread it.
     pub plate: Option<String>,
+    /// Who approved it, when a second person had to (console release workflow).
+    pub approval: Option<String>,
+    /// Ledger id of the release request it carries out.
+    pub request: Option<String>,
 }
 
 /// Inputs to a lane: device events already routed to it, operator actions, site events.

@@ -244,6 +244,8 @@ pub fn parse_script(
                     reason,
                     remote: flags.contains(&"remote"),
                     plate: get("plate"),
+                    approval: None,
+                    request: None,
                 }))
             }
             "no_plate" => Some(Input::NoPlate),

@@ -21,6 +21,10 @@ pub enum EventBody {
     Alarm(Alarm),
     Correction(Correction),
     Purge(Purge),
+    UserChange(UserChange),
+    ReleaseRequest(ReleaseRequest),
+    ReleaseDecision(ReleaseDecision),
+    AlarmAck(AlarmAck),
 }
 
 impl EventBody {
@@ -37,6 +41,10 @@ impl EventBody {
             EventBody::Alarm(_) => "alarm",
             EventBody::Correction(_) => "correction",
             EventBody::Purge(_) => "purge",
+            EventBody::UserChange(_) => "user_change",
+            EventBody::ReleaseRequest(_) => "release_request",
+            EventBody::ReleaseDecision(_) => "release_decision",
+            EventBody::AlarmAck(_) => "alarm_ack",
         }
     }
 }
@@ -154,6 +162,9 @@ pub struct ManualRelease {
     /// Who approved, when the site requires a second person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// Event id of the `release_request` this release carries out (console workflow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub photo_kinds: Vec<String>,
 }
@@ -269,4 +280,63 @@ pub struct Purge {
     pub reason: String,
     /// sha256 (hex) of every photo file removed.
     pub photos: Vec<String>,
+}
+
+/// An operator account was created or changed. Never carries the password or its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserChange {
+    pub username: String,
+    /// `create`, `update`, `password`.
+    pub op: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Who did it: a username, or `cli` for the command line.
+    pub actor: String,
+}
+
+/// A person asked for a manual release (手工放行申请). The event id is the request id; the
+/// photos are the lane's latest camera shots, the snapshot the approver judges by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub lane: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub plate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<PlateColor>,
+    pub reason_code: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason_text: String,
+    pub requested_by: String,
+    pub role: String,
+    /// Event id of the lane's latest pass attempt when the request was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub photo_kinds: Vec<String>,
+}
+
+/// A release request was approved or rejected. `by` is the approver, or `rule:solo` when the
+/// site lets the requester release alone for that reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseDecision {
+    /// Event id of the `release_request`.
+    pub request: String,
+    pub approved: bool,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+/// Someone acknowledged an active alarm (it stays active until cleared).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmAck {
+    pub source: String,
+    pub code: String,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }

@@ -644,6 +644,17 @@ fn write_rows(
 
 /// Remove a registry record (recorded as a `registry_change` delete event).
 pub fn remove(ledger: &Ledger, kind: RegistryKind, key: Vec<String>) -> Result<bool, LedgerError> {
+    remove_by(ledger, kind, key, "cli")
+}
+
+/// [`remove`] recording who did it in `source` (`api:<user>` for the console).
+pub fn remove_by(
+    ledger: &Ledger,
+    kind: RegistryKind,
+    key: Vec<String>,
+    source: &str,
+) -> Result<bool, LedgerError> {
+    let source = source.to_string();
     ledger.transaction_blocking(move |txn| {
         let (table, _, key_cols) = spec(kind);
         if key.len() != key_cols.len() {
@@ -669,7 +680,7 @@ pub fn remove(ledger: &Ledger, kind: RegistryKind, key: Vec<String>) -> Result<b
                 op: RegistryOp::Delete,
                 key: key.join(" "),
                 record: None,
-                source: "cli".into(),
+                source,
             });
             txn.append(&body, &[], Utc::now())?;
         }

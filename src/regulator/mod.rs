@@ -146,6 +146,15 @@ impl RegulatorUplink {
         self.kpis.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
+    /// A clonable reader of this uplink's KPIs, for the HTTP API (the uplink itself is owned
+    /// by the gateway and stopped through it).
+    pub fn kpi_reader(&self) -> KpiReader {
+        KpiReader {
+            name: self.name.clone(),
+            kpis: Arc::clone(&self.kpis),
+        }
+    }
+
     /// Stops after the record in flight, if any, and waits for the task.
     pub async fn stop(mut self) -> Result<(), RegulatorError> {
         let _ = self.stop.send(true);
@@ -233,4 +242,17 @@ fn format_kpis(
         s.push_str(&format!("  refused: event {seq}: {m}\n"));
     }
     s
+}
+
+/// Reads one uplink's live KPIs.
+#[derive(Clone)]
+pub struct KpiReader {
+    pub name: String,
+    kpis: Arc<Mutex<Kpis>>,
+}
+
+impl KpiReader {
+    pub fn kpis(&self) -> Kpis {
+        self.kpis.lock().map(|g| g.clone()).unwrap_or_default()
+    }
 }

@@ -850,6 +850,8 @@ impl Bridge {
                 .plate
                 .map(|p| p.trim().to_string())
                 .filter(|p| !p.is_empty()),
+            approval: None,
+            request: None,
         };
         tracing::info!(lane, operator = %release.operator, reason = %release.reason, "remote open requested over MQTT");
         handle

@@ -1,0 +1,589 @@
+//! Read side of the ledger over HTTP: passes, photos, visits, in-plant, alarms, registries.
+
+use super::auth::{AuthUser, Role};
+use super::error::ApiError;
+use super::{page_of, paging, range, ApiJson, ApiQuery, ApiState};
+use crate::ledger::events::{AlarmAck, EventBody};
+use crate::ledger::registry::{self, ImportError};
+use crate::ledger::store::{decode, raw_row, EventRecord, LedgerReader};
+use crate::ledger::views::{Pass, Visit};
+use crate::vehicle::RegistryKind;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{Duration, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub fn photo_url(sha: &str) -> String {
+    format!("/api/v1/photos/{sha}")
+}
+
+fn photos_json(e: &EventRecord, kinds: &[String]) -> Vec<Value> {
+    e.photos
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            json!({
+                "kind": kinds.get(i).cloned().unwrap_or_else(|| "photo".into()),
+                "sha256": h,
+                "url": photo_url(h),
+            })
+        })
+        .collect()
+}
+
+/// Any event: envelope plus body fields.
+pub fn event_json(e: &EventRecord) -> Value {
+    let body = serde_json::to_value(&e.body).unwrap_or(Value::Null);
+    json!({
+        "seq": e.seq,
+        "id": e.id,
+        "kind": e.kind,
+        "at": e.occurred_at,
+        "recorded_at": e.recorded_at,
+        "photos": e.photos,
+        "body": body,
+    })
+}
+
+/// A pass attempt or manual release as a PassRow (docs/api.md); None for other kinds.
+pub fn pass_row(e: &EventRecord) -> Option<Value> {
+    match &e.body {
+        EventBody::PassAttempt(p) => Some(json!({
+            "seq": e.seq, "id": e.id, "at": e.occurred_at, "kind": e.kind,
+            "lane": p.lane, "gate": p.gate, "direction": p.direction,
+            "plate": p.plate, "color": p.color, "decision": p.decision,
+            "reason": p.reason, "reason_text": p.reason_text, "barrier": p.barrier,
+            "stage": p.stage, "fuel": p.fuel, "opened": p.opened,
+            "photos": photos_json(e, &p.photo_kinds),
+        })),
+        EventBody::ManualRelease(m) => Some(json!({
+            "seq": e.seq, "id": e.id, "at": e.occurred_at, "kind": e.kind,
+            "lane": m.lane, "gate": m.gate, "direction": m.direction,
+            "plate": m.plate, "color": m.color, "decision": "allow",
+            "reason": m.reason, "reason_text": m.reason, "barrier": m.mode,
+            "stage": null, "fuel": null, "opened": true,
+            "operator": m.operator, "approval": m.approval, "request": m.request,
+            "photos": photos_json(e, &m.photo_kinds),
+        })),
+        _ => None,
+    }
+}
+
+pub fn pass_json(e: &EventRecord) -> Value {
+    pass_row(e).unwrap_or_else(|| event_json(e))
+}
+
+/// The latest pass attempt or manual release of each lane (looking back a bounded number of
+/// events: a lane silent for that long shows no last pass).
+pub fn last_passes(r: &LedgerReader) -> Result<HashMap<String, EventRecord>, ApiError> {
+    let mut stmt = r.conn().prepare_cached(
+        "SELECT seq, id, recorded_at, occurred_at, kind, body, photos FROM events
+         WHERE kind IN ('pass_attempt', 'manual_release') ORDER BY seq DESC LIMIT 2000",
+    )?;
+    let rows = stmt
+        .query_map([], raw_row)
+        .map_err(crate::ledger::LedgerError::from)?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let e = decode(row.map_err(crate::ledger::LedgerError::from)?)?;
+        let lane = match &e.body {
+            EventBody::PassAttempt(p) => p.lane.clone(),
+            EventBody::ManualRelease(m) => m.lane.clone(),
+            _ => continue,
+        };
+        out.entry(lane).or_insert(e);
+    }
+    Ok(out)
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::internal(format!("ledger database: {e}"))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PassQuery {
+    plate: Option<String>,
+    color: Option<String>,
+    gate: Option<String>,
+    lane: Option<String>,
+    direction: Option<String>,
+    stage: Option<String>,
+    decision: Option<String>,
+    barrier: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    page: Option<u64>,
+    per_page: Option<u64>,
+}
+
+fn one_of(field: &str, v: &Option<String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match v.as_deref() {
+        Some(x) if !x.is_empty() && !allowed.contains(&x) => Err(ApiError::bad_request(format!(
+            "`{field}`: `{x}` is not one of {}",
+            allowed.join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Pass search. A stand-in scan over the range until the indexed search of src/report lands.
+pub async fn passes(
+    _u: AuthUser,
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<PassQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, per) = paging(q.page, q.per_page)?;
+    let (from, to) = range(&q.from, &q.to, 30)?;
+    one_of("direction", &q.direction, &["in", "out"])?;
+    one_of("decision", &q.decision, &["allow", "deny"])?;
+    one_of("barrier", &q.barrier, &["auto", "manual", "remote"])?;
+    if let Some(c) = q.color.as_deref().filter(|c| !c.is_empty()) {
+        c.parse::<ecogate_drivers::PlateColor>()
+            .map_err(|_| ApiError::bad_request(format!("`color`: `{c}` is not a plate colour")))?;
+    }
+    let rows = s
+        .read(move |r| Ok(r.events_between(&["pass_attempt", "manual_release"], from, to)?))
+        .await?;
+    let want = |field: &str, v: &Value| -> bool {
+        let q = match field {
+            "plate" => &q.plate,
+            "color" => &q.color,
+            "gate" => &q.gate,
+            "lane" => &q.lane,
+            "direction" => &q.direction,
+            "stage" => &q.stage,
+            "decision" => &q.decision,
+            _ => &q.barrier,
+        };
+        match q.as_deref().filter(|x| !x.is_empty()) {
+            None => true,
+            Some(x) if field == "plate" => v.as_str().is_some_and(|p| p.contains(x)),
+            Some(x) => v.as_str() == Some(x),
+        }
+    };
+    let mut items: Vec<Value> = rows
+        .iter()
+        .rev()
+        .filter_map(pass_row)
+        .filter(|row| {
+            [
+                "plate",
+                "color",
+                "gate",
+                "lane",
+                "direction",
+                "stage",
+                "decision",
+                "barrier",
+            ]
+            .iter()
+            .all(|f| want(f, &row[*f]))
+        })
+        .collect();
+    items.truncate(100_000);
+    Ok(Json(page_of(items, page, per)))
+}
+
+pub async fn pass_detail(
+    _u: AuthUser,
+    State(s): State<ApiState>,
+    Path(seq): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let seq: i64 = seq
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`seq`: `{seq}` is not a number")))?;
+    let got = s
+        .read(move |r| {
+            let Some(e) = r.event(seq)? else {
+                return Ok(None);
+            };
+            let near = r.events_between(
+                &[
+                    "correction",
+                    "release_request",
+                    "release_decision",
+                    "manual_release",
+                    "weighing",
+                ],
+                e.occurred_at - Duration::days(1),
+                e.occurred_at + Duration::days(1),
+            )?;
+            let mut requests: Vec<String> = Vec::new();
+            let mut related = Vec::new();
+            for n in &near {
+                let hit = match &n.body {
+                    EventBody::Correction(c) => c.refs == e.id,
+                    EventBody::ReleaseRequest(q) => q.pass_ref.as_deref() == Some(&e.id),
+                    EventBody::Weighing(w) => w.pass_ref.as_deref() == Some(&e.id),
+                    _ => false,
+                };
+                if hit {
+                    if n.kind == "release_request" {
+                        requests.push(n.id.clone());
+                    }
+                    related.push(n.clone());
+                }
+            }
+            // The decisions and releases that carried out those requests.
+            for n in &near {
+                let hit = match &n.body {
+                    EventBody::ReleaseDecision(d) => requests.contains(&d.request),
+                    EventBody::ManualRelease(m) => m
+                        .request
+                        .as_ref()
+                        .is_some_and(|q| requests.contains(q) && n.seq != e.seq),
+                    _ => false,
+                };
+                if hit {
+                    related.push(n.clone());
+                }
+            }
+            related.sort_by_key(|x| x.seq);
+            Ok(Some((e, related)))
+        })
+        .await?;
+    let Some((e, related)) = got else {
+        return Err(ApiError::not_found(format!("no ledger event {seq}")));
+    };
+    let kinds = match &e.body {
+        EventBody::PassAttempt(p) => p.photo_kinds.clone(),
+        EventBody::ManualRelease(m) => m.photo_kinds.clone(),
+        EventBody::ReleaseRequest(q) => q.photo_kinds.clone(),
+        _ => Vec::new(),
+    };
+    Ok(Json(json!({
+        "event": event_json(&e),
+        "photos": photos_json(&e, &kinds),
+        "related": related.iter().map(event_json).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn photo(
+    _u: AuthUser,
+    State(s): State<ApiState>,
+    Path(sha): Path<String>,
+) -> Result<Response, ApiError> {
+    if !crate::ledger::photos::is_photo_hash(&sha) {
+        return Err(ApiError::bad_request(format!(
+            "`sha256`: `{sha}` is not a 64-digit lowercase hex sha256"
+        )));
+    }
+    let store = s.inner.ledger.photos().clone();
+    let bytes = tokio::task::spawn_blocking(move || store.get(&sha))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|_| ApiError::not_found("no such photo (never stored, or purged)"))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "private, max-age=86400, immutable"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+fn pass_view(p: &Pass) -> Value {
+    json!({
+        "seq": p.seq, "id": p.id, "at": p.at, "lane": p.lane, "gate": p.gate,
+        "direction": p.direction, "plate": p.plate, "color": p.color, "barrier": p.barrier,
+        "stage": p.stage, "fuel": p.fuel,
+        "photos": p.photos.iter().map(|h| json!({"sha256": h, "url": photo_url(h)})).collect::<Vec<_>>(),
+        "corrections": p.corrections,
+    })
+}
+
+fn visit_json(v: &Visit) -> Value {
+    json!({
+        "plate": v.plate,
+        "color": v.color,
+        "entry": v.entry.as_ref().map(pass_view),
+        "exit": v.exit.as_ref().map(pass_view),
+        "cargo": v.cargo(),
+        "net_kg": v.net().map(|m| m.kg_f64()),
+        "stage": v.stage(),
+        "fuel": v.fuel(),
+        "flags": v.flags.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        "weighings": v.weighings.len(),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct VisitQuery {
+    from: Option<String>,
+    to: Option<String>,
+    plate: Option<String>,
+    page: Option<u64>,
+    per_page: Option<u64>,
+}
+
+pub async fn visits(
+    _u: AuthUser,
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<VisitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, per) = paging(q.page, q.per_page)?;
+    let (from, to) = range(&q.from, &q.to, 1)?;
+    let plate = q.plate.clone().filter(|p| !p.is_empty());
+    let items = s
+        .read(move |r| {
+            Ok(r.visits(from, to)?
+                .iter()
+                .rev()
+                .filter(|v| plate.as_ref().is_none_or(|p| v.plate.contains(p.as_str())))
+                .map(visit_json)
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(Json(page_of(items, page, per)))
+}
+
+pub async fn in_plant(_u: AuthUser, State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let items = s
+        .read(|r| {
+            Ok(r.in_plant_now(Utc::now(), Duration::days(7))?
+                .iter()
+                .map(visit_json)
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(Json(Value::Array(items)))
+}
+
+#[derive(Deserialize)]
+pub struct AckBody {
+    source: String,
+    code: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// Active alarms: raised without a later clear, folded over the last 30 days of alarm
+/// events, with their acknowledgements.
+pub fn active_alarms(r: &LedgerReader) -> Result<Vec<Value>, ApiError> {
+    let now = Utc::now();
+    let events = r.events_between(
+        &["alarm", "alarm_ack"],
+        now - Duration::days(30),
+        now + Duration::days(1),
+    )?;
+    let mut active: Vec<((String, String), Value)> = Vec::new();
+    for e in events {
+        match e.body {
+            EventBody::Alarm(a) => {
+                let key = (a.source.clone(), a.code.clone());
+                active.retain(|(k, _)| *k != key);
+                if a.active {
+                    active.push((
+                        key,
+                        json!({
+                            "source": a.source, "code": a.code,
+                            "severity": severity(&a.code), "message": a.message,
+                            "lane": a.lane, "raised_at": e.occurred_at, "seq": e.seq,
+                            "acknowledged_by": null, "acknowledged_at": null, "note": null,
+                        }),
+                    ));
+                }
+            }
+            EventBody::AlarmAck(k) => {
+                let key = (k.source, k.code);
+                if let Some((_, v)) = active.iter_mut().find(|(x, _)| *x == key) {
+                    v["acknowledged_by"] = json!(k.by);
+                    v["acknowledged_at"] = json!(e.occurred_at);
+                    v["note"] = json!(k.note);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(active.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Until the health module grades alarms itself: what stops recording or the site is
+/// critical, the rest a warning.
+fn severity(code: &str) -> &'static str {
+    match code {
+        "ledger_write_failed" | "ups_battery_low" | "machine_loop" => "critical",
+        _ => "warning",
+    }
+}
+
+pub async fn alarms(_u: AuthUser, State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(Value::Array(s.read(active_alarms).await?)))
+}
+
+pub async fn ack_alarm(
+    u: AuthUser,
+    State(s): State<ApiState>,
+    ApiJson(b): ApiJson<AckBody>,
+) -> Result<Json<Value>, ApiError> {
+    u.require(&[Role::Supervisor, Role::EnvManager, Role::Admin])?;
+    let (source, code) = (b.source.clone(), b.code.clone());
+    let active = s.read(active_alarms).await?;
+    if !active
+        .iter()
+        .any(|a| a["source"] == json!(source) && a["code"] == json!(code))
+    {
+        return Err(ApiError::invalid(format!(
+            "no active alarm `{code}` from `{source}` (`source`, `code`)"
+        )));
+    }
+    let receipt = s
+        .inner
+        .ledger
+        .append(
+            EventBody::AlarmAck(AlarmAck {
+                source: b.source,
+                code: b.code,
+                by: u.user.username.clone(),
+                note: b.note,
+            }),
+            Vec::new(),
+            Utc::now(),
+        )
+        .await?;
+    tracing::info!(user = %u.user.username, source = %source, code = %code, seq = receipt.seq, "alarm acknowledged");
+    Ok(Json(json!({"seq": receipt.seq, "id": receipt.id})))
+}
+
+fn registry_kind(s: &str) -> Result<RegistryKind, ApiError> {
+    match s {
+        "machinery" => Ok(RegistryKind::NonRoad),
+        other => registry::parse_kind(other).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no registry `{other}`; registries: transport, in_plant, machinery"
+            ))
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RegistryQuery {
+    q: Option<String>,
+    page: Option<u64>,
+    per_page: Option<u64>,
+}
+
+pub async fn registry_list(
+    _u: AuthUser,
+    State(s): State<ApiState>,
+    Path(kind): Path<String>,
+    ApiQuery(q): ApiQuery<RegistryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = registry_kind(&kind)?;
+    let (page, per) = paging(q.page, q.per_page)?;
+    let needle = q.q.clone().filter(|x| !x.is_empty());
+    let items = s
+        .read(move |r| {
+            Ok(registry::list(r.conn(), kind)?
+                .into_iter()
+                .filter(|row| {
+                    needle
+                        .as_ref()
+                        .is_none_or(|n| row.iter().any(|(_, v)| v.contains(n.as_str())))
+                })
+                .map(|row| Value::Object(row.into_iter().map(|(k, v)| (k, json!(v))).collect()))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(Json(page_of(items, page, per)))
+}
+
+fn import_error(e: ImportError) -> ApiError {
+    match e {
+        ImportError::BadRows(rows) => ApiError::invalid(
+            rows.iter()
+                .map(|r| format!("`{}`: {}", r.column, r.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+pub async fn registry_upsert(
+    u: AuthUser,
+    State(s): State<ApiState>,
+    Path(kind): Path<String>,
+    ApiJson(body): ApiJson<serde_json::Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    u.require(&[Role::EnvManager, Role::Admin])?;
+    let kind = registry_kind(&kind)?;
+    let mut pairs = Vec::new();
+    for (k, v) in body {
+        let text = match v {
+            Value::String(t) => t,
+            Value::Number(n) => n.to_string(),
+            Value::Null => continue,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "`{k}`: give a string or number"
+                )))
+            }
+        };
+        // Photo columns take a path on the gateway's disk in the CSV import; over HTTP that
+        // would let a caller read any file, so they are refused here.
+        if k.ends_with("_photo") {
+            return Err(ApiError::invalid(format!(
+                "`{k}`: photos are attached by CSV import, not over the API"
+            )));
+        }
+        pairs.push((k, text));
+    }
+    let ledger = s.inner.ledger.clone();
+    let source = format!("api:{}", u.user.username);
+    let seq = tokio::task::spawn_blocking(move || {
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        registry::upsert(&ledger, kind, &refs, &source)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(import_error)?;
+    let ev = s
+        .read(move |r| Ok(r.event(seq)?))
+        .await?
+        .map(|e| event_json(&e))
+        .unwrap_or(json!({"seq": seq}));
+    tracing::info!(user = %u.user.username, registry = kind.name(), seq, "registry record written");
+    Ok((StatusCode::OK, Json(ev)))
+}
+
+pub async fn registry_delete(
+    u: AuthUser,
+    State(s): State<ApiState>,
+    Path((kind, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    u.require(&[Role::EnvManager, Role::Admin])?;
+    let kind = registry_kind(&kind)?;
+    let parts: Vec<String> = key.split_whitespace().map(str::to_string).collect();
+    let ledger = s.inner.ledger.clone();
+    let source = format!("api:{}", u.user.username);
+    let removed =
+        tokio::task::spawn_blocking(move || registry::remove_by(&ledger, kind, parts, &source))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| match e {
+                crate::ledger::LedgerError::Input(m) => {
+                    ApiError::bad_request(format!("`key`: {m}"))
+                }
+                other => ApiError::from(other),
+            })?;
+    if removed {
+        tracing::info!(user = %u.user.username, registry = kind.name(), key = %key, "registry record removed");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no record `{key}` in {}",
+            kind.name()
+        )))
+    }
+}
