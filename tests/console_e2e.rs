@@ -312,7 +312,8 @@ fn events(dir: &Path) -> Vec<(String, Value)> {
         .collect()
 }
 
-async fn login(s: &wd::Session, base: &str, user: &str, password: &str) {
+/// Logs in through the form; the header then names the user by display name.
+async fn login(s: &wd::Session, base: &str, user: &str, password: &str, display: &str) {
     s.goto(&format!("{base}/#/login")).await;
     let u = s.wait("[data-testid=login-username]").await;
     s.type_into(&u, user).await;
@@ -320,7 +321,8 @@ async fn login(s: &wd::Session, base: &str, user: &str, password: &str) {
     s.type_into(&p, password).await;
     s.click(&s.wait("[data-testid=login-submit]").await).await;
     let who = s.wait("[data-testid=current-user]").await;
-    assert!(s.text(&who).await.contains(user), "logged in as someone else");
+    let shown = s.text(&who).await;
+    assert!(shown.contains(display), "logged in as `{shown}`, not {display}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +380,7 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     let base = format!("http://{}", gw.http_addr);
 
     // The guard sees the refused vehicle on the lane's tile.
-    login(&s, &base, "guard", "guard123").await;
+    login(&s, &base, "guard", "guard123", "门岗张三").await;
     s.goto(&format!("{base}/#/live")).await;
     let tile = s
         .wait("[data-testid='lane-tile-1-in'][data-decision='deny']")
@@ -429,7 +431,7 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     // The supervisor approves it.
     s.click(&s.wait("[data-testid=logout]").await).await;
     s.wait("[data-testid=login-form]").await;
-    login(&s, &base, "supervisor", "super123").await;
+    login(&s, &base, "supervisor", "super123", "主管李四").await;
     s.goto(&format!("{base}/#/pending")).await;
     s.click(&s.wait("[data-testid=pending-table] [data-action=approve]").await)
         .await;
