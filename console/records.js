@@ -236,9 +236,10 @@ export function visitsView(el) {
           ["车道", (v) => laneName(v.lane || (v.entry && v.entry.lane) || "")],
           ["排放阶段", (v) => stageText(v.stage || (v.entry && v.entry.stage))],
         ],
-        items,
+        items.slice(0, 200),
         { empty: "当前无在厂车辆" },
       ),
+      items.length > 200 ? h("p", { class: "muted" }, `仅列出前 200 辆，可按车牌在下方台账中查询`) : null,
     );
   });
   run();

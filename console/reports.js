@@ -24,7 +24,7 @@ const TITLES = {
   exceptions: "异常记录", generated_at: "生成时间", name: "名称", captured: "产生", uploaded: "已上传",
   acknowledged: "已确认", failed: "失败", rejected: "被拒", backlog: "积压", oldest_age_s: "最早积压(秒)",
   last_error: "最近错误", last_ack_at: "最近确认", level: "预警级别", strategy: "管控策略", start: "开始",
-  end: "结束", source: "来源", in_force: "生效中", guard: "门岗人员", requests: "申请", approved: "批准",
+  end: "结束", source: "来源", in_force: "生效中", gates: "门岗", guard: "门岗人员", requests: "申请", approved: "批准",
   executed: "已执行", plate: "车牌", color: "颜色", lane: "车道", stage: "排放阶段", fuel: "燃料",
   date: "日期", mode: "运输方式", note: "备注", count: "数量", hour: "小时", period: "统计期间", site: "站点", seed: "随机种子",
 };
@@ -88,7 +88,8 @@ function labelOf(key, k) {
 function cell(k, v) {
   if (v === null || v === undefined) return "";
   if (/photo/.test(k) && Array.isArray(v)) return h("span", { class: "thumbs" }, v.map((p) => photo(typeof p === "string" ? p : p.url, p.kind)));
-  if (k === "at" || k.endsWith("_at")) return fmtTime(v);
+  if (k === "at" || k.endsWith("_at") || k === "start" || k === "end") return fmtTime(v);
+  if (k === "level") return { yellow: "黄色预警", orange: "橙色预警", red: "红色预警" }[v] || String(v);
   if (k === "plate") return String(v);
   if (k === "color") return COLORS[v] || v;
   if (k === "stage") return stageText(v);
@@ -167,7 +168,7 @@ export function reportsView(el) {
       const r = await get("/api/v1/reports/summary" + qs({ ...q, format: "json" }));
       clear(out, auto("report", r));
     });
-    loadInto(rel, async () => clear(rel, auto("releases", await get("/api/v1/reports/releases" + qs(q)))));
+    loadInto(rel, async () => clear(rel, releaseReport(await get("/api/v1/reports/releases" + qs(q)))));
     loadInto(tonnage, async () => {
       const t = await get("/api/v1/transport-tonnage" + qs(q));
       const rows = Array.isArray(t) ? t : t.items || [];
@@ -210,6 +211,36 @@ export function reportsView(el) {
   el.append(h("div", { class: "view-head" }, h("h1", {}, "统计报表")), section("统计期间", form, links), section("汇总", out),
     section("人工放行统计", rel), section("铁路/水路/管廊运量", tonnage));
   run();
+}
+
+const REL_STATUS = { pending: "待审批", approved: "已批准", rejected: "已驳回", executed: "已执行", expired: "已过期" };
+
+// 人工放行统计: per guard, the daily exception report, and releases made without a request.
+function releaseReport(r) {
+  const guards = Object.entries(r.guards || {}).map(([guard, g]) => ({ guard, ...g }));
+  const GS = [["门岗人员", "guard"], ["申请", "requested"], ["批准", "approved"], ["其中单人放行", "solo"], ["驳回", "rejected"], ["已执行", "executed"]];
+  return h("div", { testid: "release-report" },
+    h("h3", {}, "按门岗人员"),
+    guards.length
+      ? h("div", {}, barChart(guards.map((g) => [g.guard, g.requested || 0]), { label: "放行申请数" }),
+          table(GS.map(([t, k]) => [t, (g) => (g[k] ?? "")]), guards, { testid: "guard-stats" }))
+      : h("p", { class: "empty" }, "本期无放行申请"),
+    h("h3", {}, "每日异常报告"),
+    (r.days || []).length
+      ? r.days.map((d) => h("div", { class: "sub" }, h("h4", {}, `${d.date}（${(d.requests || []).length} 起）`),
+          table([
+            ["时间", (x) => fmtTime(x.at)], ["车道", (x) => x.lane], ["车牌", (x) => plateBadge(x.plate, x.color)],
+            ["原因", (x) => [x.reason_code, x.reason_text].filter(Boolean).join("：")], ["申请人", (x) => x.requested_by],
+            ["审批人", (x) => x.approved_by || ""], ["状态", (x) => REL_STATUS[x.status] || x.status],
+          ], d.requests || [])))
+      : h("p", { class: "empty" }, "无"),
+    h("h3", {}, "未经申请的人工/遥控放行"),
+    table([
+      ["时间", (e) => fmtTime(e.at)], ["车道", (e) => (e.body || {}).lane || ""], ["车牌", (e) => (e.body || {}).plate || "无"],
+      ["方式", (e) => ({ manual: "手动抬杆", remote: "遥控抬杆", auto: "自动抬杆" })[(e.body || {}).mode] || ""],
+      ["操作人", (e) => (e.body || {}).operator || ""], ["原因", (e) => (e.body || {}).reason || ""],
+      ["详情", (e) => h("a", { href: `#/pass/${e.seq}`, class: "link" }, `#${e.seq}`)],
+    ], r.releases_without_request || [], { empty: "无" }));
 }
 
 // ---- 核查 ----
