@@ -486,3 +486,64 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_to_phc_and_verify() {
+        let h = hash_password("guard123").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password(&h, "guard123"));
+        assert!(!verify_password(&h, "guard124"));
+        assert!(!verify_password("not a phc", "guard123"));
+        // Salted: the same password hashes differently each time.
+        assert_ne!(h, hash_password("guard123").unwrap());
+    }
+
+    #[test]
+    fn tokens_are_256_random_bits() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn throttle_locks_a_username_and_an_address_after_five_failures() {
+        let t = Throttle::default();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        for i in 0..4 {
+            assert!(!t.failed("guard", Some(ip)), "locked early at {i}");
+        }
+        assert!(t.locked("guard", Some(ip)).is_none());
+        assert!(t.failed("guard", Some(ip)));
+        assert!(t.locked("guard", None).is_some());
+        assert!(t.locked("other", Some(ip)).is_some());
+        assert!(t
+            .locked("other", Some("10.1.2.4".parse().unwrap()))
+            .is_none());
+    }
+
+    #[test]
+    fn users_are_stored_without_their_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = UserStore::open(dir.path()).unwrap();
+        assert!(s.is_empty().unwrap());
+        s.create("guard", "门卫张三", Role::Guard, "guard123")
+            .unwrap();
+        assert!(matches!(
+            s.create("guard", "", Role::Admin, "xxxxxx"),
+            Err(AuthError::Exists(_))
+        ));
+        assert!(s.authenticate("guard", "guard123").unwrap().is_some());
+        assert!(s.authenticate("guard", "nope12").unwrap().is_none());
+        assert!(s.authenticate("nobody", "guard123").unwrap().is_none());
+        s.set_password("guard", "newpass1").unwrap();
+        assert!(s.authenticate("guard", "newpass1").unwrap().is_some());
+        let raw = std::fs::read(dir.path().join(USERS_DB)).unwrap();
+        assert!(!raw.windows(8).any(|w| w == b"newpass1"));
+        assert_eq!(s.list().unwrap()[0].display_name, "门卫张三");
+    }
+}

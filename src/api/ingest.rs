@@ -89,3 +89,28 @@ pub fn guard(router: axum::Router, g: IngestGuard) -> axum::Router {
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses_only() {
+        let n = IpNet::parse("192.168.10.0/24").unwrap();
+        assert!(n.contains("192.168.10.77".parse().unwrap()));
+        assert!(!n.contains("192.168.11.1".parse().unwrap()));
+        // An IPv4 client seen on a dual-stack socket.
+        assert!(n.contains("::ffff:192.168.10.5".parse().unwrap()));
+        let host = IpNet::parse("127.0.0.1").unwrap();
+        assert_eq!(host.prefix, 32);
+        assert!(!host.contains("127.0.0.2".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(IpNet::parse("::1/128")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_err());
+        assert!(IpNet::parse("cameras").is_err());
+    }
+}
