@@ -107,9 +107,14 @@ mod wd {
                              format!("--user-data-dir={}", profile.display())]
                 }
             }}});
-            let v = call(&http, "POST", &format!("{}/session", driver.base), Some(caps))
-                .await
-                .unwrap_or_else(|e| panic!("new WebDriver session: {e}"));
+            let v = call(
+                &http,
+                "POST",
+                &format!("{}/session", driver.base),
+                Some(caps),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("new WebDriver session: {e}"));
             let id = v["sessionId"]
                 .as_str()
                 .unwrap_or_else(|| panic!("no sessionId in {v}"))
@@ -120,7 +125,12 @@ mod wd {
             }
         }
 
-        async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        async fn cmd(
+            &self,
+            method: &str,
+            path: &str,
+            body: Option<Value>,
+        ) -> Result<Value, String> {
             call(&self.http, method, &format!("{}{path}", self.url), body).await
         }
 
@@ -150,7 +160,9 @@ mod wd {
                     return e;
                 }
                 if start.elapsed() > Duration::from_secs(15) {
-                    let body = self.script("return document.body.innerText", json!([])).await;
+                    let body = self
+                        .script("return document.body.innerText", json!([]))
+                        .await;
                     panic!("timed out waiting for `{css}`; the page shows:\n{body}");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -322,7 +334,10 @@ async fn login(s: &wd::Session, base: &str, user: &str, password: &str, display:
     s.click(&s.wait("[data-testid=login-submit]").await).await;
     let who = s.wait("[data-testid=current-user]").await;
     let shown = s.text(&who).await;
-    assert!(shown.contains(display), "logged in as `{shown}`, not {display}");
+    assert!(
+        shown.contains(display),
+        "logged in as `{shown}`, not {display}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,8 +430,11 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     // The plate comes prefilled from the tile (the guard corrects it when misread).
     let typed = s.wait("[data-testid=release-plate]").await;
     assert_eq!(s.prop(&typed, "value").await.as_deref(), Some("豫A99999"));
-    s.click(&s.wait("[data-testid=release-reason] option[value=visitor]").await)
-        .await;
+    s.click(
+        &s.wait("[data-testid=release-reason] option[value=visitor]")
+            .await,
+    )
+    .await;
     let text = s.wait("[data-testid=release-text]").await;
     s.type_into(&text, "送检样品车，已电话核实").await;
     s.click(&s.wait("[data-testid=dialog-submit]").await).await;
@@ -433,8 +451,11 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     s.wait("[data-testid=login-form]").await;
     login(&s, &base, "supervisor", "super123", "主管李四").await;
     s.goto(&format!("{base}/#/pending")).await;
-    s.click(&s.wait("[data-testid=pending-table] [data-action=approve]").await)
-        .await;
+    s.click(
+        &s.wait("[data-testid=pending-table] [data-action=approve]")
+            .await,
+    )
+    .await;
     let note = s.wait("[data-testid=decision-note]").await;
     s.type_into(&note, "同意").await;
     s.click(&s.wait("[data-testid=dialog-submit]").await).await;
@@ -555,7 +576,10 @@ async fn first_page_assets_are_served_and_small() {
             a.name
         );
     }
-    println!("console first page: {total} bytes in {} files", seen.len() + 1);
+    println!(
+        "console first page: {total} bytes in {} files",
+        seen.len() + 1
+    );
     assert!(total < 300 * 1024, "first page is {total} bytes");
 
     let missing = http
