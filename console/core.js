@@ -43,6 +43,18 @@ export class ApiError extends Error {
   }
 }
 
+const ERROR_TEXT = {
+  unauthenticated: "未登录或登录已过期",
+  forbidden: "无此权限",
+  bad_request: "输入有误",
+  invalid: "不允许的操作",
+  not_found: "未找到",
+  conflict: "状态冲突",
+  throttled: "尝试次数过多，请稍后再试",
+  not_implemented: "此功能尚未提供",
+  internal: "服务器错误",
+};
+
 let onUnauthenticated = () => {};
 export function setUnauthenticatedHandler(f) {
   onUnauthenticated = f;
@@ -72,7 +84,10 @@ export async function api(method, path, body) {
   }
   if (!res.ok) {
     const err = data && data.error;
-    const msg = err && err.message ? err.message : `${res.status} ${res.statusText || "请求失败"}`;
+    const detail = err && err.message ? err.message : `${res.status} ${res.statusText || ""}`.trim();
+    // The server's message names the field (in English); the prefix says what kind of refusal.
+    const zh = ERROR_TEXT[(err && err.code) || ""] || (res.status >= 500 ? "服务器错误" : "请求失败");
+    const msg = `${zh}：${detail}`;
     const e = new ApiError(res.status, (err && err.code) || "http_" + res.status, msg);
     if (res.status === 401 && !path.endsWith("/login")) onUnauthenticated(e);
     throw e;

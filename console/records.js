@@ -112,12 +112,28 @@ const LABELS = {
   fuel: "燃料", registry: "登记类别", mode: "方式", operator: "操作人", role: "角色", approval: "审批人",
   gross: "毛重", tare: "皮重", net: "净重", cargo: "货物", note: "备注", status: "状态",
   requested_by: "申请人", approved_by: "审批人", reason_code: "原因", refs: "更正对象", scale: "地磅",
+  read_id: "识别编号", request: "放行申请", pass_ref: "关联通行", by: "审批人", approved: "批准",
+  source: "来源", code: "代码", message: "内容", active: "告警中", void: "作废", op: "操作", key: "主键",
+  record: "记录", measure: "管控措施", level: "级别", photos: "照片",
 };
+
+// Fields in the order a person reads a record; the rest follow alphabetically.
+const ORDER = ["lane", "gate", "direction", "plate", "color", "decision", "reason_text", "reason", "reason_code",
+  "barrier", "mode", "opened", "operator", "role", "requested_by", "approval", "by", "approved", "note", "stage", "fuel",
+  "registry", "cargo", "gross", "tare", "net"];
+const rank = (k) => (ORDER.includes(k) ? ORDER.indexOf(k) : ORDER.length);
+const REGISTRY = { transport: "进出厂运输车辆", in_plant: "厂内运输车辆", non_road: "非道路移动机械" };
 
 function valueText(k, v) {
   if (v === null || v === undefined) return "";
   if (k === "color") return COLORS[v] || v;
   if (k === "lane") return laneName(v);
+  if (k === "gate") {
+    const g = ((session.site && session.site.gates) || []).find((x) => x.id === v);
+    return g ? g.name : String(v);
+  }
+  if (k === "fuel") return (FUELS.find(([c]) => c === v) || [v, v])[1];
+  if (k === "registry") return REGISTRY[v] || v;
   if (k === "direction") return DIRECTION[v] || v;
   if (k === "barrier" || k === "mode") return BARRIER[v] || v;
   if (k === "decision") return { allow: "允许", deny: "拒绝", approved: "批准", rejected: "驳回" }[v] || v;
@@ -132,6 +148,7 @@ export function kv(obj, skip = []) {
     "dl",
     { class: "kv" },
     Object.entries(obj || {})
+      .sort(([a], [b]) => rank(a) - rank(b) || (a < b ? -1 : 1))
       .filter(([k, v]) => !skip.includes(k) && v !== null && v !== undefined && v !== "" && !(Array.isArray(v) && !v.length))
       .map(([k, v]) => [h("dt", {}, LABELS[k] || k), h("dd", { "data-key": k }, valueText(k, v))]),
   );
