@@ -200,6 +200,8 @@ function ended(message) {
   session.user = null;
   session.site = null;
   closeStream();
+  // The next person at this PC should not see the last one's messages.
+  document.getElementById("toasts").replaceChildren();
   if (message) toast(message, "error");
   location.hash = "#/login";
   route();

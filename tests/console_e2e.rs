@@ -169,6 +169,36 @@ mod wd {
             }
         }
 
+        /// Waits for an element matching `css` whose text contains `text`.
+        pub async fn wait_text(&self, css: &str, text: &str) -> Element {
+            let start = Instant::now();
+            loop {
+                if let Some(e) = self.find(css).await {
+                    // The element may be replaced between find and read (live updates).
+                    let got = self
+                        .cmd("GET", &format!("/element/{}/text", e.0), None)
+                        .await
+                        .ok();
+                    if got
+                        .as_ref()
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| t.contains(text))
+                    {
+                        return e;
+                    }
+                }
+                if start.elapsed() > Duration::from_secs(15) {
+                    let body = self
+                        .script("return document.body.innerText", json!([]))
+                        .await;
+                    panic!(
+                        "timed out waiting for `{css}` to say `{text}`; the page shows:\n{body}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
         pub async fn click(&self, e: &Element) {
             self.cmd("POST", &format!("/element/{}/click", e.0), Some(json!({})))
                 .await
@@ -438,7 +468,7 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     let text = s.wait("[data-testid=release-text]").await;
     s.type_into(&text, "送检样品车，已电话核实").await;
     s.click(&s.wait("[data-testid=dialog-submit]").await).await;
-    s.wait("[data-testid=toast-ok]").await;
+    s.wait_text("[data-testid=toast-ok]", "等待主管审批").await;
     s.wait("[data-testid='lane-tile-1-in'] [data-testid=lane-waiting]")
         .await;
     assert!(
@@ -459,7 +489,7 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     let note = s.wait("[data-testid=decision-note]").await;
     s.type_into(&note, "同意").await;
     s.click(&s.wait("[data-testid=dialog-submit]").await).await;
-    s.wait("[data-testid=toast-ok]").await;
+    s.wait_text("[data-testid=toast-ok]", "已批准").await;
 
     // The barrier opens: the relay sees the pulse, the lane sees the limit switch.
     wait_for("the barrier pulse after approval", 10, || {
