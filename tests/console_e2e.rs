@@ -398,6 +398,9 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     users
         .create("supervisor", "主管李四", Role::Supervisor, "super123")
         .unwrap();
+    users
+        .create("inspector", "核查员王五", Role::Inspector, "insp1234")
+        .unwrap();
     drop(users);
     let gw = Gateway::start(plan, None, None).await.unwrap();
     let io = gw.devices.handles["io1"].health.clone();
@@ -510,6 +513,25 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     s.goto(&format!("{base}/#/live")).await;
     s.wait("[data-testid='lane-tile-1-in'][data-decision='manual']")
         .await;
+
+    // An inspector reads everything and is offered no write: no release or correction on the
+    // tile, no 待审批 in the menu, no edit in the registries.
+    s.click(&s.wait("[data-testid=logout]").await).await;
+    s.wait("[data-testid=login-form]").await;
+    login(&s, &base, "inspector", "insp1234", "核查员王五").await;
+    s.goto(&format!("{base}/#/live")).await;
+    s.wait("[data-testid='lane-tile-1-in'][data-decision='manual']")
+        .await;
+    for css in [
+        "[data-testid=btn-release]",
+        "[data-testid=btn-correct]",
+        "[data-testid=nav-pending]",
+    ] {
+        assert!(s.find(css).await.is_none(), "an inspector is shown `{css}`");
+    }
+    s.goto(&format!("{base}/#/registries")).await;
+    s.wait("[data-testid=registry-table]").await;
+    assert!(s.find("[data-testid=reg-add]").await.is_none());
     s.close().await;
 
     // The ledger: request → approval → actuation, the actuation manual and naming the approver.
