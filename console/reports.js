@@ -26,7 +26,18 @@ const TITLES = {
   last_error: "最近错误", last_ack_at: "最近确认", level: "预警级别", strategy: "管控策略", start: "开始",
   end: "结束", source: "来源", in_force: "生效中", gates: "门岗", guard: "门岗人员", requests: "申请", approved: "批准",
   executed: "已执行", plate: "车牌", color: "颜色", lane: "车道", stage: "排放阶段", fuel: "燃料",
-  date: "日期", mode: "运输方式", note: "备注", count: "数量", hour: "小时", period: "统计期间", site: "站点", seed: "随机种子",
+  date: "日期", mode: "运输方式", note: "备注", count: "数量", hour: "小时", day: "日期", entries: "进厂",
+  exits: "出厂", truck_trips: "货车车次", new_energy_trips: "新能源车次", guo6_trips: "国六车次", other_trips: "其他车次",
+  truck_t: "货车运量(t)", new_energy_t: "新能源运量(t)", guo6_t: "国六运量(t)", other_truck_t: "其他货车运量(t)",
+  rail_t: "铁路(t)", water_t: "水路(t)", belt_t: "皮带(t)", pipeline_t: "管道(t)", clean_modes_t: "清洁方式(t)",
+  clean_t: "清洁运量(t)", total_t: "总运量(t)", ratio_tonnage: "比例(运量)", ratio_tonnage_incl_guo6: "比例(含国六)",
+  ratio_trips: "比例(车次)", guo6_trip_share: "国六车次占比", platform: "平台", error: "错误", rule: "要求",
+  compliant_trips: "达标车次", trip_share: "车次占比", compliant_vehicles: "达标车辆", vehicle_share: "车辆占比",
+  grade_by_trips: "按车次评级", grade_by_vehicles: "按车辆评级", avg_entries: "日均进厂", avg_exits: "日均出厂",
+  avg_vehicles: "日均车辆", population: "总体记录数", recheck_total: "复核总数", normal_average: "常规日平均",
+  warning_average: "预警日平均", truncated: "已截断", reasons: "原因", stages_seen: "通行记录中的阶段",
+  warning_day_entries: "预警日进厂", last_seq: "最近记录", last_at: "最近时间", stage_basis: "阶段依据",
+  registry_stage: "登记阶段", first_day: "首日", last_day: "末日", period: "统计期间", site: "站点", seed: "随机种子",
 };
 const title = (k) => TITLES[k] || k;
 
@@ -71,6 +82,80 @@ export function pieChart(pairs, opts = {}) {
   return h("svg:svg", { class: "chart chart-pie", viewBox: `0 0 460 ${Math.max(185, data.length * 22 + 20)}`, width: "100%", role: "img", "aria-label": opts.label || "饼图", testid: "pie-chart" }, slices, legend);
 }
 
+// Vertical columns, one group per category, one colour per series: [[key, name]].
+export function columnChart(rows, labelOf, series, opts = {}) {
+  if (!rows.length) return h("p", { class: "empty" }, "无数据");
+  const max = Math.max(1, ...rows.flatMap((r) => series.map(([k]) => Number(r[k]) || 0)));
+  const hgt = 180, top = 24, bottom = 22, left = 36;
+  const gw = Math.max(14, Math.min(60, 760 / rows.length));
+  const bw = Math.max(3, (gw - 4) / series.length);
+  const width = left + rows.length * gw + 10;
+  const y = (v) => top + hgt - (v / max) * hgt;
+  return h("svg:svg", { class: "chart", viewBox: `0 0 ${Math.max(width, 300)} ${top + hgt + bottom}`, width: Math.max(width, 300), role: "img", "aria-label": opts.label || "柱状图", testid: opts.testid || "column-chart" },
+    h("svg:line", { x1: left, y1: top + hgt, x2: width, y2: top + hgt, stroke: "#94a3b8" }),
+    h("svg:text", { x: left - 4, y: top + 4, "text-anchor": "end", class: "chart-value" }, fmtNum(max)),
+    series.map(([, name], i) => h("svg:g", {},
+      h("svg:rect", { x: left + i * 90, y: 4, width: 12, height: 12, fill: PALETTE[i % PALETTE.length] }),
+      h("svg:text", { x: left + i * 90 + 16, y: 14, class: "chart-label" }, name))),
+    rows.map((r, j) => h("svg:g", {},
+      series.map(([k, name], i) => {
+        const v = Number(r[k]) || 0;
+        return h("svg:rect", { x: left + j * gw + 2 + i * bw, y: y(v), width: bw - 1, height: top + hgt - y(v), fill: PALETTE[i % PALETTE.length] },
+          h("svg:title", {}, `${labelOf(r)} ${name}: ${v}`));
+      }),
+      rows.length <= 31 || j % 2 === 0 ? h("svg:text", { x: left + j * gw + gw / 2, y: top + hgt + 15, "text-anchor": "middle", class: "chart-value" }, labelOf(r)) : null)));
+}
+
+const pct = (v) => (v === null || v === undefined ? "—" : `${(v * 100).toFixed(1)}%`);
+const sub = (title, ...c) => h("div", { class: "sub" }, h("h3", {}, title), ...c);
+const cols = (spec) => spec.map(([t, f]) => [t, typeof f === "string" ? (r) => cell(f, r[f]) : f]);
+
+// The summary report (src/report): each part drawn when present; anything else by shape.
+function summaryReport(r) {
+  if (!r || !r.passes) return auto("report", r);
+  const known = ["from", "to", "first_day", "last_day", "days", "generated_at", "passes", "stage_mix", "fuel_mix", "transport_grade",
+    "clean_transport", "fleet_shares", "daily", "manual_releases", "uploads"];
+  const p = r.passes;
+  const ct = r.clean_transport;
+  const mix = (rows) =>
+    h("div", { class: "pair" },
+      pieChart(rows.map((m) => [m.label || m.code, m.trips]), { label: "按车次" }),
+      pieChart(rows.map((m) => [m.label || m.code, m.vehicles]), { label: "按车辆数" }),
+      table(cols([["类别", (m) => m.label || m.code], ["车次", "trips"], ["车次占比", (m) => pct(m.trip_share)], ["车辆数", "vehicles"], ["车辆占比", (m) => pct(m.vehicle_share)]]), rows));
+  const rest = Object.entries(r).filter(([k]) => !known.includes(k));
+  return h("div", { testid: "summary-report" },
+    h("p", { class: "muted" }, `统计期间 ${r.first_day || fmtTime(r.from)} 至 ${r.last_day || fmtTime(r.to)}，共 ${r.days ?? "?"} 天；生成于 ${fmtTime(r.generated_at)}`),
+    sub("通行概况",
+      h("div", { class: "stats" }, [["通行合计", p.total], ["进厂", p.entries], ["出厂", p.exits], ["人工/遥控放行", p.manual_or_remote], ["拒绝（未抬杆）", p.denied_attempts]]
+        .map(([t, v]) => h("div", { class: "stat" }, h("div", { class: "stat-value" }, v ?? "—"), h("div", { class: "stat-label" }, t)))),
+      h("h4", {}, "按门岗"), columnChart(p.by_gate || [], (g) => g.gate, [["entries", "进厂"], ["exits", "出厂"]], { label: "按门岗" }),
+      h("h4", {}, "按小时"), columnChart(p.by_hour || [], (x) => String(x.hour).padStart(2, "0"), [["entries", "进厂"], ["exits", "出厂"]], { label: "按小时" })),
+    r.stage_mix ? sub("排放阶段构成（进厂车次 / 车辆）", mix(r.stage_mix)) : null,
+    r.fuel_mix ? sub("燃料类型构成", mix(r.fuel_mix)) : null,
+    r.transport_grade ? sub("运输车辆排放阶段（A/B 级）", auto("transport_grade", r.transport_grade, 1)) : null,
+    ct ? sub("清洁运输比例",
+      h("p", { class: "formula" }, ct.formula), h("p", { class: "formula" }, ct.formula_trips), h("p", { class: "muted" }, ct.definitions),
+      ct.total ? h("div", { class: "stats" }, [["按运量", ct.total.ratio_tonnage], ["按运量（含国六）", ct.total.ratio_tonnage_incl_guo6], ["按车次", ct.total.ratio_trips], ["国六车次占比", ct.total.guo6_trip_share]]
+        .map(([t, v]) => h("div", { class: "stat" }, h("div", { class: "stat-value", testid: "clean-ratio" }, pct(v)), h("div", { class: "stat-label" }, t)))) : null,
+      (ct.by_cargo || []).length ? barChart(ct.by_cargo.map((c) => [c.cargo, c.ratio_tonnage ?? 0]), { label: "各货物清洁运输比例", percent: true }) : null,
+      h("h4", {}, "计算输入（吨 / 车次）"), rowsTable([...(ct.total ? [ct.total] : []), ...(ct.by_cargo || [])], "clean-table"),
+      (ct.other_modes || []).length ? [h("h4", {}, "铁路/水路/皮带/管道运量"), rowsTable(ct.other_modes)] : null) : null,
+    (r.fleet_shares || []).length ? sub("厂内车辆与非道路机械排放阶段占比",
+      table(cols([["类别", (f) => f.label || f.registry], ["要求", "rule"], ["总数", "total"], ["达标", "compliant"], ["占比", (f) => pct(f.share)],
+        ["A级", (f) => (f.meets_a ? "达到" : "未达到")], ["B级", (f) => (f.meets_b ? "达到" : "未达到")], ["未达标", (f) => (f.non_compliant || []).join("、")]]), r.fleet_shares),
+      h("div", { class: "pair" }, r.fleet_shares.map((f) => h("div", {}, h("h4", {}, f.label || f.registry), pieChart((f.by_stage || []).map((x) => [x.label || x.code, x.count]))))) ) : null,
+    r.daily ? sub("日均车辆（常规日 / 预警日）",
+      barChart([["常规日 日均车辆", r.daily.normal && r.daily.normal.avg_vehicles], ["预警日 日均车辆", r.daily.warning && r.daily.warning.avg_vehicles]].filter(([, v]) => typeof v === "number"), { label: "日均车辆" }),
+      columnChart(r.daily.days || [], (d) => String(d.day).slice(5), [["entries", "进厂"], ["exits", "出厂"], ["vehicles", "车辆数"]], { label: "每日" }),
+      rowsTable(r.daily.days || [])) : null,
+    r.manual_releases ? sub(`人工放行（${r.manual_releases.total ?? 0} 次，无车牌 ${r.manual_releases.without_plate ?? 0} 次）`,
+      h("div", { class: "pair" },
+        h("div", {}, h("h4", {}, "按操作人"), barChart((r.manual_releases.by_operator || []).map((x) => [x.name, x.count]))),
+        h("div", {}, h("h4", {}, "按原因"), barChart((r.manual_releases.by_reason || []).map((x) => [x.name, x.count]))))) : null,
+    (r.uploads || []).length ? sub("数据上传完整率", barChart(r.uploads.map((u) => [u.platform, u.completeness]), { percent: true, label: "上传完整率" }), rowsTable(r.uploads)) : null,
+    rest.map(([k, v]) => sub(title(k), auto(k, v, 1))));
+}
+
 function fmtNum(v, percent) {
   if (percent) return `${(v * 100).toFixed(1)}%`;
   return Number.isInteger(v) ? String(v) : v.toFixed(2);
@@ -95,6 +180,7 @@ function cell(k, v) {
   if (k === "stage") return stageText(v);
   if (typeof v === "boolean") return v ? "是" : "否";
   if (typeof v === "number" && /completeness|ratio|share/.test(k) && v >= 0 && v <= 1) return fmtNum(v, true);
+  if (Array.isArray(v) && v.every((x) => typeof x !== "object")) return v.join("、");
   if (typeof v === "number") return fmtNum(v);
   if (typeof v === "object") return JSON.stringify(v);
   return String(v);
@@ -166,7 +252,7 @@ export function reportsView(el) {
       h("a", { class: "btn", href: "/api/v1/reports/summary" + qs({ ...q, format: "xlsx" }), download: `report-${state.from}-${state.to}.xlsx`, testid: "report-xlsx" }, "下载 Excel"));
     loadInto(out, async () => {
       const r = await get("/api/v1/reports/summary" + qs({ ...q, format: "json" }));
-      clear(out, auto("report", r));
+      clear(out, summaryReport(r));
     });
     loadInto(rel, async () => clear(rel, releaseReport(await get("/api/v1/reports/releases" + qs(q)))));
     loadInto(tonnage, async () => {
