@@ -4,7 +4,7 @@
 
 import {
   h, clear, get, post, can, qs, fmtTime, siteDate, COLORS, toast, dialog, field, select, input,
-  formValues, table, photo, section, loadInto, plateBadge,
+  formValues, table, photo, section, loadInto, plateBadge, laneName,
 } from "./core.js";
 import { stageText } from "./records.js";
 
@@ -333,12 +333,63 @@ function releaseReport(r) {
 
 function sampleCard(r) {
   const photos = r.photos || r.photo_urls || [];
+  const facts = [
+    ["方向", { in: "进厂", out: "出厂" }[r.direction] || ""],
+    ["判定", r.kind === "manual_release" ? "人工放行" : ({ allow: "允许", deny: "拒绝" })[r.decision] || ""],
+    ["原因", r.reason_text || r.reason || ""],
+    ["抬杆", ({ auto: "自动抬杆", manual: "手动抬杆", remote: "遥控抬杆" })[r.barrier] || ""],
+    ["排放阶段", stageText(r.stage)],
+    ["燃料", r.fuel || ""],
+    ["操作人", r.operator || ""],
+    ["标记", [r.corrected ? "已更正" : "", r.voided ? "已作废" : ""].filter(Boolean).join("、")],
+  ].filter(([, v]) => v);
   return h("div", { class: "sample", testid: "sample-row" },
-    h("div", { class: "sample-head" }, plateBadge(r.plate, r.color), h("span", {}, fmtTime(r.at)), h("span", {}, r.lane || ""),
+    h("div", { class: "sample-head" }, plateBadge(r.plate, r.color), h("span", {}, fmtTime(r.at)), h("span", {}, laneName(r.lane)),
       r.seq ? h("a", { href: `#/pass/${r.seq}`, class: "link" }, `#${r.seq}`) : null),
     h("div", { class: "thumbs" }, photos.length ? photos.map((p) => photo(typeof p === "string" ? p : p.url, p.kind)) : h("span", { class: "muted" }, "无照片")),
-    h("dl", { class: "kv kv-small" }, Object.entries(r).filter(([k, v]) => !["photos", "photo_urls", "plate", "color", "at", "lane", "seq"].includes(k) && v !== null && typeof v !== "object")
-      .map(([k, v]) => [h("dt", {}, title(k)), h("dd", {}, cell(k, v))])));
+    h("dl", { class: "kv kv-small" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+}
+
+const RECHECK = {
+  not_registered: "未登记（阶段来自平台或未知）", basis_missing: "缺少排放阶段依据", basis_weak: "阶段依据为手工/口述",
+  stage_changed: "通行记录阶段不一致", stage_unknown: "通行记录阶段未知", low_stage_on_warning_day: "预警日国五及以下进厂",
+};
+
+const PASS_COLS = [
+  ["时间", (r) => fmtTime(r.at)], ["车道", (r) => laneName(r.lane)], ["车牌", (r) => plateBadge(r.plate, r.color)],
+  ["判定", (r) => (r.kind === "manual_release" ? "人工放行" : ({ allow: "允许", deny: "拒绝" })[r.decision] || "")],
+  ["原因", (r) => r.reason_text || r.reason || ""], ["排放阶段", (r) => stageText(r.stage)],
+  ["照片", (r) => h("span", { class: "thumbs" }, (r.photos || []).map((p) => photo(typeof p === "string" ? p : p.url, p.kind)))],
+  ["记录", (r) => (r.seq ? h("a", { href: `#/pass/${r.seq}`, class: "link" }, `#${r.seq}`) : "")],
+];
+
+function dayBlock(title, days, avg) {
+  return h("div", {}, h("h4", {}, title),
+    avg ? h("p", {}, `${avg.days ?? 0} 天：日均进厂 ${avg.avg_entries ?? "—"}，日均出厂 ${avg.avg_exits ?? "—"}，日均车辆 ${avg.avg_vehicles ?? "—"}`) : null,
+    (days || []).length ? rowsTable(days) : h("p", { class: "empty" }, "未选择"));
+}
+
+// 核查 (src/report/inspection): sample with photos, day averages, the window, the re-check list.
+function inspectionReport(r) {
+  const sample = r.sample || r.samples || [];
+  const known = ["from", "to", "generated_at", "seed", "population", "sample", "samples", "normal_days", "normal_average",
+    "warning_days", "warning_average", "window", "recheck", "recheck_total"];
+  return h("div", { testid: "inspection-report" },
+    h("p", { class: "muted" }, `期间 ${fmtTime(r.from)} 至 ${fmtTime(r.to)}；总体 ${r.population ?? "?"} 条，随机种子 ${r.seed ?? ""}（同一种子可重现抽样）；生成于 ${fmtTime(r.generated_at)}`),
+    section(`随机抽样（${sample.length} 条）`, h("div", { class: "samples" }, sample.length ? sample.map(sampleCard) : h("p", { class: "empty" }, "本期无记录"))),
+    section("日均车辆对比", h("div", { class: "pair" }, dayBlock("常规日", r.normal_days, r.normal_average), dayBlock("预警日", r.warning_days, r.warning_average))),
+    r.window
+      ? section(`时间窗内通行 ${fmtTime(r.window.from)} – ${fmtTime(r.window.to)}（${(r.window.passes || []).length} 条${r.window.truncated ? "，已截断" : ""}）`,
+          table(PASS_COLS, r.window.passes || [], { testid: "window-table" }))
+      : null,
+    section(`排放阶段复核清单（${r.recheck_total ?? (r.recheck || []).length} 辆）`,
+      table([
+        ["车牌", (x) => plateBadge(x.plate, x.color)], ["原因", (x) => (x.reasons || []).map((c) => RECHECK[c] || c).join("；") || x.reason_text],
+        ["登记阶段", (x) => stageText(x.registry_stage)], ["阶段依据", (x) => x.stage_basis || ""],
+        ["通行记录阶段", (x) => (x.stages_seen || []).map(stageText).join("、")], ["进厂", "entries"], ["预警日进厂", "warning_day_entries"],
+        ["最近", (x) => (x.last_seq ? h("a", { href: `#/pass/${x.last_seq}`, class: "link" }, fmtTime(x.last_at)) : "")],
+      ].map(([t, f]) => [t, typeof f === "string" ? (x) => cell(f, x[f]) : f]), r.recheck || [], { testid: "recheck-table", empty: "无需复核" })),
+    Object.entries(r).filter(([k]) => !known.includes(k)).map(([k, v]) => section(title(k), auto(k, v, 1))));
 }
 
 export function inspectionView(el) {
@@ -359,16 +410,13 @@ export function inspectionView(el) {
     const v = formValues(form);
     const dt = (s) => (s ? s.replace("T", " ") + (s.length === 16 ? ":00" : "") : "");
     const q = { ...v, window_from: dt(v.window_from), window_to: dt(v.window_to) };
-    clear(links, h("a", { class: "btn btn-primary btn-big", href: "/api/v1/inspection" + qs({ ...q, format: "xlsx" }), download: `inspection-${v.from}-${v.to}.xlsx`, testid: "inspection-xlsx" }, "一键导出 Excel"));
+    clear(links);
     loadInto(out, async () => {
       const r = await get("/api/v1/inspection" + qs({ ...q, format: "json" }));
-      const sample = r.sample || r.samples || [];
-      const rest = { ...r };
-      delete rest.sample;
-      delete rest.samples;
-      clear(out,
-        section(`抽样记录（${sample.length} 条）`, h("div", { class: "samples" }, sample.length ? sample.map(sampleCard) : h("p", { class: "empty" }, "本期无记录"))),
-        auto("inspection", rest));
+      // The export carries the seed the server drew, so the workbook holds the same sample.
+      const x = { ...q, seed: r.seed ?? q.seed, format: "xlsx" };
+      clear(links, h("a", { class: "btn btn-primary btn-big", href: "/api/v1/inspection" + qs(x), download: `inspection-${v.from}-${v.to}.xlsx`, testid: "inspection-xlsx" }, "一键导出 Excel"));
+      clear(out, inspectionReport(r));
     });
   });
   el.append(h("div", { class: "view-head" }, h("h1", {}, "核查模式"), h("span", { class: "hint" }, "随机抽样、日均对比、时间窗通行、排放阶段复核，一键导出")),
