@@ -44,6 +44,11 @@ pub enum Cmd {
         #[command(subcommand)]
         command: crate::ledger::cli::RegistryCommand,
     },
+    /// Reports (stage mix, clean-transport ratio, …) and the inspection (核查) set.
+    Report {
+        #[command(subcommand)]
+        command: crate::report::cli::ReportCommand,
+    },
     /// Regulator uplinks: delivery state per platform.
     Uplink {
         #[command(subcommand)]
@@ -101,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => crate::gateway::run(args),
         Cmd::Ledger { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Registry { command } => command.run().map(|()| ExitCode::SUCCESS),
+        Cmd::Report { command } => command.run().map(|()| ExitCode::SUCCESS),
         Cmd::Uplink {
             command: UplinkCmd::Status { data_dir },
         } => {

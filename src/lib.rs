@@ -20,6 +20,7 @@ pub mod policy;
 pub mod recorder;
 pub mod registry;
 pub mod regulator;
+pub mod report;
 pub mod runtime;
 pub mod sim_cli;
 pub mod time;

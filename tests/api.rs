@@ -281,13 +281,16 @@ async fn an_inspector_gets_403_on_every_write() {
     assert_eq!(st, 200);
 }
 
+/// Method, path, token, body, expected status, what the message must name.
+type Case<'a> = (Method, &'a str, &'a str, Option<Value>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_4xx_naming_the_field() {
     let s = start("").await;
     let guard = s.login("guard").await;
     let admin = s.login("admin").await;
     let env = s.login("envmgr").await;
-    let cases: Vec<(Method, &str, &str, Option<Value>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/api/v1/login",
@@ -1059,13 +1062,122 @@ async fn users_alarms_lanes_and_the_live_stream() {
     let (_, found) = s
         .call(
             Method::GET,
-            "/api/v1/passes?plate=77777&decision=deny",
+            "/api/v1/passes?plate=豫A777*&decision=deny",
             Some(&insp),
             None,
         )
         .await;
     assert_eq!(found["total"], 1, "{found}");
     assert_eq!(found["items"][0]["lane"], "1-in");
+    let (_, none) = s
+        .call(
+            Method::GET,
+            "/api/v1/passes?plate=豫A77777&decision=allow",
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(none["total"], 0, "{none}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_inspection_and_tonnage_are_served_from_src_report() {
+    let s = start("").await;
+    let env = s.login("envmgr").await;
+    let insp = s.login("inspector").await;
+    denied_vehicle(&s, "豫A66666", 31).await;
+    let today = ecogate::ledger::local_time(chrono::Utc::now())[..10].to_string();
+
+    let (st, rep) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/reports/summary?day={today}"),
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{rep}");
+    assert_eq!(rep["first_day"], today.as_str());
+    for (fmt, ctype) in [
+        ("csv", "text/csv; charset=utf-8"),
+        (
+            "xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+    ] {
+        let r = s
+            .http
+            .get(format!(
+                "{}/api/v1/reports/summary?day={today}&format={fmt}",
+                s.base
+            ))
+            .bearer_auth(&insp)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{fmt}");
+        assert_eq!(r.headers()["content-type"], ctype);
+        assert!(!r.bytes().await.unwrap().is_empty());
+    }
+    let (st, v) = s
+        .call(
+            Method::GET,
+            "/api/v1/reports/summary?from=2026-13-01&to=2026-12-01",
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("from"));
+    let (st, v) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/reports/summary?day={today}&format=pdf"),
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("format"));
+
+    let (st, i) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/inspection?day={today}&sample=5&seed=42"),
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{i}");
+    assert_eq!(i["seed"], 42);
+
+    let (st, v) = s
+        .call(Method::POST, "/api/v1/transport-tonnage", Some(&env),
+            Some(json!({"date": today, "mode": "rail", "cargo": "铁矿石", "tonnes": 1250.5, "note": "铁路到货"})))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let t = s.kinds("transport_tonnage").pop().unwrap();
+    assert_eq!(body(&t)["operator"], "envmgr");
+    let (st, list) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/transport-tonnage?from={today}&to={today}"),
+            Some(&insp),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list[0]["cargo"], "铁矿石");
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/v1/transport-tonnage",
+            Some(&env),
+            Some(json!({"date": today, "mode": "boat", "cargo": "煤", "tonnes": 1})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("mode"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1147,4 +1259,110 @@ async fn the_served_openapi_document_is_the_file_and_lists_every_route() {
         let line = format!("{} {p}", m.to_uppercase());
         assert!(md.contains(&line), "docs/api.md lacks `{line}`");
     }
+}
+
+#[test]
+fn user_cli_adds_lists_and_changes_passwords_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_ecogate");
+    let out = std::process::Command::new(exe)
+        .args(["user", "add", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--username",
+            "admin",
+            "--role",
+            "admin",
+            "--display-name",
+            "系统管理员",
+        ])
+        .args(["--password-env", "ECOGATE_TEST_PW"])
+        .env("ECOGATE_TEST_PW", "cli-secret-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("cli-secret-1"), "{all}");
+
+    // Password from stdin.
+    let mut child = std::process::Command::new(exe)
+        .args(["user", "passwd", "--data-dir"])
+        .arg(dir.path())
+        .args(["--username", "admin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cli-secret-2\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("cli-secret-2"));
+
+    let store = ecogate::api::auth::UserStore::open(dir.path()).unwrap();
+    assert!(store
+        .authenticate("admin", "cli-secret-2")
+        .unwrap()
+        .is_some());
+    assert!(store
+        .authenticate("admin", "cli-secret-1")
+        .unwrap()
+        .is_none());
+
+    let out = std::process::Command::new(exe)
+        .args(["user", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "admin\tadmin\t系统管理员\n"
+    );
+    let bad = std::process::Command::new(exe)
+        .args(["user", "add", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--username",
+            "x",
+            "--role",
+            "boss",
+            "--password-env",
+            "ECOGATE_TEST_PW",
+        ])
+        .env("ECOGATE_TEST_PW", "whatever1")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--role"));
+
+    let changes: Vec<Value> = LedgerReader::open(dir.path())
+        .unwrap()
+        .events_after(0, 100)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == "user_change")
+        .map(body)
+        .collect();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["op"], "create");
+    assert_eq!(changes[1]["op"], "password");
+    assert!(changes.iter().all(|c| c["actor"] == "cli"));
 }

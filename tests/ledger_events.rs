@@ -41,6 +41,7 @@ fn one_of_each() -> Vec<EventBody> {
             role: "值班长".into(),
             reason: "消防车".into(),
             approval: Some("李四".into()),
+            request: None,
             photo_kinds: vec!["scene".into()],
         }),
         EventBody::BarrierException(BarrierException {

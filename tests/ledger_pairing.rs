@@ -152,6 +152,7 @@ fn manual_release_pairs_and_is_flagged() {
         role: "guard".into(),
         reason: "camera down".into(),
         approval: None,
+        request: None,
         photo_kinds: vec![],
     };
     rec(&l, EventBody::ManualRelease(manual), local(1, 9, 0));

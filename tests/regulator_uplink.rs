@@ -165,6 +165,7 @@ async fn opened_passes_reach_the_mock_once_with_fields_codes_and_photos() {
         role: "guard".into(),
         reason: "camera fault".into(),
         approval: None,
+        request: None,
         photo_kinds: vec![],
     });
     ledger

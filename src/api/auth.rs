@@ -340,8 +340,11 @@ impl Sessions {
 
 /// Login throttling: after [`Throttle::MAX_FAILURES`] failures for one username or from one
 /// address within the window, further attempts are refused for the lockout time.
+/// Recent failures of one key, and the end of its lockout.
+type Failures = (VecDeque<Instant>, Option<Instant>);
+
 pub struct Throttle {
-    state: Mutex<HashMap<String, (VecDeque<Instant>, Option<Instant>)>>,
+    state: Mutex<HashMap<String, Failures>>,
     window: Duration,
     lockout: Duration,
 }
@@ -390,7 +393,7 @@ impl Throttle {
                 fails.pop_front();
             }
             fails.push_back(now);
-            if fails.len() >= Self::MAX_FAILURES && until.is_none_or(|u| u <= now) {
+            if fails.len() >= Self::MAX_FAILURES && until.map_or(true, |u| u <= now) {
                 *until = Some(now + self.lockout);
                 fails.clear();
                 locked = true;

@@ -48,9 +48,6 @@ impl ApiError {
         tracing::error!(error = %m, "API request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
     }
-    pub fn not_implemented(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", m)
-    }
 }
 
 impl IntoResponse for ApiError {

@@ -13,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{Duration, Utc};
+use rusqlite::OptionalExtension as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -77,25 +78,35 @@ pub fn pass_json(e: &EventRecord) -> Value {
     pass_row(e).unwrap_or_else(|| event_json(e))
 }
 
-/// The latest pass attempt or manual release of each lane (looking back a bounded number of
-/// events: a lane silent for that long shows no last pass).
-pub fn last_passes(r: &LedgerReader) -> Result<HashMap<String, EventRecord>, ApiError> {
+/// How far back (in events) a lane's last pass is looked for: a lane silent for longer shows
+/// none, rather than every lane change scanning the whole log.
+const LAST_PASS_LOOKBACK: i64 = 50_000;
+
+/// The latest pass attempt or manual release of a lane.
+pub fn last_pass(r: &LedgerReader, lane: &str) -> Result<Option<EventRecord>, ApiError> {
     let mut stmt = r.conn().prepare_cached(
         "SELECT seq, id, recorded_at, occurred_at, kind, body, photos FROM events
-         WHERE kind IN ('pass_attempt', 'manual_release') ORDER BY seq DESC LIMIT 2000",
+         WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events) - ?2
+           AND kind IN ('pass_attempt', 'manual_release')
+           AND json_extract(body, '$.lane') = ?1
+         ORDER BY seq DESC LIMIT 1",
     )?;
-    let rows = stmt
-        .query_map([], raw_row)
-        .map_err(crate::ledger::LedgerError::from)?;
+    let row = stmt
+        .query_row(rusqlite::params![lane, LAST_PASS_LOOKBACK], raw_row)
+        .optional()?;
+    Ok(row.map(decode).transpose()?)
+}
+
+/// [`last_pass`] of each of `lanes`.
+pub fn last_passes(
+    r: &LedgerReader,
+    lanes: &[String],
+) -> Result<HashMap<String, EventRecord>, ApiError> {
     let mut out = HashMap::new();
-    for row in rows {
-        let e = decode(row.map_err(crate::ledger::LedgerError::from)?)?;
-        let lane = match &e.body {
-            EventBody::PassAttempt(p) => p.lane.clone(),
-            EventBody::ManualRelease(m) => m.lane.clone(),
-            _ => continue,
-        };
-        out.entry(lane).or_insert(e);
+    for l in lanes {
+        if let Some(e) = last_pass(r, l)? {
+            out.insert(l.clone(), e);
+        }
     }
     Ok(out)
 }
@@ -104,90 +115,6 @@ impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
         ApiError::internal(format!("ledger database: {e}"))
     }
-}
-
-#[derive(Deserialize)]
-pub struct PassQuery {
-    plate: Option<String>,
-    color: Option<String>,
-    gate: Option<String>,
-    lane: Option<String>,
-    direction: Option<String>,
-    stage: Option<String>,
-    decision: Option<String>,
-    barrier: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    page: Option<u64>,
-    per_page: Option<u64>,
-}
-
-fn one_of(field: &str, v: &Option<String>, allowed: &[&str]) -> Result<(), ApiError> {
-    match v.as_deref() {
-        Some(x) if !x.is_empty() && !allowed.contains(&x) => Err(ApiError::bad_request(format!(
-            "`{field}`: `{x}` is not one of {}",
-            allowed.join(", ")
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Pass search. A stand-in scan over the range until the indexed search of src/report lands.
-pub async fn passes(
-    _u: AuthUser,
-    State(s): State<ApiState>,
-    ApiQuery(q): ApiQuery<PassQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let (page, per) = paging(q.page, q.per_page)?;
-    let (from, to) = range(&q.from, &q.to, 30)?;
-    one_of("direction", &q.direction, &["in", "out"])?;
-    one_of("decision", &q.decision, &["allow", "deny"])?;
-    one_of("barrier", &q.barrier, &["auto", "manual", "remote"])?;
-    if let Some(c) = q.color.as_deref().filter(|c| !c.is_empty()) {
-        c.parse::<ecogate_drivers::PlateColor>()
-            .map_err(|_| ApiError::bad_request(format!("`color`: `{c}` is not a plate colour")))?;
-    }
-    let rows = s
-        .read(move |r| Ok(r.events_between(&["pass_attempt", "manual_release"], from, to)?))
-        .await?;
-    let want = |field: &str, v: &Value| -> bool {
-        let q = match field {
-            "plate" => &q.plate,
-            "color" => &q.color,
-            "gate" => &q.gate,
-            "lane" => &q.lane,
-            "direction" => &q.direction,
-            "stage" => &q.stage,
-            "decision" => &q.decision,
-            _ => &q.barrier,
-        };
-        match q.as_deref().filter(|x| !x.is_empty()) {
-            None => true,
-            Some(x) if field == "plate" => v.as_str().is_some_and(|p| p.contains(x)),
-            Some(x) => v.as_str() == Some(x),
-        }
-    };
-    let mut items: Vec<Value> = rows
-        .iter()
-        .rev()
-        .filter_map(pass_row)
-        .filter(|row| {
-            [
-                "plate",
-                "color",
-                "gate",
-                "lane",
-                "direction",
-                "stage",
-                "decision",
-                "barrier",
-            ]
-            .iter()
-            .all(|f| want(f, &row[*f]))
-        })
-        .collect();
-    items.truncate(100_000);
-    Ok(Json(page_of(items, page, per)))
 }
 
 pub async fn pass_detail(
@@ -336,7 +263,11 @@ pub async fn visits(
             Ok(r.visits(from, to)?
                 .iter()
                 .rev()
-                .filter(|v| plate.as_ref().is_none_or(|p| v.plate.contains(p.as_str())))
+                .filter(|v| {
+                    plate
+                        .as_ref()
+                        .map_or(true, |p| v.plate.contains(p.as_str()))
+                })
                 .map(visit_json)
                 .collect::<Vec<_>>())
         })
@@ -486,7 +417,7 @@ pub async fn registry_list(
                 .filter(|row| {
                     needle
                         .as_ref()
-                        .is_none_or(|n| row.iter().any(|(_, v)| v.contains(n.as_str())))
+                        .map_or(true, |n| row.iter().any(|(_, v)| v.contains(n.as_str())))
                 })
                 .map(|row| Value::Object(row.into_iter().map(|(k, v)| (k, json!(v))).collect()))
                 .collect::<Vec<_>>())

@@ -10,6 +10,7 @@ pub mod error;
 pub mod ingest;
 mod ledger_api;
 pub mod release;
+mod reports;
 mod users;
 
 use crate::config::Plan;
@@ -28,7 +29,6 @@ use chrono::Utc;
 use ecogate_drivers::DeviceHealth;
 use error::ApiError;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -123,6 +123,10 @@ impl ApiState {
             tokio::spawn(async move {
                 while rx.changed().await.is_ok() {
                     let Some(inner) = weak.upgrade() else { break };
+                    // Nobody watching: no need to read the lane's last pass.
+                    if inner.bus.receiver_count() == 0 {
+                        continue;
+                    }
                     let s = ApiState { inner };
                     match s.lane_views(Some(id.clone())).await {
                         Ok(mut v) => {
@@ -140,7 +144,14 @@ impl ApiState {
 
     /// LaneView of every lane (or one), with its last pass from the ledger.
     pub async fn lane_views(&self, only: Option<String>) -> Result<Vec<Value>, ApiError> {
-        let lasts = self.read(ledger_api::last_passes).await?;
+        let ids: Vec<String> = self
+            .inner
+            .lanes
+            .iter()
+            .filter(|h| only.as_ref().map_or(true, |o| *o == h.id))
+            .map(|h| h.id.clone())
+            .collect();
+        let lasts = self.read(move |r| ledger_api::last_passes(r, &ids)).await?;
         let plan = &self.inner.plan;
         let mut out = Vec::new();
         for h in &self.inner.lanes {
@@ -188,6 +199,9 @@ async fn tail_alarms(weak: Weak<Inner>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(inner) = weak.upgrade() else { return };
+        if inner.ledger.head().seq <= after {
+            continue;
+        }
         let s = ApiState { inner };
         let from = after;
         let got = s
@@ -227,7 +241,7 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
         ("post", "/api/v1/alarms/ack", post(ledger_api::ack_alarm)),
         ("get", "/api/v1/measures", get(measures)),
         ("get", "/api/v1/uplinks", get(uplinks)),
-        ("get", "/api/v1/passes", get(ledger_api::passes)),
+        ("get", "/api/v1/passes", get(reports::passes)),
         ("get", "/api/v1/passes/{seq}", get(ledger_api::pass_detail)),
         ("get", "/api/v1/photos/{sha256}", get(ledger_api::photo)),
         ("get", "/api/v1/visits", get(ledger_api::visits)),
@@ -265,17 +279,17 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
             post(release::correct_plate),
         ),
         ("get", "/api/v1/reports/releases", get(release::report)),
-        ("get", "/api/v1/reports/summary", get(reports_pending)),
-        ("get", "/api/v1/inspection", get(reports_pending)),
+        ("get", "/api/v1/reports/summary", get(reports::summary)),
+        ("get", "/api/v1/inspection", get(reports::inspection)),
         (
             "get",
             "/api/v1/transport-tonnage",
-            get(reports_pending_read),
+            get(reports::tonnage_list),
         ),
         (
             "post",
             "/api/v1/transport-tonnage",
-            post(reports_pending_write),
+            post(reports::tonnage_add),
         ),
         ("get", "/api/v1/openapi.json", get(openapi)),
     ]
@@ -426,7 +440,7 @@ async fn measures(_u: AuthUser, State(s): State<ApiState>) -> Json<Value> {
             if let Some(o) = v.as_object_mut() {
                 o.insert(
                     "in_force".into(),
-                    json!(m.start <= now && m.end.is_none_or(|e| now < e)),
+                    json!(m.start <= now && m.end.map_or(true, |e| now < e)),
                 );
             }
             v
@@ -459,21 +473,6 @@ async fn uplinks(_u: AuthUser, State(s): State<ApiState>) -> Json<Value> {
         })
         .collect();
     Json(Value::Array(out))
-}
-
-async fn reports_pending(_u: AuthUser) -> ApiError {
-    ApiError::not_implemented("reports are not built into this gateway yet (src/report)")
-}
-
-async fn reports_pending_read(_u: AuthUser) -> ApiError {
-    ApiError::not_implemented("transport tonnage is not built into this gateway yet (src/report)")
-}
-
-async fn reports_pending_write(u: AuthUser) -> Result<(), ApiError> {
-    u.require(&[auth::Role::EnvManager, auth::Role::Admin])?;
-    Err(ApiError::not_implemented(
-        "transport tonnage is not built into this gateway yet (src/report)",
-    ))
 }
 
 /// Parses a time parameter (RFC 3339, `yyyy-MM-dd HH:mm:ss` or `yyyy-MM-dd`, GMT+8).
@@ -546,7 +545,10 @@ pub fn record_json(e: &EventRecord) -> Value {
     ledger_api::event_json(e)
 }
 
-/// Last events per lane helper re-exported for the release module.
-pub(crate) fn lanes_last_pass(r: &LedgerReader) -> Result<HashMap<String, EventRecord>, ApiError> {
-    ledger_api::last_passes(r)
+/// The lane's latest pass, for the release module.
+pub(crate) fn lane_last_pass(
+    r: &LedgerReader,
+    lane: &str,
+) -> Result<Option<EventRecord>, ApiError> {
+    ledger_api::last_pass(r, lane)
 }

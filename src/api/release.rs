@@ -4,7 +4,7 @@
 
 use super::auth::{AuthUser, Role, WRITERS};
 use super::error::ApiError;
-use super::{lanes_last_pass, range, ApiJson, ApiQuery, ApiState};
+use super::{lane_last_pass, range, ApiJson, ApiQuery, ApiState};
 use crate::lane::engine::{Input, Release as LaneRelease};
 use crate::ledger::events::{Correction, EventBody, ReleaseDecision, ReleaseRequest};
 use crate::ledger::store::EventRecord;
@@ -130,7 +130,7 @@ pub async fn list(
         .releases
         .lock()
         .iter()
-        .filter(|r| want.is_none_or(|w| r.status == w))
+        .filter(|r| want.map_or(true, |w| r.status == w))
         .cloned()
         .collect();
     out.reverse();
@@ -192,8 +192,7 @@ fn photos_of(s: &ApiState, e: &EventRecord) -> (Vec<Bytes>, Vec<String>) {
 
 async fn last_pass(s: &ApiState, lane: &str) -> Result<Option<EventRecord>, ApiError> {
     let lane = lane.to_string();
-    let mut all = s.read(lanes_last_pass).await?;
-    Ok(all.remove(&lane))
+    s.read(move |r| lane_last_pass(r, &lane)).await
 }
 
 pub async fn create(

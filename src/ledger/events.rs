@@ -2,7 +2,7 @@
 //! place, so a correction is itself an event that names the one it corrects.
 
 use crate::vehicle::{EmissionStage, Fuel, PlateColor, RegistryKind};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use ecogate_drivers::Mass;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ pub enum EventBody {
     ReleaseRequest(ReleaseRequest),
     ReleaseDecision(ReleaseDecision),
     AlarmAck(AlarmAck),
+    TransportTonnage(TransportTonnage),
 }
 
 impl EventBody {
@@ -45,6 +46,7 @@ impl EventBody {
             EventBody::ReleaseRequest(_) => "release_request",
             EventBody::ReleaseDecision(_) => "release_decision",
             EventBody::AlarmAck(_) => "alarm_ack",
+            EventBody::TransportTonnage(_) => "transport_tonnage",
         }
     }
 }
@@ -339,4 +341,32 @@ pub struct AlarmAck {
     pub by: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
+}
+
+/// A clean (non-road) transport mode whose tonnage is entered by hand (§7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportMode {
+    /// 铁路
+    Rail,
+    /// 水路
+    Water,
+    /// 管状带式输送机 / 皮带通廊
+    Belt,
+    /// 管道
+    Pipeline,
+}
+
+/// Bulk goods one day moved by rail, water, belt or pipeline, copied from the railway, port or
+/// belt-scale records: the clean-transport ratio counts it beside truck weighings. `mass` is
+/// exact grams like every mass in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransportTonnage {
+    pub date: NaiveDate,
+    pub mode: TransportMode,
+    pub cargo: String,
+    pub mass: Mass,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+    pub operator: String,
 }

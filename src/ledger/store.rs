@@ -295,6 +295,8 @@ impl Ledger {
         let conn = open_rw(&data_dir.join(DB_FILE))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::registry::SCHEMA)?;
+        // Derived search/report tables and their triggers (not part of the chain).
+        crate::report::index::ensure(&conn)?;
         let instance = instance_id(&conn, data_dir)?;
         let head = read_head(&conn)?;
         let shared = Arc::new(RwLock::new(head));
