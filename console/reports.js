@@ -4,7 +4,7 @@
 
 import {
   h, clear, get, post, can, qs, fmtTime, siteDate, COLORS, toast, dialog, field, select, input,
-  formValues, table, photo, section, loadInto, plateBadge, laneName,
+  formValues, table, photo, section, loadInto, plateBadge, laneName, session,
 } from "./core.js";
 import { stageText } from "./records.js";
 
@@ -106,6 +106,7 @@ export function columnChart(rows, labelOf, series, opts = {}) {
       rows.length <= 31 || j % 2 === 0 ? h("svg:text", { x: left + j * gw + gw / 2, y: top + hgt + 15, "text-anchor": "middle", class: "chart-value" }, labelOf(r)) : null)));
 }
 
+const gateName = (id) => (((session.site && session.site.gates) || []).find((g) => g.id === id) || { name: id }).name;
 const pct = (v) => (v === null || v === undefined ? "—" : `${(v * 100).toFixed(1)}%`);
 const sub = (title, ...c) => h("div", { class: "sub" }, h("h3", {}, title), ...c);
 const cols = (spec) => spec.map(([t, f]) => [t, typeof f === "string" ? (r) => cell(f, r[f]) : f]);
@@ -128,7 +129,7 @@ function summaryReport(r) {
     sub("通行概况",
       h("div", { class: "stats" }, [["通行合计", p.total], ["进厂", p.entries], ["出厂", p.exits], ["人工/遥控放行", p.manual_or_remote], ["拒绝（未抬杆）", p.denied_attempts]]
         .map(([t, v]) => h("div", { class: "stat" }, h("div", { class: "stat-value" }, v ?? "—"), h("div", { class: "stat-label" }, t)))),
-      h("h4", {}, "按门岗"), columnChart(p.by_gate || [], (g) => g.gate, [["entries", "进厂"], ["exits", "出厂"]], { label: "按门岗" }),
+      h("h4", {}, "按门岗"), columnChart(p.by_gate || [], (g) => gateName(g.gate), [["entries", "进厂"], ["exits", "出厂"]], { label: "按门岗" }),
       h("h4", {}, "按小时"), columnChart(p.by_hour || [], (x) => String(x.hour).padStart(2, "0"), [["entries", "进厂"], ["exits", "出厂"]], { label: "按小时" })),
     r.stage_mix ? sub("排放阶段构成（进厂车次 / 车辆）", mix(r.stage_mix)) : null,
     r.fuel_mix ? sub("燃料类型构成", mix(r.fuel_mix)) : null,
@@ -370,12 +371,12 @@ function dayBlock(title, days, avg) {
 }
 
 // 核查 (src/report/inspection): sample with photos, day averages, the window, the re-check list.
-function inspectionReport(r) {
+function inspectionReport(r, seedShown) {
   const sample = r.sample || r.samples || [];
   const known = ["from", "to", "generated_at", "seed", "population", "sample", "samples", "normal_days", "normal_average",
     "warning_days", "warning_average", "window", "recheck", "recheck_total"];
   return h("div", { testid: "inspection-report" },
-    h("p", { class: "muted" }, `期间 ${fmtTime(r.from)} 至 ${fmtTime(r.to)}；总体 ${r.population ?? "?"} 条，随机种子 ${r.seed ?? ""}（同一种子可重现抽样）；生成于 ${fmtTime(r.generated_at)}`),
+    h("p", { class: "muted" }, `期间 ${fmtTime(r.from)} 至 ${fmtTime(r.to)}；总体 ${r.population ?? "?"} 条，随机种子 ${seedShown || r.seed || ""}（同一种子可重现抽样）；生成于 ${fmtTime(r.generated_at)}`),
     section(`随机抽样（${sample.length} 条）`, h("div", { class: "samples" }, sample.length ? sample.map(sampleCard) : h("p", { class: "empty" }, "本期无记录"))),
     section("日均车辆对比", h("div", { class: "pair" }, dayBlock("常规日", r.normal_days, r.normal_average), dayBlock("预警日", r.warning_days, r.warning_average))),
     r.window
@@ -409,14 +410,16 @@ export function inspectionView(el) {
     ev.preventDefault();
     const v = formValues(form);
     const dt = (s) => (s ? s.replace("T", " ") + (s.length === 16 ? ":00" : "") : "");
-    const q = { ...v, window_from: dt(v.window_from), window_to: dt(v.window_to) };
+    // The console draws the seed when none is given: the server's own may exceed what a JS
+    // number holds exactly, and the export must draw the very same sample.
+    const seed = v.seed || String(Math.floor(Math.random() * 2 ** 52));
+    const q = { ...v, seed, window_from: dt(v.window_from), window_to: dt(v.window_to) };
     clear(links);
     loadInto(out, async () => {
       const r = await get("/api/v1/inspection" + qs({ ...q, format: "json" }));
-      // The export carries the seed the server drew, so the workbook holds the same sample.
-      const x = { ...q, seed: r.seed ?? q.seed, format: "xlsx" };
+      const x = { ...q, format: "xlsx" };
       clear(links, h("a", { class: "btn btn-primary btn-big", href: "/api/v1/inspection" + qs(x), download: `inspection-${v.from}-${v.to}.xlsx`, testid: "inspection-xlsx" }, "一键导出 Excel"));
-      clear(out, inspectionReport(r));
+      clear(out, inspectionReport(r, q.seed));
     });
   });
   el.append(h("div", { class: "view-head" }, h("h1", {}, "核查模式"), h("span", { class: "hint" }, "随机抽样、日均对比、时间窗通行、排放阶段复核，一键导出")),
