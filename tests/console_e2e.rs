@@ -14,7 +14,7 @@ use ecogate::gateway::Gateway;
 use ecogate::ledger::store::LedgerReader;
 use ecogate_drivers::sim::camera::{CameraSim, VzPlate};
 use ecogate_drivers::sim::modbus::{BarrierModel, Framing, RelaySim, SimConfig};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
