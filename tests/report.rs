@@ -160,6 +160,7 @@ fn release(plate: Option<&str>, operator: &str, reason: &str) -> EventBody {
         role: "guard".into(),
         reason: reason.into(),
         approval: Some("王五".into()),
+        request: None,
         photo_kinds: vec!["scene".into()],
     })
 }

@@ -312,12 +312,24 @@ pub fn router(state: ApiState) -> axum::Router {
     // Not a router-wide fallback: the console (and whatever else shares the listener) keeps
     // its own paths; only unknown `/api/v1/...` paths get the JSON 404.
     r.route("/api/v1/{*rest}", axum::routing::any(api_fallback))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
 /// Everything the site serves to operators: the API and the console.
 pub fn routes(state: ApiState) -> axum::Router {
     router(state).merge(console::router())
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "`{method} {}` is not a route; see /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 async fn api_fallback(uri: axum::http::Uri) -> ApiError {
