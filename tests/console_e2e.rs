@@ -86,6 +86,32 @@ mod wd {
     pub struct Session {
         http: reqwest::Client,
         url: String,
+        closed: bool,
+    }
+
+    /// A failing assertion must not leave a headless browser running: chromedriver quits it
+    /// when the session is deleted, and killing chromedriver alone would orphan it.
+    impl Drop for Session {
+        fn drop(&mut self) {
+            if self.closed {
+                return;
+            }
+            use std::io::{Read, Write};
+            let Some(rest) = self.url.strip_prefix("http://") else {
+                return;
+            };
+            let Some((host, path)) = rest.split_once('/') else {
+                return;
+            };
+            if let Ok(mut c) = std::net::TcpStream::connect(host) {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = write!(
+                    c,
+                    "DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = c.read_to_end(&mut Vec::new());
+            }
+        }
     }
 
     #[derive(Clone, Debug)]
@@ -122,6 +148,7 @@ mod wd {
             Session {
                 http,
                 url: format!("{}/session/{id}", driver.base),
+                closed: false,
             }
         }
 
@@ -253,8 +280,9 @@ mod wd {
             .unwrap_or_else(|e| json!(format!("(script failed: {e})")))
         }
 
-        pub async fn close(self) {
+        pub async fn close(mut self) {
             let _ = self.cmd("DELETE", "", None).await;
+            self.closed = true;
         }
     }
 
