@@ -13,7 +13,7 @@ use crate::ledger::{db_time, local_day_start, site_zone, EventBody, LedgerReader
 use crate::vehicle::{EmissionStage, Fuel};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -276,6 +276,8 @@ pub fn build_report(reader: &LedgerReader, p: &ReportParams) -> Result<Report, R
 
 /// [`build_report`] for a checked period.
 pub fn build_report_for(reader: &LedgerReader, period: Period) -> Result<Report, ReportError> {
+    // Reading a month of the index through mmap saves a copy per page; failure is harmless.
+    let _ = reader.conn().pragma_update(None, "mmap_size", 1i64 << 30);
     let days = period.days();
     let warn = warning_days(reader, period.from, period.to)?;
     let scan = scan_passes(reader, period, &days)?;
@@ -315,6 +317,43 @@ struct Scan {
     daily: Vec<DayTally>,
 }
 
+/// FNV-1a: plate keys are short and trusted (our own index), so the std SipHash's DoS
+/// resistance is not needed and its cost shows over a million rows.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// Index of `key` in a short list, appended when new (gates, stage/fuel pairs: a handful).
+fn intern<T>(list: &mut Vec<(String, T)>, key: &str, new: impl FnOnce() -> T) -> usize {
+    match list.iter().position(|(k, _)| k == key) {
+        Some(i) => i,
+        None => {
+            list.push((key.to_string(), new()));
+            list.len() - 1
+        }
+    }
+}
+
 /// One pass over the period's rows of `pass_index`; everything keyed by small integers so a
 /// month of a million passes stays well under a second.
 fn scan_passes(
@@ -322,31 +361,48 @@ fn scan_passes(
     period: Period,
     days: &[NaiveDate],
 ) -> Result<Scan, ReportError> {
-    let day_ix: HashMap<String, usize> = days
+    let day_names: Vec<String> = days
         .iter()
-        .enumerate()
-        .map(|(i, d)| (d.format("%Y-%m-%d").to_string(), i))
+        .map(|d| d.format("%Y-%m-%d").to_string())
         .collect();
     let mut counts = PassCounts::default();
-    let mut gates: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // gate → (entries, exits)
+    let mut gates: Vec<(String, (u64, u64))> = Vec::new();
     let mut hours = [(0u64, 0u64); 24];
-    let mut vehicles: HashMap<String, u32> = HashMap::new();
-    // Per vehicle: (stage, fuel) of its last entry in the period.
-    let mut last_entry: HashMap<u32, (String, String)> = HashMap::new();
-    let mut stage_trips: BTreeMap<String, u64> = BTreeMap::new();
-    let mut fuel_trips: BTreeMap<String, u64> = BTreeMap::new();
-    let mut compliant_trips = 0u64;
+    let mut vehicles: FnvMap<String, u32> = FnvMap::default();
+    // "stage|fuel" → (entry trips, compliant)
+    let mut pairs: Vec<(String, (u64, bool))> = Vec::new();
+    // Per vehicle: the pair of its last entry and that entry's time (text orders as time).
+    let mut last_entry: Vec<Option<(usize, String)>> = Vec::new();
+    // Per vehicle: a bit per day it passed.
+    let mut seen_days: Vec<Vec<u64>> = Vec::new();
+    let words = days.len() / 64 + 1;
     let mut daily = vec![DayTally::default(); days.len()];
-    let mut day_vehicles: Vec<HashSet<u32>> = vec![HashSet::new(); days.len()];
     let mut unplated = vec![0u64; days.len()];
     let mut key = String::new();
+    let mut last_day: Option<(usize, usize)> = None;
     let conn = reader.conn();
+    // Rows come in seq order, which is time order except for backfills; nothing below depends
+    // on the order except "last entry", which compares the times.
+    let (lo, hi): (Option<i64>, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT min(seq), max(seq) FROM pass_index WHERE occurred_at >= ?1 AND occurred_at < ?2",
+        )?
+        .query_row([db_time(period.from), db_time(period.to)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     let mut stmt = conn.prepare_cached(
         "SELECT day, hour, direction, gate, plate, color, stage, fuel, barrier, kind,
-                is_pass, voided, decision
-         FROM pass_index WHERE occurred_at >= ?1 AND occurred_at < ?2",
+                is_pass, voided, decision, occurred_at
+         FROM pass_index WHERE seq >= ?3 AND seq <= ?4
+           AND +occurred_at >= ?1 AND +occurred_at < ?2",
     )?;
-    let mut rows = stmt.query([db_time(period.from), db_time(period.to)])?;
+    let mut rows = stmt.query(rusqlite::params![
+        db_time(period.from),
+        db_time(period.to),
+        lo.unwrap_or(1),
+        hi.unwrap_or(0)
+    ])?;
     while let Some(r) = rows.next()? {
         if r.get::<_, i64>(11)? != 0 {
             continue;
@@ -364,33 +420,29 @@ fn scan_passes(
         let gate = r.get_ref(3)?.as_str_or_null()?.unwrap_or("");
         let plate = r.get_ref(4)?.as_str_or_null()?.unwrap_or("");
         let color = r.get_ref(5)?.as_str_or_null()?.unwrap_or("");
-        let stage = r.get_ref(6)?.as_str_or_null()?.unwrap_or("");
-        let fuel = r.get_ref(7)?.as_str_or_null()?.unwrap_or("");
         let barrier = r.get_ref(8)?.as_str_or_null()?.unwrap_or("");
         let kind = r.get_ref(9)?.as_str()?;
         counts.total += 1;
         if barrier != "auto" || kind == "manual_release" {
             counts.manual_or_remote += 1;
         }
-        match gates.get_mut(gate) {
-            Some(g) => {
-                if entry {
-                    g.0 += 1
-                } else {
-                    g.1 += 1
-                }
+        let g = intern(&mut gates, gate, || (0, 0));
+        let d = match last_day {
+            Some((name, i)) if day_names.get(name).is_some_and(|n| n == day) => Some(i),
+            _ => {
+                let i = day_names.iter().position(|n| n == day);
+                last_day = i.map(|i| (i, i));
+                i
             }
-            None => {
-                gates.insert(gate.to_string(), if entry { (1, 0) } else { (0, 1) });
-            }
-        }
-        let d = day_ix.get(day).copied();
+        };
         if entry {
             counts.entries += 1;
             hours[hour].0 += 1;
+            gates[g].1 .0 += 1;
         } else {
             counts.exits += 1;
             hours[hour].1 += 1;
+            gates[g].1 .1 += 1;
         }
         let vid = if plate.trim().is_empty() {
             None
@@ -399,11 +451,13 @@ fn scan_passes(
             key.push_str(plate);
             key.push('|');
             key.push_str(color);
-            let n = vehicles.len() as u32;
             Some(match vehicles.get(key.as_str()) {
-                Some(v) => *v,
+                Some(v) => *v as usize,
                 None => {
-                    vehicles.insert(key.clone(), n);
+                    let n = last_entry.len();
+                    vehicles.insert(key.clone(), n as u32);
+                    last_entry.push(None);
+                    seen_days.push(vec![0; words]);
                     n
                 }
             })
@@ -416,36 +470,59 @@ fn scan_passes(
             }
             match vid {
                 Some(v) => {
-                    day_vehicles[d].insert(v);
+                    let w = &mut seen_days[v][d / 64];
+                    if *w & (1 << (d % 64)) == 0 {
+                        *w |= 1 << (d % 64);
+                        daily[d].vehicles += 1;
+                    }
                 }
                 None => unplated[d] += 1,
             }
         }
         if entry {
-            bump(&mut stage_trips, stage);
-            bump(&mut fuel_trips, fuel);
-            if at_least(stage_of(stage), fuel_of(fuel), 5) {
-                compliant_trips += 1;
-            }
+            let stage = r.get_ref(6)?.as_str_or_null()?.unwrap_or("");
+            let fuel = r.get_ref(7)?.as_str_or_null()?.unwrap_or("");
+            key.clear();
+            key.push_str(stage);
+            key.push('|');
+            key.push_str(fuel);
+            let p = intern(&mut pairs, &key, || {
+                (0, at_least(stage_of(stage), fuel_of(fuel), 5))
+            });
+            pairs[p].1 .0 += 1;
             if let Some(v) = vid {
-                match last_entry.get_mut(&v) {
-                    Some(e) => {
-                        if e.0 != stage {
-                            e.0 = stage.to_string();
-                        }
-                        if e.1 != fuel {
-                            e.1 = fuel.to_string();
+                let at = r.get_ref(13)?.as_str()?;
+                match &mut last_entry[v] {
+                    Some((pair, t)) => {
+                        if at >= t.as_str() {
+                            *pair = p;
+                            t.clear();
+                            t.push_str(at);
                         }
                     }
-                    None => {
-                        last_entry.insert(v, (stage.to_string(), fuel.to_string()));
-                    }
+                    slot => *slot = Some((p, at.to_string())),
                 }
             }
         }
     }
     for (i, t) in daily.iter_mut().enumerate() {
-        t.vehicles = day_vehicles[i].len() as u64 + unplated[i];
+        t.vehicles += unplated[i];
+    }
+    gates.sort_by(|a, b| a.0.cmp(&b.0));
+    let split = |pair: &str| {
+        let (s, f) = pair.split_once('|').unwrap_or((pair, ""));
+        (s.to_string(), f.to_string())
+    };
+    let mut stage_trips: BTreeMap<String, u64> = BTreeMap::new();
+    let mut fuel_trips: BTreeMap<String, u64> = BTreeMap::new();
+    let mut compliant_trips = 0u64;
+    for (k, (n, ok)) in &pairs {
+        let (s, f) = split(k);
+        *stage_trips.entry(s).or_default() += n;
+        *fuel_trips.entry(f).or_default() += n;
+        if *ok {
+            compliant_trips += n;
+        }
     }
     counts.by_gate = gates
         .into_iter()
@@ -467,14 +544,17 @@ fn scan_passes(
     let mut stage_veh: BTreeMap<String, u64> = BTreeMap::new();
     let mut fuel_veh: BTreeMap<String, u64> = BTreeMap::new();
     let mut compliant_veh = 0u64;
-    for (s, f) in last_entry.values() {
-        bump(&mut stage_veh, s);
-        bump(&mut fuel_veh, f);
-        if at_least(stage_of(s), fuel_of(f), 5) {
+    let mut entered = 0u64;
+    for (p, _) in last_entry.iter().flatten() {
+        let (k, (_, ok)) = &pairs[*p];
+        let (s, f) = split(k);
+        *stage_veh.entry(s).or_default() += 1;
+        *fuel_veh.entry(f).or_default() += 1;
+        entered += 1;
+        if *ok {
             compliant_veh += 1;
         }
     }
-    let entered = last_entry.len() as u64;
     let mix =
         |trips: &BTreeMap<String, u64>, veh: &BTreeMap<String, u64>, label: fn(&str) -> String| {
             let mut codes: Vec<&String> = trips.keys().chain(veh.keys()).collect();
