@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod console;
 pub mod error;
 pub mod ingest;
 mod ledger_api;
@@ -318,10 +319,9 @@ pub fn router(state: ApiState) -> axum::Router {
         .with_state(state)
 }
 
-/// Everything the site serves to operators: the API and (once the console lands) the console.
+/// Everything the site serves to operators: the API and the console.
 pub fn routes(state: ApiState) -> axum::Router {
-    // MERGE POINT for the console helper: `.merge(crate::api::console::router())` here.
-    router(state)
+    router(state).merge(console::router())
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
