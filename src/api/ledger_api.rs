@@ -1,9 +1,9 @@
 //! Read side of the ledger over HTTP: passes, photos, visits, in-plant, alarms, registries.
 
-use crate::alarm::AlarmError;
 use super::auth::{AuthUser, Role};
 use super::error::ApiError;
 use super::{page_of, paging, range, ApiJson, ApiQuery, ApiState};
+use crate::alarm::AlarmError;
 use crate::ledger::events::EventBody;
 use crate::ledger::registry::{self, ImportError};
 use crate::ledger::store::{decode, raw_row, EventRecord, LedgerReader};

@@ -357,7 +357,6 @@ pub struct ReleaseDecision {
     pub note: String,
 }
 
-
 /// A clean (non-road) transport mode whose tonnage is entered by hand (§7.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
