@@ -47,38 +47,10 @@ async fn start(extra: &str) -> Site {
     )
     .await
     .unwrap();
-    let text = format!(
-        r#"{header}[[gates]]
-id = "1"
-name = "东门"
-[[gates.lanes]]
-id = "1-in"
-direction = "in"
-machine = "entry"
-camera = "cam1"
-barrier = "io1"
-loop = "io1"
-sign = "led1"
-voice = "led1"
-[devices.cam1]
-profile = "camera/vz-ivs"
-address = "ingest:cam1"
-[devices.io1]
-profile = "io/modbus-relay-8ch"
-address = "tcp://{io}"
-timeout = "300ms"
-poll = "50ms"
-[devices.led1]
-profile = "led/parking-0x64"
-via = "cam1"
-[storage]
-data_dir = "ledger"
-[policy]
-require_registered = true
-{extra}
-"#,
-        header = support::site_header("api"),
-        io = sim.addr()
+    let text = support::one_lane_site(
+        "api",
+        sim.addr(),
+        &format!("[policy]\nrequire_registered = true\n{extra}\n"),
     );
     let p = dir.path().join("site.toml");
     std::fs::write(&p, text).unwrap();
@@ -1011,21 +983,15 @@ async fn users_alarms_lanes_and_the_live_stream() {
     assert_eq!(lanes[0]["last_pass"]["plate"], "豫A77777");
     assert_eq!(lanes[0]["last_pass"]["decision"], "deny");
 
-    // Alarms: raised by the site (here written as the health recorder would), acknowledged.
-    s.gw.ledger
-        .append(
-            ecogate::ledger::events::EventBody::Alarm(ecogate::ledger::events::Alarm {
-                source: "device:cam1".into(),
-                code: "device_offline".into(),
-                message: "no heartbeat".into(),
-                active: true,
-                lane: None,
-            }),
-            vec![],
-            chrono::Utc::now(),
-        )
-        .await
-        .unwrap();
+    // Alarms: raised on the site's alarm board (as the device health watch does), acknowledged.
+    s.gw.alarms
+        .record(ecogate::health::Alarm::device(
+            "cam1",
+            "device_offline",
+            "no heartbeat",
+            true,
+        ))
+        .await;
     let (_, al) = s
         .call(Method::GET, "/api/v1/alarms", Some(&insp), None)
         .await;

@@ -27,38 +27,10 @@ async fn relay() -> RelaySim {
 }
 
 fn site(dir: &std::path::Path, io_addr: std::net::SocketAddr, policy: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"{header}[[gates]]
-id = "1"
-name = "东门"
-[[gates.lanes]]
-id = "1-in"
-direction = "in"
-machine = "entry"
-camera = "cam1"
-barrier = "io1"
-loop = "io1"
-sign = "led1"
-voice = "led1"
-[devices.cam1]
-profile = "camera/vz-ivs"
-address = "ingest:cam1"
-[devices.io1]
-profile = "io/modbus-relay-8ch"
-address = "tcp://{io_addr}"
-timeout = "300ms"
-poll = "50ms"
-[devices.led1]
-profile = "led/parking-0x64"
-via = "cam1"
-[storage]
-data_dir = "ledger"
-[http]
-listen = "127.0.0.1:0"
-[policy]
-{policy}
-"#,
-        header = support::site_header("loopback")
+    let text = support::one_lane_site(
+        "loopback",
+        io_addr,
+        &format!("[http]\nlisten = \"127.0.0.1:0\"\n[policy]\n{policy}\n"),
     );
     let p = dir.join("site.toml");
     std::fs::write(&p, text).unwrap();

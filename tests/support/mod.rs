@@ -1,8 +1,45 @@
 //! Shared by the integration tests that write a site file.
+// Each test binary uses only some of these helpers.
+#![allow(dead_code)]
 
 /// `[site]` and `[enterprise]` of a test site (a valid credit code and permit number).
 pub fn site_header(id: &str) -> String {
     format!(
         "[site]\nid = \"{id}\"\n[enterprise]\nname = \"测试\"\ncredit_code = \"91350100M000100Y43\"\npermit_no = \"91350100M000100Y43001P\"\nindustry = \"steel\"\ngrade = \"B\"\nregion = \"410500\"\n"
+    )
+}
+
+/// A site of one gate with one entry lane: a VZ camera pushing to the HTTP ingest (`cam1`), a
+/// Modbus relay module at `io` for barrier and loop (`io1`), the LED sign behind the camera
+/// (`led1`), the ledger in `ledger/`. `tail` adds sections (`[http]`, `[policy]`, …).
+pub fn one_lane_site(id: &str, io: std::net::SocketAddr, tail: &str) -> String {
+    format!(
+        r#"{header}[[gates]]
+id = "1"
+name = "东门"
+[[gates.lanes]]
+id = "1-in"
+direction = "in"
+machine = "entry"
+camera = "cam1"
+barrier = "io1"
+loop = "io1"
+sign = "led1"
+voice = "led1"
+[devices.cam1]
+profile = "camera/vz-ivs"
+address = "ingest:cam1"
+[devices.io1]
+profile = "io/modbus-relay-8ch"
+address = "tcp://{io}"
+timeout = "300ms"
+poll = "50ms"
+[devices.led1]
+profile = "led/parking-0x64"
+via = "cam1"
+[storage]
+data_dir = "ledger"
+{tail}"#,
+        header = site_header(id)
     )
 }
