@@ -784,6 +784,88 @@ async fn a_solo_reason_releases_without_approval_and_rejections_and_expiry_do_no
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_requests_survive_a_gateway_restart() {
+    let mut s = start("").await;
+    let guard = s.login("guard").await;
+    let sup = s.login("supervisor").await;
+    denied_vehicle(&s, "豫A55555", 5).await;
+    let new = |reason: &str| json!({"lane": "1-in", "plate": "豫A55555", "reason_code": reason});
+    let (_, rejected) = s
+        .call(
+            Method::POST,
+            "/api/v1/releases",
+            Some(&guard),
+            Some(new("visitor")),
+        )
+        .await;
+    let rejected = rejected["id"].as_str().unwrap().to_string();
+    let (st, _) = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/releases/{rejected}/reject"),
+            Some(&sup),
+            Some(json!({"note": "无预约"})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (_, pending) = s
+        .call(
+            Method::POST,
+            "/api/v1/releases",
+            Some(&guard),
+            Some(new("system_fault")),
+        )
+        .await;
+    let pending = pending["id"].as_str().unwrap().to_string();
+
+    // Restart on the same data dir: the users and the ledger stay, the memory goes.
+    s.gw.stop().await;
+    let plan = ecogate::config::load(&s.dir.path().join("site.toml")).unwrap();
+    s.gw = Gateway::start(plan, Some("127.0.0.1:0".parse().unwrap()), None)
+        .await
+        .unwrap();
+    s.base = format!("http://{}", s.gw.http_addr);
+    let io = s.gw.devices.handles["io1"].health.clone();
+    wait("io1 online", || io.borrow().online.then_some(())).await;
+    let guard = s.login("guard").await;
+    let sup = s.login("supervisor").await;
+
+    let r = release_status(&s, &guard, &rejected).await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert_eq!(r["approved_by"], "supervisor");
+    assert_eq!(r["note"], "无预约");
+    let r = release_status(&s, &guard, &pending).await;
+    assert_eq!(r["status"], "pending", "{r}");
+    assert_eq!(r["requested_by"], "guard");
+    // Deciding a rejected request again is refused; the pending one goes through.
+    let (st, _) = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/releases/{rejected}/approve"),
+            Some(&sup),
+            None,
+        )
+        .await;
+    assert_eq!(st, 409);
+    let (st, v) = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/releases/{pending}/approve"),
+            Some(&sup),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let m = wait("the manual release", || s.kinds("manual_release").pop()).await;
+    assert_eq!(body(&m)["request"].as_str(), Some(pending.as_str()));
+    wait("executed", || {
+        let st = s.gw.api.inner.releases.status_of(&pending);
+        (st == Some(ecogate::api::release::Status::Executed)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrected_plate_is_decided_again() {
     let s = start("").await;
     let env = s.login("envmgr").await;

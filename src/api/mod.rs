@@ -78,11 +78,22 @@ impl ApiState {
     /// live stream (call inside a tokio runtime).
     pub fn new(parts: ApiParts) -> Result<ApiState, auth::AuthError> {
         let users = UserStore::open(&parts.plan.data_dir)?;
+        let releases = match LedgerReader::open(parts.ledger.data_dir())
+            .and_then(|r| release::Releases::recover(&r, chrono::Utc::now()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // The console list is a convenience over the ledger; start without it rather
+                // than keep the API (and the gate house) down.
+                tracing::error!(error = %e, "cannot rebuild release requests from the ledger");
+                release::Releases::default()
+            }
+        };
         let (bus, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             sessions: Sessions::new(parts.plan.console.session_ttl),
             throttle: Throttle::default(),
-            releases: release::Releases::default(),
+            releases,
             plan: parts.plan,
             lanes: parts.lanes,
             ledger: parts.ledger,

@@ -1,6 +1,8 @@
 //! The manual-release workflow (手工放行: request → approval → actuation, each a ledger event
 //! in that order) and plate correction (the guard fixes a misread plate; the lane decides
-//! again). Requests are kept in memory for the console; the ledger is the record.
+//! again). The console's list lives in memory and is rebuilt from the ledger at start
+//! ([`Releases::recover`]), so a restart neither loses a pending request nor lets an
+//! approved one be approved twice; the ledger is the record.
 
 use super::auth::{AuthUser, Role, WRITERS};
 use super::error::ApiError;
@@ -21,6 +23,8 @@ use std::sync::Mutex;
 
 /// A request not decided within this is `expired`.
 pub const EXPIRY: Duration = Duration::minutes(10);
+/// How far back the console's list is rebuilt from the ledger at start.
+pub const RECOVER_WINDOW: Duration = Duration::hours(24);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +91,79 @@ impl Releases {
         let r = l.iter_mut().find(|r| r.id == id)?;
         f(r);
         Some(r.clone())
+    }
+
+    /// Rebuilds the list from the ledger's requests, decisions and releases of the last
+    /// [`RECOVER_WINDOW`] (requests older than [`EXPIRY`] that were never decided come back
+    /// expired, as they would have become had the gateway kept running).
+    pub fn recover(
+        reader: &crate::ledger::LedgerReader,
+        now: DateTime<Utc>,
+    ) -> Result<Releases, crate::ledger::LedgerError> {
+        let events = reader.events_between(
+            &["release_request", "release_decision", "manual_release"],
+            now - RECOVER_WINDOW,
+            now + Duration::minutes(1),
+        )?;
+        let mut list: Vec<Release> = Vec::new();
+        for e in events {
+            match e.body {
+                EventBody::ReleaseRequest(q) => list.push(Release {
+                    id: e.id.clone(),
+                    lane: q.lane,
+                    plate: q.plate,
+                    color: q.color,
+                    reason_code: q.reason_code,
+                    reason_text: q.reason_text,
+                    requested_by: q.requested_by,
+                    // An unknown role name (renamed since) grants nothing beyond a guard's.
+                    requested_role: Role::parse(&q.role).unwrap_or(Role::Guard),
+                    requested_at: e.occurred_at,
+                    status: Status::Pending,
+                    approved_by: None,
+                    decided_at: None,
+                    note: None,
+                    request_seq: e.seq,
+                    approval_seq: None,
+                    release_seq: None,
+                    photos: e.photos,
+                }),
+                EventBody::ReleaseDecision(d) => {
+                    if let Some(r) = list.iter_mut().find(|r| r.id == d.request) {
+                        r.status = if d.approved {
+                            Status::Approved
+                        } else {
+                            Status::Rejected
+                        };
+                        r.approved_by = Some(d.by);
+                        r.decided_at = Some(e.occurred_at);
+                        r.approval_seq = Some(e.seq);
+                        r.note = (!d.note.is_empty()).then_some(d.note);
+                    }
+                }
+                EventBody::ManualRelease(m) => {
+                    if let Some(r) = m
+                        .request
+                        .as_deref()
+                        .and_then(|id| list.iter_mut().find(|r| r.id == id))
+                    {
+                        r.status = Status::Executed;
+                        r.release_seq = Some(e.seq);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let out = Releases {
+            list: Mutex::new(list),
+        };
+        out.expire(now);
+        Ok(out)
+    }
+
+    /// The status of request `id`, if it is in the list.
+    pub fn status_of(&self, id: &str) -> Option<Status> {
+        self.get(id).map(|r| r.status)
     }
 
     /// Test hook and recovery: backdates a request (as if it had waited `age`).
