@@ -6,8 +6,11 @@
 //! either order (so a short outage in the night is still seen in the morning); `info` alarms
 //! need no acknowledgement and leave the board when they clear. Severities: `docs/mqtt.md`.
 //!
-//! The board starts empty with each process: the conditions are re-detected by the monitors
-//! after a restart, and the history stays in the ledger.
+//! At start the board is rebuilt from the ledger ([`AlarmBoard::restore`]): alarms that were
+//! raised when the gateway stopped are closed with a clear recorded at the restart (the
+//! process that watched the condition is gone; its monitor raises it again if it persists),
+//! and everything not yet acknowledged stays on the board — a restart never hides an alarm
+//! nobody has seen.
 
 use crate::health::Alarm;
 use crate::ledger::events::{Alarm as AlarmBody, AlarmAck, EventBody};
@@ -47,6 +50,10 @@ pub const SEVERITIES: &[(&str, Severity)] = &[
     ("no_plate", Severity::Info),
     ("cargo_not_declared", Severity::Info),
 ];
+
+/// How far back [`AlarmBoard::restore`] reads: an alarm left unacknowledged for longer than
+/// this is in the ledger's history, not on the board.
+pub const RESTORE_WINDOW: chrono::Duration = chrono::Duration::days(90);
 
 pub fn severity(code: &str) -> Severity {
     SEVERITIES
@@ -295,32 +302,90 @@ impl AlarmBoard {
             .await
             .map_err(|e| AlarmError::Ledger(e.to_string()))?;
         tracing::info!(source, code, operator, "alarm acknowledged");
+        // Only this writer removes entries, and it holds the writer lock.
+        self.apply_ack(&key, operator, note.trim(), now)
+            .ok_or(AlarmError::NotFound {
+                source_name: key.0,
+                code: key.1,
+            })
+    }
+
+    /// Marks the alarm acknowledged (leaving the board if it has cleared) and announces it.
+    fn apply_ack(
+        &self,
+        key: &Key,
+        operator: &str,
+        note: &str,
+        at: DateTime<Utc>,
+    ) -> Option<ActiveAlarm> {
         let (acked, remains) = {
             let mut map = self.lock();
-            let Some(a) = map.get_mut(&key) else {
-                // Only this writer removes entries, and it holds the writer lock.
-                return Err(AlarmError::NotFound {
-                    source_name: key.0,
-                    code: key.1,
-                });
-            };
+            let a = map.get_mut(key)?;
             a.acknowledged_by = Some(operator.to_string());
-            a.acknowledged_at = Some(now);
-            a.note = note.trim().to_string();
+            a.acknowledged_at = Some(at);
+            a.note = note.to_string();
             let acked = a.clone();
             if acked.finished() {
-                map.remove(&key);
+                map.remove(key);
                 (acked, false)
             } else {
                 (acked, true)
             }
         };
         let _ = self.inner.changes.send(AlarmChange {
-            source: key.0,
-            code: key.1,
+            source: key.0.clone(),
+            code: key.1.clone(),
             alarm: remains.then(|| acked.clone()),
         });
-        Ok(acked)
+        Some(acked)
+    }
+
+    /// Rebuilds the board from the ledger's `alarm` and `alarm_ack` events of the last
+    /// [`RESTORE_WINDOW`], in ledger order, then records a clear for every alarm still raised
+    /// (message: the restart) so the ledger's raise/clear pairs stay balanced. Call once at
+    /// start, before the monitors report. Returns how many alarms are on the board.
+    pub async fn restore(&self) -> Result<usize, crate::ledger::LedgerError> {
+        let dir = self.inner.ledger.data_dir().to_path_buf();
+        let now = Utc::now();
+        let mut events = tokio::task::spawn_blocking(move || {
+            crate::ledger::LedgerReader::open(&dir)?.events_between(
+                &["alarm", "alarm_ack"],
+                now - RESTORE_WINDOW,
+                now + chrono::Duration::minutes(1),
+            )
+        })
+        .await
+        .map_err(|e| crate::ledger::LedgerError::Write(format!("reading alarms: {e}")))??;
+        events.sort_by_key(|e| e.seq);
+        for e in events {
+            match e.body {
+                EventBody::Alarm(a) => self.apply(Alarm {
+                    source: a.source,
+                    code: a.code,
+                    message: a.message,
+                    raised: a.active,
+                    lane: a.lane,
+                    at: e.occurred_at,
+                }),
+                EventBody::AlarmAck(k) => {
+                    self.apply_ack(&(k.source, k.code), &k.operator, &k.note, e.occurred_at);
+                }
+                _ => {}
+            }
+        }
+        let stale: Vec<ActiveAlarm> = self.active().into_iter().filter(|a| a.raised).collect();
+        for a in stale {
+            self.record(Alarm {
+                source: a.source,
+                code: a.code,
+                message: "gateway restarted; raised again if the condition persists".into(),
+                raised: false,
+                lane: a.lane,
+                at: Utc::now(),
+            })
+            .await;
+        }
+        Ok(self.lock().len())
     }
 
     /// The channel the rest of the site raises alarms on; a task records each in order.
@@ -419,6 +484,102 @@ mod tests {
             k,
             vec!["alarm", "alarm", "alarm_ack", "alarm", "alarm_ack", "alarm"]
         );
+    }
+
+    fn site(code: &str, raised: bool) -> Alarm {
+        Alarm {
+            source: "site".into(),
+            code: code.into(),
+            message: String::new(),
+            raised,
+            lane: None,
+            at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_unacknowledged_alarms_and_closes_raised_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let board = AlarmBoard::new(Ledger::open(dir.path()).unwrap());
+            // Raised and acknowledged, still raised at the stop.
+            board
+                .record(Alarm::device("io1", "device_offline", "timeout", true))
+                .await;
+            board
+                .acknowledge("device:io1", "device_offline", "li", "")
+                .await
+                .unwrap();
+            // Raised, never acknowledged.
+            board
+                .record(Alarm::device("ups", "ups_on_battery", "load 40 %", true))
+                .await;
+            // Cleared, never acknowledged.
+            board.record(site("upload_backlog", true)).await;
+            board.record(site("upload_backlog", false)).await;
+            // Over: cleared and acknowledged.
+            board.record(site("clock_drift", true)).await;
+            board
+                .acknowledge("site", "clock_drift", "wang", "")
+                .await
+                .unwrap();
+            board.record(site("clock_drift", false)).await;
+            // Info, still raised.
+            board.record(Alarm::lane("L1", "no_plate", true)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let board = AlarmBoard::new(Ledger::open(dir.path()).unwrap());
+        assert_eq!(board.restore().await.unwrap(), 2);
+        let mut on: Vec<_> = board
+            .active()
+            .into_iter()
+            .map(|a| (a.code.clone(), a.raised, a.acknowledged()))
+            .collect();
+        on.sort();
+        assert_eq!(
+            on,
+            vec![
+                ("upload_backlog".to_string(), false, false),
+                ("ups_on_battery".to_string(), false, false),
+            ]
+        );
+        // Every raise in the ledger has its clear: three restart clears were recorded.
+        let r = crate::ledger::LedgerReader::open(dir.path()).unwrap();
+        let alarms: Vec<_> = r
+            .events_after(0, 1000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.body {
+                EventBody::Alarm(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let raises = alarms.iter().filter(|a| a.active).count();
+        assert_eq!(raises, alarms.len() - raises);
+        assert!(alarms
+            .iter()
+            .rev()
+            .take(3)
+            .all(|a| !a.active && a.message.contains("restarted")));
+        // The monitor raises the UPS again: the same alarm is raised once more, unacknowledged.
+        board
+            .record(Alarm::device("ups", "ups_on_battery", "load 41 %", true))
+            .await;
+        let a = board.get("device:ups", "ups_on_battery").unwrap();
+        assert!(a.raised && !a.acknowledged());
+        // A second restart with nothing raised records nothing more.
+        let before = r.events_after(0, 1000).unwrap().len();
+        board
+            .acknowledge("device:ups", "ups_on_battery", "li", "")
+            .await
+            .unwrap();
+        board
+            .record(Alarm::device("ups", "ups_on_battery", "", false))
+            .await;
+        drop(board);
+        let board = AlarmBoard::new(Ledger::open(dir.path()).unwrap());
+        assert_eq!(board.restore().await.unwrap(), 1);
+        assert_eq!(r.events_after(0, 1000).unwrap().len(), before + 2);
     }
 
     #[tokio::test]

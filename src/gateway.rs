@@ -100,6 +100,9 @@ impl Gateway {
         }
 
         let alarm_board = crate::alarm::AlarmBoard::new(ledger.clone());
+        if let Err(e) = alarm_board.restore().await {
+            tracing::error!(error = %e, "alarm board not rebuilt from the ledger; it starts empty");
+        }
         let site_alarms = alarm_board.spawn_recorder();
         for (name, h) in devices.health() {
             health::watch_device(name, h, Duration::from_secs(10), site_alarms.clone());
