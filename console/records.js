@@ -58,7 +58,11 @@ export function searchView(el) {
   const out = h("div", { id: "search-results" });
   const run = () =>
     loadInto(out, async () => {
-      const q = { ...searchState.filters, from: apiTime(searchState.filters.from), to: apiTime(searchState.filters.to), page: searchState.page, per_page: searchState.per_page };
+      // The field promises part of a plate: the guard types what the camera may have misread
+      // around. A plate ending in `*` keeps the API's prefix form.
+      const f = searchState.filters;
+      const plateMatch = f.plate && !f.plate.endsWith("*") ? "contains" : "";
+      const q = { ...f, plate_match: plateMatch, from: apiTime(f.from), to: apiTime(f.to), page: searchState.page, per_page: searchState.per_page };
       const res = await get("/api/v1/passes" + qs(q));
       clear(
         out,

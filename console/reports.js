@@ -364,9 +364,11 @@ const PASS_COLS = [
   ["记录", (r) => (r.seq ? h("a", { href: `#/pass/${r.seq}`, class: "link" }, `#${r.seq}`) : "")],
 ];
 
+const num = (v) => (typeof v === "number" ? fmtNum(v) : "—");
+
 function dayBlock(title, days, avg) {
   return h("div", {}, h("h4", {}, title),
-    avg ? h("p", {}, `${avg.days ?? 0} 天：日均进厂 ${avg.avg_entries ?? "—"}，日均出厂 ${avg.avg_exits ?? "—"}，日均车辆 ${avg.avg_vehicles ?? "—"}`) : null,
+    avg ? h("p", { testid: "day-average" }, `${avg.days ?? 0} 天：日均进厂 ${num(avg.avg_entries)}，日均出厂 ${num(avg.avg_exits)}，日均车辆 ${num(avg.avg_vehicles)}`) : null,
     (days || []).length ? rowsTable(days) : h("p", { class: "empty" }, "未选择"));
 }
 

@@ -331,6 +331,41 @@ fn site(dir: &Path, io_addr: SocketAddr) -> std::path::PathBuf {
     p
 }
 
+/// The one-lane site with its relay simulator and the console's users, running.
+async fn start_site(dir: &Path) -> (RelaySim, Gateway) {
+    let sim = RelaySim::start(
+        Framing::Tcp,
+        SimConfig {
+            barrier: Some(BarrierModel {
+                open_coil: 0,
+                close_coil: 1,
+                limit_open_di: 1,
+                limit_closed_di: 2,
+                travel: Duration::from_millis(100),
+                auto_close: Some(Duration::from_secs(3)),
+            }),
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let plan = ecogate::config::load(&site(dir, sim.addr())).unwrap();
+    let users = UserStore::open(&plan.data_dir).unwrap();
+    for (name, display, role, password) in [
+        ("guard", "门岗张三", Role::Guard, "guard123"),
+        ("supervisor", "主管李四", Role::Supervisor, "super123"),
+        ("inspector", "核查员王五", Role::Inspector, "insp1234"),
+        ("envmgr", "环保专员赵六", Role::EnvManager, "env12345"),
+    ] {
+        users.create(name, display, role, password).unwrap();
+    }
+    drop(users);
+    let gw = Gateway::start(plan, None, None).await.unwrap();
+    let io = gw.devices.handles["io1"].health.clone();
+    wait_for("io1 online", 5, || io.borrow().online.then_some(())).await;
+    (sim, gw)
+}
+
 async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -374,37 +409,7 @@ async fn login(s: &wd::Session, base: &str, user: &str, password: &str, display:
 async fn guard_requests_supervisor_approves_barrier_opens() {
     require_browser();
     let dir = tempfile::tempdir().unwrap();
-    let sim = RelaySim::start(
-        Framing::Tcp,
-        SimConfig {
-            barrier: Some(BarrierModel {
-                open_coil: 0,
-                close_coil: 1,
-                limit_open_di: 1,
-                limit_closed_di: 2,
-                travel: Duration::from_millis(100),
-                auto_close: Some(Duration::from_secs(3)),
-            }),
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let plan = ecogate::config::load(&site(dir.path(), sim.addr())).unwrap();
-    let users = UserStore::open(&plan.data_dir).unwrap();
-    users
-        .create("guard", "门岗张三", Role::Guard, "guard123")
-        .unwrap();
-    users
-        .create("supervisor", "主管李四", Role::Supervisor, "super123")
-        .unwrap();
-    users
-        .create("inspector", "核查员王五", Role::Inspector, "insp1234")
-        .unwrap();
-    drop(users);
-    let gw = Gateway::start(plan, None, None).await.unwrap();
-    let io = gw.devices.handles["io1"].health.clone();
-    wait_for("io1 online", 5, || io.borrow().online.then_some(())).await;
+    let (sim, gw) = start_site(dir.path()).await;
 
     // An unregistered truck under require_registered: refused, barrier stays down.
     let cam = CameraSim::new(format!("http://{}/ingest/vz/cam1", gw.http_addr));
@@ -558,6 +563,195 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
     assert!(ecogate::ledger::verify::verify(&dir.path().join("ledger"))
         .unwrap()
         .ok());
+}
+
+/// The environmental manager's day: registers a refused truck, finds both of its passes in
+/// the search and opens one, builds the report (its charts count the entry) and draws a 核查
+/// sample with a fixed seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_manager_registers_searches_reports_and_inspects() {
+    require_browser();
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, gw) = start_site(dir.path()).await;
+    let cam = CameraSim::new(format!("http://{}/ingest/vz/cam1", gw.http_addr));
+    let first_read = Instant::now();
+    let reply = cam.vz_plate(&VzPlate::new("豫A11111", 1)).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    wait_for("the refused pass", 5, || {
+        events(dir.path())
+            .iter()
+            .any(|(k, b)| k == "pass_attempt" && b["decision"] == "deny")
+            .then_some(())
+    })
+    .await;
+
+    let driver = wd::Driver::start(CHROMEDRIVER).await;
+    let profile = tempfile::tempdir().unwrap();
+    let s = wd::Session::new(&driver, CHROMIUM, profile.path()).await;
+    let base = format!("http://{}", gw.http_addr);
+    login(&s, &base, "envmgr", "env12345", "环保专员赵六").await;
+
+    // Registers the truck through the registry form.
+    s.goto(&format!("{base}/#/registries/transport")).await;
+    s.wait("[data-testid=registry-table]").await;
+    s.click(&s.wait("[data-testid=reg-add]").await).await;
+    let form = "[data-testid=registry-form]";
+    for (name, value) in [
+        ("plate", "豫A11111"),
+        ("vin", "LZZ1CLVB7KA111111"),
+        ("engine_no", "E1111"),
+        ("vehicle_type", "Q11"),
+        ("stage", "6"),
+        ("fleet", "自有车队"),
+    ] {
+        let e = s.wait(&format!("{form} [name={name}]")).await;
+        s.type_into(&e, value).await;
+    }
+    s.click(
+        &s.wait(&format!("{form} [name=color] option[value=yellow]"))
+            .await,
+    )
+    .await;
+    s.click(&s.wait(&format!("{form} [name=fuel] option[value=B]")).await)
+        .await;
+    // A date input takes keys in the browser's locale order; set the value as a user's pick would.
+    s.script(
+        "const e = document.querySelector('[data-testid=registry-form] [name=registered_on]'); \
+         e.value = '2023-07-01'; e.dispatchEvent(new Event('input', {bubbles: true}));",
+        serde_json::json!([]),
+    )
+    .await;
+    s.click(&s.wait("[data-testid=dialog-submit]").await).await;
+    s.wait_text("[data-testid=toast-ok]", "已保存").await;
+    s.wait_text("[data-testid=registry-table]", "豫A11111")
+        .await;
+    let change = events(dir.path())
+        .into_iter()
+        .find(|(k, _)| k == "registry_change")
+        .expect("the registration is a ledger event");
+    assert_eq!(change.1["source"], "api:envmgr", "{}", change.1);
+    assert_eq!(change.1["record"]["stage"], "6", "{}", change.1);
+
+    // Registered as 国六: the same truck is let in now (read again after the camera
+    // profile's 5 s repeat debounce, as a truck that backed up and drove in again).
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(first_read.elapsed())).await;
+    let reply = cam.vz_plate(&VzPlate::new("豫A11111", 2)).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let status = gw.lanes[0].status.clone();
+    wait_for("the barrier to open for the registered truck", 10, || {
+        status.borrow().barrier_open.then_some(())
+    })
+    .await;
+
+    // The search finds both passes by part of the plate; the allowed one opens in detail.
+    s.goto(&format!("{base}/#/search")).await;
+    let plate = s.wait("[data-testid=search-plate]").await;
+    s.type_into(&plate, "A11111").await;
+    s.click(&s.wait("[data-testid=search-submit]").await).await;
+    s.wait_text("[data-testid=search-table]", "允许").await;
+    let rows = s
+        .script(
+            "return [...document.querySelectorAll('[data-testid=search-table] tbody tr')]\
+               .map(r => r.innerText)",
+            serde_json::json!([]),
+        )
+        .await;
+    let rows: Vec<String> = rows
+        .as_array()
+        .unwrap_or_else(|| panic!("rows: {rows}"))
+        .iter()
+        .map(|r| r.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r.contains("豫A11111")), "{rows:?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.contains("拒绝")).count(),
+        1,
+        "{rows:?}"
+    );
+    s.click(
+        &s.wait("[data-testid=search-table] tbody tr:not(.row-deny)")
+            .await,
+    )
+    .await;
+    let detail = s.wait_text("[data-testid=pass-detail]", "豫A11111").await;
+    let text = s.text(&detail).await;
+    assert!(text.contains("国六"), "the detail shows no stage: {text}");
+
+    // The report for the last days counts one entry, in the hour chart too.
+    s.goto(&format!("{base}/#/reports")).await;
+    s.click(&s.wait("[data-testid=report-submit]").await).await;
+    s.wait("[data-testid=summary-report] [data-testid=column-chart]")
+        .await;
+    let titles = s
+        .script(
+            "return [...document.querySelectorAll('[data-testid=summary-report] svg title')]\
+               .map(t => t.textContent)",
+            serde_json::json!([]),
+        )
+        .await;
+    let titles: Vec<String> = titles
+        .as_array()
+        .unwrap_or_else(|| panic!("titles: {titles}"))
+        .iter()
+        .map(|t| t.as_str().unwrap_or_default().to_string())
+        .collect();
+    let hour = chrono::Utc::now()
+        .with_timezone(&ecogate::ledger::site_zone())
+        .format("%H")
+        .to_string();
+    assert!(
+        titles.iter().any(|t| t == &format!("{hour} 进厂: 1")),
+        "no bar for one entry in hour {hour}: {titles:?}"
+    );
+    assert!(
+        s.find("[data-testid=summary-report] [data-testid=pie-chart]")
+            .await
+            .is_some(),
+        "no stage/fuel mix chart"
+    );
+
+    // 核查: a sample with a fixed seed. The population is the ledger rows of the period — the
+    // pass that opened the barrier; the refused attempt is not a 台账 row.
+    s.goto(&format!("{base}/#/inspection")).await;
+    let n = s.wait("[data-testid=inspection-form] [name=sample]").await;
+    s.type_into(&n, "5").await;
+    let seed = s.wait("[data-testid=inspection-form] [name=seed]").await;
+    s.type_into(&seed, "42").await;
+    s.click(&s.wait("[data-testid=inspection-submit]").await)
+        .await;
+    let report = s
+        .wait_text("[data-testid=inspection-report]", "随机种子 42")
+        .await;
+    let text = s.text(&report).await;
+    assert!(text.contains("总体 1 条"), "{text}");
+    let samples = s
+        .script(
+            "return [...document.querySelectorAll('[data-testid=sample-row]')].map(e => e.innerText)",
+            serde_json::json!([]),
+        )
+        .await;
+    let samples = samples.as_array().cloned().unwrap_or_default();
+    assert_eq!(samples.len(), 1, "{text}");
+    let card = samples[0].as_str().unwrap_or_default();
+    assert!(
+        card.contains("豫A11111") && card.contains("国六") && card.contains("允许"),
+        "{card}"
+    );
+    // Day averages are shown as figures, not raw floats (1 entry over the 30 days).
+    let avg = s.wait("[data-testid=day-average]").await;
+    assert!(
+        s.text(&avg).await.contains("日均进厂 0.03，"),
+        "{}",
+        s.text(&avg).await
+    );
+    let xlsx = s.wait("[data-testid=inspection-xlsx]").await;
+    let href = s.attr(&xlsx, "href").await.unwrap_or_default();
+    assert!(
+        href.contains("seed=42") && href.contains("format=xlsx"),
+        "{href}"
+    );
+    s.close().await;
 }
 
 /// Every file the page references is served with its type and a validator, unknown files are
