@@ -160,7 +160,23 @@ async fn remote_open_needs_operator_and_reason() {
         .unwrap();
     sub.wait_for("/status", |v| v["state"] == "online").await;
     let open = format!("ecogate/v1/{site}/cmd/lanes/L1/open");
-    let refused: [(&str, String, &[u8]); 5] = [
+    let now = chrono::Utc::now();
+    let stale = format!(
+        r#"{{"operator":"wang","reason":"x","issued_at":"{}","request_id":"stale"}}"#,
+        (now - chrono::Duration::seconds(45)).to_rfc3339()
+    );
+    let ahead = format!(
+        r#"{{"operator":"wang","reason":"x","issued_at":"{}","request_id":"ahead"}}"#,
+        (now + chrono::Duration::seconds(300)).to_rfc3339()
+    );
+    let refused: [(&str, String, &[u8]); 8] = [
+        (
+            "no-time",
+            open.clone(),
+            br#"{"operator":"wang","reason":"x","request_id":"no-time"}"#,
+        ),
+        ("stale", open.clone(), stale.as_bytes()),
+        ("ahead", open.clone(), ahead.as_bytes()),
         (
             "no-operator",
             open.clone(),
@@ -219,7 +235,11 @@ async fn remote_open_needs_operator_and_reason() {
             open.clone(),
             QoS::AtLeastOnce,
             false,
-            br#"{"operator":"wang.li","role":"dispatcher","reason":"camera down","plate":"ABC123","request_id":7}"#.to_vec(),
+            format!(
+                r#"{{"operator":"wang.li","role":"dispatcher","reason":"camera down","plate":"ABC123","issued_at":"{}","request_id":7}}"#,
+                chrono::Utc::now().to_rfc3339()
+            )
+            .into_bytes(),
         )
         .await
         .unwrap();
@@ -262,7 +282,11 @@ async fn retained_command_never_actuates() {
             cmd.clone(),
             QoS::AtLeastOnce,
             true,
-            br#"{"operator":"wang","reason":"x","request_id":"old"}"#.to_vec(),
+            format!(
+                r#"{{"operator":"wang","reason":"x","issued_at":"{}","request_id":"old"}}"#,
+                chrono::Utc::now().to_rfc3339()
+            )
+            .into_bytes(),
         )
         .await
         .unwrap();

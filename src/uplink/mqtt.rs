@@ -343,9 +343,40 @@ struct OpenCommand {
     reason: String,
     #[serde(default)]
     plate: Option<String>,
+    /// When SCADA issued the command (RFC 3339). Required: a QoS 1 command queued in the
+    /// persistent session while the gateway was away must not lift a barrier minutes later.
+    #[serde(default)]
+    issued_at: Option<DateTime<Utc>>,
     #[serde(default)]
     #[allow(dead_code)] // read separately so even a rejected payload gets its id back
     request_id: Option<serde_json::Value>,
+}
+
+/// How old (or how far in the future, for clock skew) a remote open may be when it arrives.
+pub const OPEN_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// Refuses an open command issued too long ago (or too far ahead: a wrong SCADA clock).
+fn check_fresh(issued: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), String> {
+    let Some(t) = issued else {
+        return Err(
+            "`issued_at` (RFC 3339, e.g. 2026-12-03T08:15:00Z) is required for a remote open"
+                .into(),
+        );
+    };
+    let max = OPEN_MAX_AGE.as_secs() as i64;
+    let age = (now - t).num_seconds();
+    if age > max {
+        return Err(format!(
+            "command issued {age} s ago (at {t}); a remote open older than {max} s is not executed"
+        ));
+    }
+    if -age > max {
+        return Err(format!(
+            "command issued {} s in the future (at {t}); check the SCADA clock",
+            -age
+        ));
+    }
+    Ok(())
 }
 
 /// `…/cmd/alarms/ack` payload.
@@ -1185,6 +1216,7 @@ impl Bridge {
         if reason.is_empty() {
             return Err("a reason is required for a remote open".into());
         }
+        check_fresh(cmd.issued_at, Utc::now())?;
         let handle = self
             .lanes
             .iter()
