@@ -440,8 +440,8 @@ fn kpi_source(regulators: &[Arc<crate::regulator::RegulatorUplink>]) -> health::
     })
 }
 
-/// camera_silent, scale_stuck, upload_backlog, clock_drift (against the first enabled
-/// platform's HTTP Date) and disk_space, with the site's `[health]` thresholds.
+/// camera_silent, scale_stuck, upload_backlog, clock_drift (against each enabled platform's
+/// HTTP Date) and disk_space, with the site's `[health]` thresholds.
 fn health_checks(
     plan: &Plan,
     devices: &Devices,
@@ -471,11 +471,17 @@ fn health_checks(
     }
     c.scales = scales.into_iter().collect();
     c.uplinks = Some(kpis.clone());
-    c.clock = plan
+    c.clocks = plan
         .platforms
         .iter()
-        .find(|p| p.enabled)
-        .and_then(|p| health::HttpDateClock::new(&p.url).ok())
-        .map(|c| Arc::new(c) as Arc<dyn health::ClockSource>);
+        .filter(|p| p.enabled)
+        .filter_map(|p| {
+            let clock = health::HttpDateClock::new(&p.url).ok()?;
+            Some((
+                p.name.clone(),
+                Arc::new(clock) as Arc<dyn health::ClockSource>,
+            ))
+        })
+        .collect();
     c
 }

@@ -314,7 +314,9 @@ pub struct HealthChecks {
     /// Scales with the lanes that weigh on them.
     pub scales: Vec<(String, Vec<watch::Receiver<LaneStatus>>)>,
     pub uplinks: Option<UplinkKpis>,
-    pub clock: Option<Arc<dyn ClockSource>>,
+    /// Each platform's clock, by platform name: a drift is that platform's alarm
+    /// (`uplink:<name>`), since it is that platform that judges our pass times.
+    pub clocks: Vec<(String, Arc<dyn ClockSource>)>,
     pub ledger: Ledger,
     pub retention_months: u32,
     pub space: SpaceProbe,
@@ -330,7 +332,7 @@ impl HealthChecks {
             cameras: Vec::new(),
             scales: Vec::new(),
             uplinks: None,
-            clock: None,
+            clocks: Vec::new(),
             ledger,
             retention_months,
             space: Arc::new(|p: &Path| available_space(p)),
@@ -447,27 +449,31 @@ impl HealthChecks {
                     }
                 }
             }
-            if let Some(clock) = self.clock.as_ref().filter(|_| now >= next_clock) {
+            if !self.clocks.is_empty() && now >= next_clock {
                 next_clock = now + self.clock_every;
-                match clock.offset().await {
-                    Ok(off) => {
-                        let drift = off.abs().to_std().unwrap_or(Duration::ZERO);
-                        let on = drift >= self.plan.clock_drift_alarm;
-                        let dir = if off > chrono::Duration::zero() {
-                            "behind"
-                        } else {
-                            "ahead of"
-                        };
-                        let msg = format!(
-                            "local clock {:.1} s {dir} {} (HTTP Date)",
-                            drift.as_secs_f64(),
-                            clock.name()
-                        );
-                        if !set("site".into(), "clock_drift", on, msg) {
-                            return;
+                for (platform, clock) in &self.clocks {
+                    match clock.offset().await {
+                        Ok(off) => {
+                            let drift = off.abs().to_std().unwrap_or(Duration::ZERO);
+                            let on = drift >= self.plan.clock_drift_alarm;
+                            let dir = if off > chrono::Duration::zero() {
+                                "behind"
+                            } else {
+                                "ahead of"
+                            };
+                            let msg = format!(
+                                "local clock {:.1} s {dir} platform `{platform}` ({}, HTTP Date)",
+                                drift.as_secs_f64(),
+                                clock.name()
+                            );
+                            if !set(format!("uplink:{platform}"), "clock_drift", on, msg) {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(platform = %platform, error = %e, "platform clock not read")
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "reference clock not read"),
                 }
             }
             if now >= next_disk {

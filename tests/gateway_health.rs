@@ -385,15 +385,21 @@ async fn clock_drift_against_the_platforms_date_header() {
     let clock = ecogate::health::HttpDateClock::new(&url).unwrap();
     let off = clock.offset().await.unwrap();
     assert!((off.num_seconds() - 3600).abs() <= 1, "offset {off}");
-    c.clock = Some(Arc::new(clock));
+    // Two platforms: the city's clock is right, the province's an hour ahead. Only the
+    // province's uplink has the alarm.
+    c.clocks = vec![
+        ("city".into(), Arc::new(good)),
+        ("province".into(), Arc::new(clock)),
+    ];
     c.spawn(Activity::default(), board.spawn_recorder());
     wait("clock_drift raised", 5, || {
         board
-            .get("site", "clock_drift")
+            .get("uplink:province", "clock_drift")
             .is_some_and(|a| a.raised && a.message.contains("behind"))
     })
     .await;
-    assert!(alarms(dir.path()).contains(&("site".into(), "clock_drift".into(), true)));
+    assert!(board.get("uplink:city", "clock_drift").is_none());
+    assert!(alarms(dir.path()).contains(&("uplink:province".into(), "clock_drift".into(), true)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
