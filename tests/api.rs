@@ -7,7 +7,7 @@ use ecogate::api::auth::Role;
 use ecogate::gateway::Gateway;
 use ecogate::ledger::store::{EventRecord, LedgerReader};
 use ecogate_drivers::sim::camera::{CameraSim, VzPlate};
-use ecogate_drivers::sim::modbus::{BarrierModel, Framing, RelaySim, SimConfig};
+use ecogate_drivers::sim::modbus::RelaySim;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -31,22 +31,7 @@ const USERS: [(&str, &str, Role); 6] = [
 
 async fn start(extra: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
-    let sim = RelaySim::start(
-        Framing::Tcp,
-        SimConfig {
-            barrier: Some(BarrierModel {
-                open_coil: 0,
-                close_coil: 1,
-                limit_open_di: 1,
-                limit_closed_di: 2,
-                travel: Duration::from_millis(100),
-                auto_close: Some(Duration::from_millis(800)),
-            }),
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = support::barrier_relay(Duration::from_millis(800)).await;
     let text = support::one_lane_site(
         "api",
         sim.addr(),

@@ -13,7 +13,7 @@ use ecogate::api::auth::{Role, UserStore};
 use ecogate::gateway::Gateway;
 use ecogate::ledger::store::LedgerReader;
 use ecogate_drivers::sim::camera::{CameraSim, VzPlate};
-use ecogate_drivers::sim::modbus::{BarrierModel, Framing, RelaySim, SimConfig};
+use ecogate_drivers::sim::modbus::RelaySim;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -333,22 +333,7 @@ fn site(dir: &Path, io_addr: SocketAddr) -> std::path::PathBuf {
 
 /// The one-lane site with its relay simulator and the console's users, running.
 async fn start_site(dir: &Path) -> (RelaySim, Gateway) {
-    let sim = RelaySim::start(
-        Framing::Tcp,
-        SimConfig {
-            barrier: Some(BarrierModel {
-                open_coil: 0,
-                close_coil: 1,
-                limit_open_di: 1,
-                limit_closed_di: 2,
-                travel: Duration::from_millis(100),
-                auto_close: Some(Duration::from_secs(3)),
-            }),
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = support::barrier_relay(Duration::from_secs(3)).await;
     let plan = ecogate::config::load(&site(dir, sim.addr())).unwrap();
     let users = UserStore::open(&plan.data_dir).unwrap();
     for (name, display, role, password) in [
@@ -572,7 +557,7 @@ async fn guard_requests_supervisor_approves_barrier_opens() {
 async fn env_manager_registers_searches_reports_and_inspects() {
     require_browser();
     let dir = tempfile::tempdir().unwrap();
-    let (sim, gw) = start_site(dir.path()).await;
+    let (_relay, gw) = start_site(dir.path()).await;
     let cam = CameraSim::new(format!("http://{}/ingest/vz/cam1", gw.http_addr));
     let first_read = Instant::now();
     let reply = cam.vz_plate(&VzPlate::new("豫A11111", 1)).await.unwrap();

@@ -8,22 +8,11 @@ mod support;
 use ecogate::gateway::Gateway;
 use ecogate::ledger::store::LedgerReader;
 use ecogate_drivers::sim::camera::{CameraSim, VzPlate};
-use ecogate_drivers::sim::modbus::{BarrierModel, Framing, RelaySim, SimConfig};
+use ecogate_drivers::sim::modbus::{Framing, RelaySim};
 use std::time::{Duration, Instant};
 
 async fn relay() -> RelaySim {
-    let cfg = SimConfig {
-        barrier: Some(BarrierModel {
-            open_coil: 0,
-            close_coil: 1,
-            limit_open_di: 1,
-            limit_closed_di: 2,
-            travel: Duration::from_millis(100),
-            auto_close: Some(Duration::from_millis(800)),
-        }),
-        ..SimConfig::default()
-    };
-    RelaySim::start(Framing::Tcp, cfg).await.unwrap()
+    support::barrier_relay(Duration::from_millis(800)).await
 }
 
 fn site(dir: &std::path::Path, io_addr: std::net::SocketAddr, policy: &str) -> std::path::PathBuf {

@@ -43,3 +43,26 @@ data_dir = "ledger"
         header = site_header(id)
     )
 }
+
+/// The Modbus relay simulator wired as `one_lane_site`'s `io1` expects: open/close coils 0/1,
+/// limit switches on inputs 1 (open) and 2 (closed), 100 ms travel, closing by itself after
+/// `auto_close`.
+pub async fn barrier_relay(
+    auto_close: std::time::Duration,
+) -> ecogate_drivers::sim::modbus::RelaySim {
+    use ecogate_drivers::sim::modbus::{BarrierModel, Framing, RelaySim, SimConfig};
+    let cfg = SimConfig {
+        barrier: Some(BarrierModel {
+            open_coil: 0,
+            close_coil: 1,
+            limit_open_di: 1,
+            limit_closed_di: 2,
+            travel: std::time::Duration::from_millis(100),
+            auto_close: Some(auto_close),
+        }),
+        ..SimConfig::default()
+    };
+    RelaySim::start(Framing::Tcp, cfg)
+        .await
+        .expect("relay simulator on loopback")
+}
