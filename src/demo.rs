@@ -60,6 +60,11 @@ pub struct DemoArgs {
     /// Where the console and the HTTP API listen (camera ingest too with --simulators).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Pause between one truck and the next on each lane (e.g. 3s, 500ms; 0s = as fast as the
+    /// lanes go). Default: 3s when the demo runs until Ctrl-C, so a person can follow it in the
+    /// console; 0s with --vehicles.
+    #[arg(long, value_parser = crate::lane::machine::parse_duration)]
+    pub interval: Option<Duration>,
 }
 
 /// SplitMix64: tiny, seedable, and the same on every platform.
@@ -362,6 +367,8 @@ struct Shared {
     stop: AtomicBool,
     /// How long a truck waits for its lane before it counts the lane as not responding.
     patience: Duration,
+    /// Pause between trucks on one lane.
+    interval: Duration,
 }
 
 /// How a truck acts on its lane: through in-process stand-ins (device events straight into the
@@ -571,6 +578,13 @@ async fn lane_agent(
             while !shared.warning_on.load(Ordering::SeqCst) && !shared.stop.load(Ordering::Relaxed)
             {
                 tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        if !shared.interval.is_zero() && i >= step {
+            // Sleep in short steps so Ctrl-C still ends the demo at once.
+            let until = Instant::now() + shared.interval;
+            while Instant::now() < until && !shared.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50).min(shared.interval)).await;
             }
         }
         let v = vehicle(shared.seed, i);
@@ -1066,6 +1080,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         } else {
             Duration::from_secs(5)
         },
+        interval: args.interval.unwrap_or(if limit.is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3)
+        }),
     });
     let started = Instant::now();
     if !args.quiet {
