@@ -12,6 +12,10 @@
 
 use super::profile::{FieldMap, PlatformProfile};
 use super::transport_control::{local, SendError, TcClient};
+use super::RegulatorError;
+use crate::config::plan::{Plan, PlatformPlan};
+use crate::lane::builtin::Role;
+use std::collections::BTreeMap;
 use crate::health::Alarm;
 use crate::ledger::{site_zone, EventBody, Ledger, MeasureChange};
 use crate::policy::{ControlMeasure, ListEntry, PolicyState, Strategy, WarningLevel};
@@ -1006,6 +1010,107 @@ pub fn check_target(
         timeout,
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Site wiring
+
+fn credentials(platform: &PlatformPlan) -> Result<(String, String), RegulatorError> {
+    let password = match &platform.password {
+        Some(s) => super::read_secret(s).map_err(|message| RegulatorError::Config {
+            platform: platform.name.clone(),
+            message,
+        })?,
+        None => String::new(),
+    };
+    Ok((platform.username.clone().unwrap_or_default(), password))
+}
+
+/// The vehicle checker of a site: every enabled platform with `check = true`, in site order.
+/// None when no platform checks.
+pub fn checker_for(plan: &Plan) -> Result<Option<VehicleChecker>, RegulatorError> {
+    let mut targets = Vec::new();
+    let mut fallback = Fallback::default();
+    for p in plan
+        .platforms
+        .iter()
+        .filter(|p| p.enabled && p.downlink.check)
+    {
+        let profile = PlatformProfile::load(&plan.site_file, &p.profile)?;
+        let (user, password) = credentials(p)?;
+        fallback = p.downlink.fallback;
+        let t = check_target(
+            &p.name,
+            Arc::new(profile),
+            &p.url,
+            &plan.enterprise.credit_code,
+            &user,
+            &password,
+            p.downlink.check_timeout,
+        )
+        .map_err(|e| RegulatorError::Config {
+            platform: p.name.clone(),
+            message: e.to_string(),
+        })?;
+        targets.push(Arc::new(t));
+    }
+    Ok((!targets.is_empty()).then_some(VehicleChecker { targets, fallback }))
+}
+
+/// Starts the heartbeat and poll tasks of one platform, as the site and the profile say.
+pub fn start_for(
+    plan: &Plan,
+    platform: &PlatformPlan,
+    health: &BTreeMap<String, watch::Receiver<DeviceHealth>>,
+    state: Arc<RwLock<PolicyState>>,
+    ledger: Option<Ledger>,
+    alarms: Option<mpsc::UnboundedSender<Alarm>>,
+) -> Result<Option<Downlink>, RegulatorError> {
+    let profile = PlatformProfile::load(&plan.site_file, &platform.profile)?;
+    if profile.downlink.is_none() {
+        return Ok(None);
+    }
+    let (user, password) = credentials(platform)?;
+    let client = TcClient::new(
+        &platform.url,
+        Arc::new(profile),
+        &plan.enterprise.credit_code,
+        &user,
+        &password,
+        DOWNLINK_REQUEST_TIMEOUT,
+    )
+    .map_err(|e| RegulatorError::Config {
+        platform: platform.name.clone(),
+        message: e.to_string(),
+    })?;
+    let device = |l: &crate::config::plan::LanePlan, r: Role| {
+        l.spec
+            .bindings
+            .get(&r)
+            .and_then(|d| health.get(&d.device))
+            .cloned()
+    };
+    let barriers = plan
+        .lanes
+        .iter()
+        .map(|l| BarrierHealth {
+            gate: l.spec.barrier_no.clone(),
+            barrier: device(l, Role::Barrier),
+            camera: device(l, Role::Camera),
+        })
+        .collect();
+    Ok(Downlink::start(DownlinkDeps {
+        name: platform.name.clone(),
+        client: Arc::new(client),
+        plan: platform.downlink.clone(),
+        barriers,
+        state,
+        ledger,
+        alarms,
+    }))
+}
+
+/// Heartbeats and polls are not urgent; a slow platform may take this long per request.
+const DOWNLINK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
