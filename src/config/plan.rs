@@ -621,19 +621,13 @@ impl Validator<'_> {
                 ),
             }
         }
-        for (key, v, slot) in [
-            ("heartbeat_secs", p.heartbeat_secs, &mut d.heartbeat),
-            ("policy_poll_secs", p.policy_poll_secs, &mut d.policy_poll),
+        for (v, slot) in [
+            (p.heartbeat_secs, &mut d.heartbeat),
+            (p.policy_poll_secs, &mut d.policy_poll),
         ] {
             match v {
                 None => {}
                 Some(0) => *slot = None,
-                Some(n) if n < 5 => self.err(
-                    &path!["uplinks", "platforms", i, key],
-                    At::Value,
-                    format!("{key} = {n} would flood the platform"),
-                    "give 5 seconds or more, or 0 to turn it off",
-                ),
                 Some(n) => *slot = Some(Duration::from_secs(n)),
             }
         }

@@ -1004,8 +1004,15 @@ pub fn check_target(
 ) -> Result<CheckTarget, SendError> {
     Ok(CheckTarget {
         name: name.to_string(),
+        // The HTTP timeout a little past the check's own, so that a slow platform is reported
+        // as "no answer within …" rather than as reqwest's opaque send error.
         client: Arc::new(TcClient::new(
-            url, profile, organ, username, password, timeout,
+            url,
+            profile,
+            organ,
+            username,
+            password,
+            timeout + Duration::from_millis(250),
         )?),
         timeout,
     })
