@@ -16,8 +16,8 @@
 use crate::lane::engine::{Decider, LaneSpec, PlateHook, Verdict};
 use crate::ledger::{CheckSource, PassCheck};
 use crate::policy::{ControlMeasure, DecisionInput, Mode, Policy, PolicyState};
-use crate::regulator::downlink::{CheckOutcome, Fallback, PlatformAnswer, VehicleChecker};
 use crate::registry::VehicleRegistry;
+use crate::regulator::downlink::{CheckOutcome, Fallback, PlatformAnswer, VehicleChecker};
 use crate::vehicle::{EmissionStage, Fuel, PlateColor, RegistryKind, VehicleFacts};
 use chrono::{DateTime, Utc};
 use ecogate_drivers::PlateRead;
@@ -106,8 +106,7 @@ impl SiteDecider {
         &self,
         policy: &Policy,
         lane: &LaneSpec,
-        plate: &str,
-        color: PlateColor,
+        (plate, color): (&str, PlateColor),
         facts: Option<VehicleFacts>,
         now: DateTime<Utc>,
         check: Option<PassCheck>,
@@ -191,14 +190,13 @@ impl SiteDecider {
                         check,
                     };
                 }
-                self.local(&self.policy, lane, plate, color, facts, now, check)
+                self.local(&self.policy, lane, (plate, color), facts, now, check)
             }
             CheckOutcome::Failed { error } => match registered {
                 Some(f) => self.local(
                     &self.policy,
                     lane,
-                    plate,
-                    color,
+                    (plate, color),
                     Some(f),
                     now,
                     Some(PassCheck {
@@ -216,8 +214,7 @@ impl SiteDecider {
                     self.local(
                         policy,
                         lane,
-                        plate,
-                        color,
+                        (plate, color),
                         None,
                         now,
                         Some(PassCheck {
@@ -296,7 +293,7 @@ impl Decider for SiteDecider {
             Some(c) => self.decide_checked(c, lane, plate, color, now),
             None => {
                 let facts = self.registry.lookup(plate, color);
-                self.local(&self.policy, lane, plate, color, facts, now, None)
+                self.local(&self.policy, lane, (plate, color), facts, now, None)
             }
         }
     }
@@ -332,5 +329,133 @@ impl Decider for SiteDecider {
                 },
             );
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lane::engine::Direction;
+    use crate::registry::MemoryRegistry;
+
+    fn lane() -> LaneSpec {
+        LaneSpec {
+            id: "1-in".into(),
+            gate: "1".into(),
+            barrier_no: "01".into(),
+            direction: Direction::In,
+            bindings: HashMap::new(),
+            texts: Arc::default(),
+            default_cargo: None,
+            pulse_ms: 500,
+        }
+    }
+
+    fn truck(plate: &str, stage: EmissionStage) -> VehicleFacts {
+        VehicleFacts {
+            plate: plate.into(),
+            color: PlateColor::Yellow,
+            registry: RegistryKind::Transport,
+            stage,
+            fuel: Fuel::Diesel,
+            vehicle_type: "H11".into(),
+            use_character: None,
+            obd_online: None,
+        }
+    }
+
+    fn decider(fleet: &[VehicleFacts], fallback: Fallback) -> SiteDecider {
+        let reg = MemoryRegistry::new();
+        for f in fleet {
+            reg.insert(f.clone());
+        }
+        SiteDecider::new(Policy::default(), Arc::new(reg)).with_checker(VehicleChecker {
+            targets: Vec::new(),
+            fallback,
+        })
+    }
+
+    fn answer(d: &SiteDecider, plate: &str, a: PlatformAnswer) {
+        let c = d.check.as_ref().unwrap();
+        c.slots.lock().unwrap().insert(
+            "1-in".into(),
+            Slot {
+                plate: plate.into(),
+                color: PlateColor::Yellow,
+                outcome: CheckOutcome::Answered {
+                    platform: "city".into(),
+                    answer: a,
+                },
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn allowed(stage: Option<EmissionStage>, vehicle_type: Option<&str>) -> PlatformAnswer {
+        PlatformAnswer {
+            control: false,
+            reason: String::new(),
+            stage,
+            fuel: Some(Fuel::Diesel),
+            vehicle_type: vehicle_type.map(str::to_string),
+            use_character: None,
+        }
+    }
+
+    #[test]
+    fn the_platform_fills_an_unknown_stage_but_the_registry_wins_when_both_know() {
+        let d = decider(
+            &[
+                truck("豫A00001", EmissionStage::Unknown),
+                truck("豫A00002", EmissionStage::China(4)),
+            ],
+            Fallback::RegistryThenPolicy,
+        );
+        let now = Utc::now();
+        // Stage X would be refused by default (`stage_x = "deny"`); the platform says 国六.
+        answer(&d, "豫A00001", allowed(Some(EmissionStage::China(6)), None));
+        let v = d.decide(&lane(), "豫A00001", PlateColor::Yellow, now);
+        assert!(v.allow, "{v:?}");
+        assert_eq!(v.facts.unwrap().stage, EmissionStage::China(6));
+        assert_eq!(v.check.unwrap().source, CheckSource::Platform);
+        // The registry's 国四 stands against the platform's 国六: refused by the normal-day
+        // heavy-goods minimum (国五).
+        answer(&d, "豫A00002", allowed(Some(EmissionStage::China(6)), None));
+        let v = d.decide(&lane(), "豫A00002", PlateColor::Yellow, now);
+        assert!(!v.allow);
+        assert_eq!(v.reason, "normal_min_stage");
+    }
+
+    #[test]
+    fn an_unregistered_vehicle_takes_platform_facts_only_with_a_vehicle_type() {
+        let d = decider(&[], Fallback::RegistryThenPolicy);
+        let now = Utc::now();
+        answer(&d, "豫A00003", allowed(Some(EmissionStage::China(4)), None));
+        let v = d.decide(&lane(), "豫A00003", PlateColor::Yellow, now);
+        assert!(v.facts.is_none(), "no type, no class: stays unknown");
+        assert_eq!(v.reason, "unknown_vehicle");
+        answer(
+            &d,
+            "豫A00003",
+            allowed(Some(EmissionStage::China(4)), Some("H11")),
+        );
+        let v = d.decide(&lane(), "豫A00003", PlateColor::Yellow, now);
+        assert_eq!(
+            v.facts.as_ref().map(|f| f.stage),
+            Some(EmissionStage::China(4))
+        );
+        // A heavy 国四 diesel truck under the normal-day minimum: refused on the platform's facts.
+        assert_eq!(v.reason, "normal_min_stage");
+    }
+
+    #[test]
+    fn a_read_without_an_answer_falls_back_and_says_why() {
+        let d = decider(&[], Fallback::RegistryThenDeny);
+        let v = d.decide(&lane(), "豫A00004", PlateColor::Yellow, Utc::now());
+        assert!(!v.allow);
+        assert_eq!(v.reason, "unknown_vehicle");
+        let c = v.check.unwrap();
+        assert_eq!(c.source, CheckSource::FallbackDefault);
+        assert!(c.error.unwrap().contains("no platform answer"));
     }
 }

@@ -6,9 +6,9 @@ mod support;
 
 use ecogate::gateway::Gateway;
 use ecogate::ledger::store::LedgerReader;
+use ecogate::registry::MemoryRegistry;
 use ecogate::regulator::mock::{MockPlatform, MockVehicle};
 use ecogate::regulator::profile::PlatformProfile;
-use ecogate::registry::MemoryRegistry;
 use ecogate::vehicle::{EmissionStage, Fuel, PlateColor, RegistryKind, VehicleFacts};
 use ecogate_drivers::sim::camera::{CameraSim, VzPlate};
 use ecogate_drivers::sim::modbus::{BarrierModel, Framing, RelaySim, SimConfig};
@@ -154,20 +154,19 @@ const CHECK: &str = "check = true\ncheck_timeout_ms = 400\nheartbeat_secs = 0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vehicle_the_platform_controls_is_refused_with_its_reason() {
-    let s = site(
-        CHECK,
-        "",
-        &[truck("豫A10001", 6), truck("豫A10002", 6)],
-    )
-    .await;
+    let s = site(CHECK, "", &[truck("豫A10001", 6), truck("豫A10002", 6)]).await;
     s.mock
         .set_vehicle("豫A10001", MockVehicle::controlled("重污染管控 禁止入场"));
-    s.mock.set_vehicle("豫A10002", MockVehicle::allowed("6", "B"));
+    s.mock
+        .set_vehicle("豫A10002", MockVehicle::allowed("6", "B"));
 
     // The same registered 国六 truck the local policy lets in…
     let p = s.decide("豫A10002").await;
     assert_eq!(p["decision"], "allow", "{p}");
-    assert_eq!(p["check"], json!({"source": "platform", "platform": "city"}));
+    assert_eq!(
+        p["check"],
+        json!({"source": "platform", "platform": "city"})
+    );
 
     // …is refused when the platform controls it, with the platform's reason on the LED.
     let p = s.decide("豫A10001").await;
@@ -192,7 +191,11 @@ async fn a_vehicle_the_platform_controls_is_refused_with_its_reason() {
             .any(|c| c.plate == "豫A10001" && c.color == "1" && c.gate == "1-in"),
         "{asked:?}"
     );
-    assert!(s.mock.stats().rejections.is_empty(), "{:?}", s.mock.stats().rejections);
+    assert!(
+        s.mock.stats().rejections.is_empty(),
+        "{:?}",
+        s.mock.stats().rejections
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,12 +245,15 @@ async fn platform_down_falls_back_to_the_registry_then_the_site_default() {
 
     // Back up: the platform decides again.
     s.mock.set_down(false);
-    s.mock.set_vehicle("豫B29997", MockVehicle::allowed("6", "B"));
+    s.mock
+        .set_vehicle("豫B29997", MockVehicle::allowed("6", "B"));
     let p = s.decide("豫B29997").await;
     assert_eq!(p["check"]["source"], "platform", "{p}");
-    assert!(ecogate::ledger::verify::verify(&s.dir.path().join("ledger"))
-        .unwrap()
-        .ok());
+    assert!(
+        ecogate::ledger::verify::verify(&s.dir.path().join("ledger"))
+            .unwrap()
+            .ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +293,9 @@ async fn a_platform_measure_refuses_a_guo4_truck_until_it_ends() {
         "startTime": start, "endTime": "" }]);
     s.mock.set_policy_reply(orange.clone());
     let started = wait("the measure recorded", 10, || {
-        s.events("measure_change").into_iter().find(|m| m["active"] == true)
+        s.events("measure_change")
+            .into_iter()
+            .find(|m| m["active"] == true)
     })
     .await;
     assert_eq!(started["source"], "platform:city");
@@ -303,7 +311,8 @@ async fn a_platform_measure_refuses_a_guo4_truck_until_it_ends() {
     // A garbled reply changes nothing: the measure stays, nothing is recorded as changed,
     // and the site is alarmed.
     let polls = s.mock.policy_queries();
-    s.mock.set_policy_reply(json!([{ "controlLevel": "2", "controlStrategy": "9",
+    s.mock
+        .set_policy_reply(json!([{ "controlLevel": "2", "controlStrategy": "9",
         "startTime": start }]));
     wait("two more policy polls", 10, || {
         (s.mock.policy_queries() >= polls + 2).then_some(())
@@ -324,24 +333,34 @@ async fn a_platform_measure_refuses_a_guo4_truck_until_it_ends() {
     // The platform ends the measure: recorded, and the truck is let in again.
     s.mock.set_policy_reply(json!([]));
     let ended = wait("the measure's end recorded", 10, || {
-        s.events("measure_change").into_iter().find(|m| m["active"] == false)
+        s.events("measure_change")
+            .into_iter()
+            .find(|m| m["active"] == false)
     })
     .await;
     assert_eq!(ended["level"], "orange");
     s.decide("豫D60006").await;
     let p = s.decide("豫D40004").await;
     assert_eq!(p["decision"], "allow", "{p}");
-    assert!(ecogate::ledger::verify::verify(&s.dir.path().join("ledger"))
-        .unwrap()
-        .ok());
+    assert!(
+        ecogate::ledger::verify::verify(&s.dir.path().join("ledger"))
+            .unwrap()
+            .ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_white_list_lets_an_unknown_vehicle_in() {
-    let s = site("policy_poll_secs = 1\nheartbeat_secs = 0", "unknown = \"deny\"", &[]).await;
+    let s = site(
+        "policy_poll_secs = 1\nheartbeat_secs = 0",
+        "unknown = \"deny\"",
+        &[],
+    )
+    .await;
     let p = s.decide("豫E50001").await;
     assert_eq!(p["decision"], "deny", "{p}");
-    s.mock.set_white_list_reply(json!([{ "cphm": "豫E50001", "cpys": "1",
+    s.mock
+        .set_white_list_reply(json!([{ "cphm": "豫E50001", "cpys": "1",
         "sxsj": "2020-01-01 00:00:00", "zzsj": "2099-01-01 00:00:00", "crkbh": "" }]));
     let change = wait("the white list recorded", 10, || {
         s.events("measure_change")
@@ -392,4 +411,44 @@ async fn heartbeats_reach_the_platform_for_every_barrier_and_never_block_the_lan
     let p = s.decide("豫F60001").await;
     assert_eq!(p["decision"], "allow", "{p}");
     assert!(p.get("check").is_none(), "no check configured: {p}");
+}
+
+#[test]
+fn bad_downlink_keys_are_named_with_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::one_lane_site(
+        "bad",
+        "127.0.0.1:5020".parse().unwrap(),
+        "[[uplinks.platforms]]\nname = \"city\"\nprofile = \"platform/transport-control\"\nurl = \"http://127.0.0.1:1\"\ncheck = true\ncheck_timeout_ms = 50\nfallback = \"maybe\"\n[[uplinks.platforms]]\nname = \"province\"\nprofile = \"platform/transport-control\"\nurl = \"http://127.0.0.1:2\"\ncheck = true\nfallback = \"registry_then_allow\"\n",
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let line_of = |needle: &str| lines.iter().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, &text).unwrap();
+    let e = match ecogate::config::load(&path) {
+        Ok(_) => panic!("a site with bad downlink keys loaded"),
+        Err(d) => d.to_string(),
+    };
+    assert!(
+        e.contains(&format!(
+            "site.toml:{}:20: error: check_timeout_ms = 50",
+            line_of("check_timeout_ms")
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!(
+            "site.toml:{}:12: error: unknown fallback `maybe`",
+            line_of("fallback")
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("registry_then_deny"),
+        "the help lists the names: {e}"
+    );
+    assert!(
+        e.contains("platform `province` has another fallback than `city`"),
+        "{e}"
+    );
 }

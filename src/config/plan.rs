@@ -496,20 +496,21 @@ impl Validator<'_> {
                     "write the platform's base URL, e.g. https://platform.example.gov.cn/api",
                 );
             }
-            let profile =
-                match crate::regulator::profile::PlatformProfile::load(&self.file.path, &p.profile)
-                {
-                    Ok(pr) => Some(pr),
-                    Err(e) => {
-                        self.err(
+            let profile = match crate::regulator::profile::PlatformProfile::load(
+                &self.file.path,
+                &p.profile,
+            ) {
+                Ok(pr) => Some(pr),
+                Err(e) => {
+                    self.err(
                             &path!["uplinks", "platforms", i, "profile"],
                             At::Value,
                             format!("platform profile `{}`: {e}", p.profile),
                             "name a profile under profiles/platform/ (built in: transport-control), or fix that file; see docs/platforms.md",
                         );
-                        None
-                    }
-                };
+                    None
+                }
+            };
             let password = self.secret(
                 &path!["uplinks", "platforms", i],
                 &p.password_env,
@@ -633,7 +634,7 @@ impl Validator<'_> {
         }
         if d.policy_poll.is_some()
             && profile.is_some()
-            && shape.is_none_or(|s| s.policy.is_none() && s.white_list.is_none())
+            && !shape.is_some_and(|s| s.policy.is_some() || s.white_list.is_some())
         {
             self.err(
                 &path!["uplinks", "platforms", i, "policy_poll_secs"],

@@ -14,9 +14,8 @@ use super::profile::{FieldMap, PlatformProfile};
 use super::transport_control::{local, SendError, TcClient};
 use super::RegulatorError;
 use crate::config::plan::{Plan, PlatformPlan};
-use crate::lane::builtin::Role;
-use std::collections::BTreeMap;
 use crate::health::Alarm;
+use crate::lane::builtin::Role;
 use crate::ledger::{site_zone, EventBody, Ledger, MeasureChange};
 use crate::policy::{ControlMeasure, ListEntry, PolicyState, Strategy, WarningLevel};
 use crate::vehicle::{EmissionStage, Fuel};
@@ -25,6 +24,7 @@ use ecogate_drivers::plate::PlateColor;
 use ecogate_drivers::DeviceHealth;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -171,7 +171,12 @@ impl DownlinkShape {
     /// Checks the section; the profile loader calls it.
     pub fn check(&self) -> Result<(), String> {
         if let Some(c) = &self.check {
-            check_map("downlink.check.request", &c.request, CHECK_REQUEST, &["plate"])?;
+            check_map(
+                "downlink.check.request",
+                &c.request,
+                CHECK_REQUEST,
+                &["plate"],
+            )?;
             if c.reply.allow.is_empty() || c.reply.deny.is_empty() {
                 return Err("[downlink.check.reply] needs `allow` and `deny` values".into());
             }
@@ -199,7 +204,12 @@ impl DownlinkShape {
             check_map("downlink.policy.request", &p.request, QUERY_REQUEST, &[])?;
         }
         if let Some(w) = &self.white_list {
-            check_map("downlink.white_list.request", &w.request, QUERY_REQUEST, &[])?;
+            check_map(
+                "downlink.white_list.request",
+                &w.request,
+                QUERY_REQUEST,
+                &[],
+            )?;
         }
         Ok(())
     }
@@ -352,7 +362,12 @@ pub struct CheckTarget {
 }
 
 impl CheckTarget {
-    async fn ask(&self, gate: &str, plate: &str, color: PlateColor) -> Result<PlatformAnswer, String> {
+    async fn ask(
+        &self,
+        gate: &str,
+        plate: &str,
+        color: PlateColor,
+    ) -> Result<PlatformAnswer, String> {
         let p = self.client.profile();
         let Some(shape) = p.downlink.as_ref().and_then(|d| d.check.as_ref()) else {
             return Err("the profile has no [downlink.check]".into());
@@ -569,7 +584,9 @@ pub fn parse_white_list(
                     .iter()
                     .find(|(_, code)| **code == c)
                     .and_then(|(name, _)| PlateColor::ALL.into_iter().find(|pc| pc.name() == name))
-                    .ok_or_else(|| format!("white-list entry {i}: plate colour `{c}` is not a known code"))?,
+                    .ok_or_else(|| {
+                        format!("white-list entry {i}: plate colour `{c}` is not a known code")
+                    })?,
             ),
         };
         let time = |key: &str| -> Result<Option<DateTime<Utc>>, String> {
@@ -848,8 +865,18 @@ async fn heartbeat(d: &DownlinkDeps, shape: &DownlinkShape, stats: &Mutex<Downli
             .map(|b| {
                 let mut v = Map::new();
                 put(&mut v, &h.fields, "gate", &b.gate);
-                put(&mut v, &h.fields, "barrier", &code(online(&b.barrier), &h.ok, &h.fault));
-                put(&mut v, &h.fields, "camera", &code(online(&b.camera), &h.ok, &h.fault));
+                put(
+                    &mut v,
+                    &h.fields,
+                    "barrier",
+                    &code(online(&b.barrier), &h.ok, &h.fault),
+                );
+                put(
+                    &mut v,
+                    &h.fields,
+                    "camera",
+                    &code(online(&b.camera), &h.ok, &h.fault),
+                );
                 Value::Object(v)
             })
             .collect();
@@ -871,8 +898,18 @@ async fn heartbeat(d: &DownlinkDeps, shape: &DownlinkShape, stats: &Mutex<Downli
             let mut v = Map::new();
             put(&mut v, &g.fields, "enterprise", d.client.organ());
             put(&mut v, &g.fields, "gate", &b.gate);
-            put(&mut v, &g.fields, "status", &code(online(&b.barrier), &g.ok, &g.fault));
-            put(&mut v, &g.fields, "camera", &code(online(&b.camera), &g.ok, &g.fault));
+            put(
+                &mut v,
+                &g.fields,
+                "status",
+                &code(online(&b.barrier), &g.ok, &g.fault),
+            );
+            put(
+                &mut v,
+                &g.fields,
+                "camera",
+                &code(online(&b.camera), &g.ok, &g.fault),
+            );
             put(&mut v, &g.fields, "time", &now);
             if let Err(e) = d
                 .client
@@ -961,15 +998,25 @@ async fn poll_policy(d: &DownlinkDeps, shape: &DownlinkShape, stats: &Mutex<Down
             let _ = a.send(platform_alarm(&d.name, e, true));
         }
     } else if raised && readable {
-        stats.lock().unwrap_or_else(|e| e.into_inner()).garbled_alarm = false;
+        stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .garbled_alarm = false;
         if let Some(a) = &d.alarms {
-            let _ = a.send(platform_alarm(&d.name, "policy reply readable again", false));
+            let _ = a.send(platform_alarm(
+                &d.name,
+                "policy reply readable again",
+                false,
+            ));
         }
     }
     if events.is_empty() {
         return;
     }
-    stats.lock().unwrap_or_else(|e| e.into_inner()).measure_changes += events.len() as u64;
+    stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .measure_changes += events.len() as u64;
     for ev in events {
         tracing::info!(platform = %d.name, event = ?ev, "platform control change");
         if let Some(l) = &d.ledger {
@@ -1182,7 +1229,13 @@ mod tests {
         ]);
         assert!(parse_measures(&p, shape, &bad, "s").is_err());
         assert!(parse_measures(&p, shape, &serde_json::json!({"a": 1}), "s").is_err());
-        assert!(parse_measures(&p, shape, &serde_json::json!([{"controlLevel": "2", "startTime": "yesterday"}]), "s").is_err());
+        assert!(parse_measures(
+            &p,
+            shape,
+            &serde_json::json!([{"controlLevel": "2", "startTime": "yesterday"}]),
+            "s"
+        )
+        .is_err());
     }
 
     #[test]
@@ -1209,7 +1262,10 @@ mod tests {
             "zzsj": "2026-12-31 00:00:00", "crkbh": "1,2"}]);
         let l = parse_white_list(&p, shape, &v, "platform:x").unwrap();
         assert_eq!(l[0].color, Some(PlateColor::Yellow));
-        assert_eq!(l[0].gates.as_deref(), Some(&["1".to_string(), "2".to_string()][..]));
+        assert_eq!(
+            l[0].gates.as_deref(),
+            Some(&["1".to_string(), "2".to_string()][..])
+        );
         let bad = serde_json::json!([{"cphm": "豫A11111", "cpys": "9"}]);
         assert!(parse_white_list(&p, shape, &bad, "s").is_err());
         let state = RwLock::new(PolicyState::default());

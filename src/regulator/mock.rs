@@ -754,7 +754,10 @@ fn downlink_op(
     let object = || -> Result<&Map<String, Value>, Refusal> {
         env.get(&p.envelope.value)
             .and_then(Value::as_object)
-            .ok_or(("400", format!("{op}: missing object `{}`", p.envelope.value)))
+            .ok_or((
+                "400",
+                format!("{op}: missing object `{}`", p.envelope.value),
+            ))
     };
     let value_key = p.envelope.value.clone();
     if let Some(c) = d.check.as_ref().filter(|c| c.operation == op) {
@@ -808,7 +811,10 @@ fn downlink_op(
                 .get(&p.envelope.value)
                 .and_then(Value::as_array)
                 .filter(|a| !a.is_empty())
-                .ok_or(("400", format!("{op}: `{}` must be a non-empty list", p.envelope.value)))?;
+                .ok_or((
+                    "400",
+                    format!("{op}: `{}` must be a non-empty list", p.envelope.value),
+                ))?;
             let mut got = Vec::new();
             for e in entries {
                 let e = e
@@ -830,11 +836,15 @@ fn downlink_op(
             let now = Instant::now();
             for vals in got {
                 let gate = vals.get("gate").cloned().unwrap_or_default();
-                g.down.heartbeats.entry(gate).or_default().push(MockHeartbeat {
-                    barrier: vals.get("barrier").cloned().unwrap_or_default(),
-                    camera: vals.get("camera").cloned().unwrap_or_default(),
-                    at: now,
-                });
+                g.down
+                    .heartbeats
+                    .entry(gate)
+                    .or_default()
+                    .push(MockHeartbeat {
+                        barrier: vals.get("barrier").cloned().unwrap_or_default(),
+                        camera: vals.get("camera").cloned().unwrap_or_default(),
+                        at: now,
+                    });
             }
             Ok(None)
         })());
@@ -854,7 +864,12 @@ fn downlink_op(
         })());
     }
     for (query, reply) in [
-        (d.policy.as_ref().map(|q| (&q.path, &q.operation, &q.request)), 0),
+        (
+            d.policy
+                .as_ref()
+                .map(|q| (&q.path, &q.operation, &q.request)),
+            0,
+        ),
         (
             d.white_list
                 .as_ref()
