@@ -156,18 +156,21 @@ const CHECK: &str = "check = true\ncheck_timeout_ms = 400\nheartbeat_secs = 0";
 async fn a_vehicle_the_platform_controls_is_refused_with_its_reason() {
     let s = site(CHECK, "", &[truck("豫A10001", 6), truck("豫A10002", 6)]).await;
     s.mock
-        .set_vehicle("豫A10001", MockVehicle::controlled("重污染管控 禁止入场"));
+        .set_vehicle("豫A10001", MockVehicle::allowed("6", "B"));
     s.mock
         .set_vehicle("豫A10002", MockVehicle::allowed("6", "B"));
 
-    // The same registered 国六 truck the local policy lets in…
-    let p = s.decide("豫A10002").await;
+    // A registered 国六 truck the local policy lets in…
+    let p = s.decide("豫A10001").await;
     assert_eq!(p["decision"], "allow", "{p}");
     assert_eq!(
         p["check"],
         json!({"source": "platform", "platform": "city"})
     );
+    s.decide("豫A10002").await;
 
+    s.mock
+        .set_vehicle("豫A10001", MockVehicle::controlled("重污染管控 禁止入场"));
     // …is refused when the platform controls it, with the platform's reason on the LED.
     let p = s.decide("豫A10001").await;
     assert_eq!(p["decision"], "deny", "{p}");
@@ -176,11 +179,8 @@ async fn a_vehicle_the_platform_controls_is_refused_with_its_reason() {
     assert_eq!(p["opened"], false);
     assert_eq!(p["check"]["source"], "platform");
     assert_eq!(p["check"]["platform"], "city");
-    let status = s.gw.lanes[0].status.borrow().clone();
-    let v = status.verdict.expect("the lane's verdict");
-    assert_eq!(v.reason, "platform_control");
-    // The LED's `denied` text is "{plate}" / "{reason}", the reason being this text.
-    assert_eq!(v.text, "重污染管控 禁止入场");
+    // `reason_text` is the verdict's text, which the lane's `denied` sign shows as
+    // "{plate}" / "{reason}" (the loop may clear the lane's own status right after).
 
     // The platform was asked with the site's codes: plate, colour code 1 (yellow), the
     // lane's 道闸编号, and the enterprise as organ (the mock checks it).
@@ -451,4 +451,48 @@ fn bad_downlink_keys_are_named_with_their_place() {
         e.contains("platform `province` has another fallback than `city`"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_checking_platforms_the_first_usable_answer_decides() {
+    let province = MockPlatform::start(
+        PlatformProfile::builtin("transport-control").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let s = site(
+        &format!(
+            "{CHECK}\n[[uplinks.platforms]]\nname = \"province\"\nprofile = \"platform/transport-control\"\nurl = \"{}\"\nusername = \"gate\"\n{CHECK}",
+            province.url()
+        ),
+        "",
+        &[truck("豫G70001", 6)],
+    )
+    .await;
+    // The city platform fails at once; the province answers.
+    s.mock.set_down(true);
+    province.set_vehicle("豫G70001", MockVehicle::allowed("6", "B"));
+    let p = s.decide("豫G70001").await;
+    assert_eq!(p["decision"], "allow", "{p}");
+    assert_eq!(
+        p["check"],
+        json!({"source": "platform", "platform": "province"})
+    );
+
+    // The city platform hangs; the province's control decides without waiting for it.
+    s.mock.set_down(false);
+    s.mock.set_delay(Duration::from_secs(20));
+    province.set_vehicle("豫G70002", MockVehicle::controlled("省级管控"));
+    let p = s.decide("豫G70002").await;
+    assert_eq!(p["reason"], "platform_control", "{p}");
+    assert_eq!(p["reason_text"], "省级管控");
+    assert_eq!(p["check"]["platform"], "province");
+
+    // Neither answers: the fallback names both.
+    province.set_down(true);
+    let p = s.decide("豫G70001").await;
+    assert_eq!(p["check"]["source"], "fallback_registry", "{p}");
+    let err = p["check"]["error"].as_str().unwrap_or("");
+    assert!(err.contains("city:") && err.contains("province:"), "{err}");
 }
