@@ -42,6 +42,14 @@ fn truck(plate: &str, stage: u8) -> VehicleFacts {
 /// A one-lane site whose platform `city` is the mock, with `keys` added to the platform entry
 /// and `policy` under `[policy]`; the registry holds `fleet`.
 async fn site(keys: &str, policy: &str, fleet: &[VehicleFacts]) -> Site {
+    site_with(keys, policy, fleet, "").await
+}
+
+/// A second lane at the same gate: the exit, barrier on its camera's relay, 道闸编号 02.
+const EXIT_LANE: &str = "[[gates.lanes]]\nid = \"1-out\"\ndirection = \"out\"\nmachine = \"exit\"\nbarrier_no = \"02\"\ncamera = \"cam2\"\nbarrier = \"cam2\"\nsign = \"led2\"\nvoice = \"led2\"\n[devices.cam2]\nprofile = \"camera/vz-ivs\"\naddress = \"ingest:cam2\"\n[devices.led2]\nprofile = \"led/parking-0x64\"\nvia = \"cam2\"\n";
+
+/// [`site`] with `more` (lanes, devices) added to the site file.
+async fn site_with(keys: &str, policy: &str, fleet: &[VehicleFacts], more: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockPlatform::start(
         PlatformProfile::builtin("transport-control").unwrap(),
@@ -70,7 +78,7 @@ async fn site(keys: &str, policy: &str, fleet: &[VehicleFacts]) -> Site {
         relay.addr(),
         &format!(
             // Reads of one plate a moment apart are separate vehicles here.
-            "[devices.cam1.settings]\ndebounce_s = 0\n[http]\nlisten = \"127.0.0.1:0\"\n[policy]\n{policy}\n[[uplinks.platforms]]\nname = \"city\"\nprofile = \"platform/transport-control\"\nurl = \"{}\"\nusername = \"gate\"\n{keys}\n",
+            "{more}[devices.cam1.settings]\ndebounce_s = 0\n[http]\nlisten = \"127.0.0.1:0\"\n[policy]\n{policy}\n[[uplinks.platforms]]\nname = \"city\"\nprofile = \"platform/transport-control\"\nurl = \"{}\"\nusername = \"gate\"\n{keys}\n",
             mock.url()
         ),
     );
@@ -377,17 +385,29 @@ async fn a_platform_white_list_lets_an_unknown_vehicle_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_reach_the_platform_for_every_barrier_and_never_block_the_lane() {
-    let s = site("heartbeat_secs = 1", "unknown = \"allow_flag\"", &[]).await;
+    let s = site_with(
+        "heartbeat_secs = 1",
+        "unknown = \"allow_flag\"",
+        &[],
+        EXIT_LANE,
+    )
+    .await;
     let barrier = s.gw.plan.lanes[0].spec.barrier_no.clone();
+    assert_eq!(s.gw.plan.lanes[1].spec.barrier_no, "02");
     let io = s.gw.devices.handles["io1"].health.clone();
     wait("io1 online", 5, || io.borrow().online.then_some(())).await;
-    let beats = wait("three heartbeats", 10, || {
+    let (beats, exit) = wait("three heartbeats per barrier", 10, || {
         let h = s.mock.heartbeats();
-        h.get(&barrier).filter(|b| b.len() >= 3).cloned()
+        let a = h.get(&barrier).filter(|b| b.len() >= 3).cloned()?;
+        let b = h.get("02").filter(|b| b.len() >= 3).cloned()?;
+        Some((a, b))
     })
     .await;
-    // The barrier module answers: "0" (normal) once it is online.
+    // The entry's relay module answers: "0" (normal). The exit's barrier is its camera, which
+    // has pushed nothing yet: "1" (fault) for both barrier and camera.
     assert_eq!(beats.last().map(|b| b.barrier.as_str()), Some("0"));
+    let last = exit.last().unwrap();
+    assert_eq!((last.barrier.as_str(), last.camera.as_str()), ("1", "1"));
     // Never two in one burst: they come once per period.
     for w in beats.windows(2) {
         assert!(w[1].at > w[0].at + Duration::from_millis(500));

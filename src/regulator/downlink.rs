@@ -938,7 +938,7 @@ async fn poll_policy(d: &DownlinkDeps, shape: &DownlinkShape, stats: &Mutex<Down
     let p = d.client.profile();
     let source = source_of(&d.name);
     let mut events = Vec::new();
-    let mut garbled = None;
+    let mut garbled: Vec<String> = Vec::new();
     let mut readable = false;
     if let Some(ps) = &shape.policy {
         stats.lock().unwrap_or_else(|e| e.into_inner()).policy_polls += 1;
@@ -957,11 +957,12 @@ async fn poll_policy(d: &DownlinkDeps, shape: &DownlinkShape, stats: &Mutex<Down
                     readable = true;
                     events.extend(apply_measures(&d.state, &source, m));
                 }
-                Err(e) => garbled = Some(format!("control measures: {e}")),
+                Err(e) => garbled.push(format!("control measures: {e}")),
             },
         }
     }
-    if let (Some(ws), None) = (&shape.white_list, &garbled) {
+    // The white list is read even when the policy reply was garbled: each reply stands alone.
+    if let Some(ws) = &shape.white_list {
         match d
             .client
             .query(&ws.path, &ws.operation, query_value(d, &ws.request))
@@ -976,7 +977,7 @@ async fn poll_policy(d: &DownlinkDeps, shape: &DownlinkShape, stats: &Mutex<Down
                     readable = true;
                     events.extend(apply_white_list(&d.state, &source, list));
                 }
-                Err(e) => garbled = Some(format!("white list: {e}")),
+                Err(e) => garbled.push(format!("white list: {e}")),
             },
         }
     }
@@ -984,7 +985,8 @@ async fn poll_policy(d: &DownlinkDeps, shape: &DownlinkShape, stats: &Mutex<Down
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .garbled_alarm;
-    if let Some(e) = &garbled {
+    if !garbled.is_empty() {
+        let e = &garbled.join("; ");
         tracing::error!(platform = %d.name, error = %e, "garbled policy reply; nothing changed");
         note_error(
             stats,
