@@ -336,7 +336,7 @@ async fn a_platform_measure_refuses_a_guo4_truck_until_it_ends() {
             .find(|a| a["code"] == "platform_policy_garbled")
     })
     .await;
-    assert_eq!(alarm["source"], "platform:city");
+    assert_eq!(alarm["source"], "uplink:city");
 
     // The platform ends the measure: recorded, and the truck is let in again.
     s.mock.set_policy_reply(json!([]));

@@ -1031,7 +1031,8 @@ async fn poll_policy(d: &DownlinkDeps, shape: &DownlinkShape, stats: &Mutex<Down
 
 fn platform_alarm(name: &str, message: &str, raised: bool) -> Alarm {
     Alarm {
-        source: format!("platform:{name}"),
+        // The alarm board's convention for a platform (docs/mqtt.md).
+        source: format!("uplink:{name}"),
         code: "platform_policy_garbled".into(),
         message: message.to_string(),
         raised,
