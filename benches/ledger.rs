@@ -35,6 +35,7 @@ fn pass(lane: usize, i: usize) -> EventBody {
         registry: Some(RegistryKind::Transport),
         photo_kinds: vec![],
         read_id: Some(format!("cam{lane}-{i}")),
+        check: None,
     })
 }
 

@@ -29,6 +29,7 @@ fn pass(i: usize) -> EventBody {
         registry: None,
         photo_kinds: vec![],
         read_id: None,
+        check: None,
     })
 }
 

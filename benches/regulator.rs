@@ -58,6 +58,7 @@ fn attempt(i: usize, prefix: &str, with_photo: bool) -> PassAttempt {
             vec![]
         },
         read_id: None,
+        check: None,
     }
 }
 

@@ -91,6 +91,7 @@ fn build(dir: &Path, n: u64) {
                         registry: Some(RegistryKind::Transport),
                         photo_kinds: vec![],
                         read_id: None,
+                        check: None,
                     });
                     let r = txn.append(&body, &[], at)?;
                     if i % 8 == 0 {

@@ -44,6 +44,7 @@ pub const SEVERITIES: &[(&str, Severity)] = &[
     ("scale_stuck", Severity::Warning),
     ("upload_backlog", Severity::Warning),
     ("clock_drift", Severity::Warning),
+    ("platform_policy_garbled", Severity::Warning),
     ("lane_stuck", Severity::Warning),
     ("weight_missing", Severity::Warning),
     ("weigh_timeout", Severity::Info),

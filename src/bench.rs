@@ -29,6 +29,7 @@ impl Decider for Allow {
             review: false,
             facts: None,
             measure: None,
+            check: None,
         }
     }
     fn measure_active(&self, _: &str, _: DateTime<Utc>) -> bool {

@@ -51,6 +51,8 @@ pub struct Gateway {
     /// One uplink per enabled `[[uplinks.platforms]]`, each over its own ledger cursor. The
     /// health checks and the MQTT bridge read their KPIs through weak references.
     pub regulators: Vec<Arc<crate::regulator::RegulatorUplink>>,
+    /// Heartbeats and control-measure / white-list polls, per platform that has them.
+    pub downlinks: Vec<crate::regulator::downlink::Downlink>,
     /// Becomes true when the UPS reports battery low: the site is about to lose power.
     pub power_loss: watch::Receiver<bool>,
     /// Active alarms, their severity and acknowledgements (every change is a ledger event).
@@ -87,7 +89,13 @@ impl Gateway {
                 format!("opening the registries in {}", plan.data_dir.display())
             })?),
         };
-        let decider = Arc::new(SiteDecider::new(plan.policy.clone(), registry));
+        let mut decider = SiteDecider::new(plan.policy.clone(), registry);
+        if let Some(checker) = crate::regulator::downlink::checker_for(&plan)
+            .context("setting up the platform vehicle check")?
+        {
+            decider = decider.with_checker(checker);
+        }
+        let decider = Arc::new(decider);
 
         let (events_tx, mut events_rx) = mpsc::channel::<DeviceEvent>(4096);
         let (devices, device_errors) = devices::spawn_all(&plan.devices, events_tx.clone());
@@ -130,6 +138,20 @@ impl Gateway {
                 crate::regulator::RegulatorUplink::start(&plan, p, ledger.clone())
                     .with_context(|| format!("starting the uplink to platform `{}`", p.name))?,
             ));
+        }
+        let mut downlinks = Vec::new();
+        let device_health = devices.health();
+        for p in plan.platforms.iter().filter(|p| p.enabled) {
+            let d = crate::regulator::downlink::start_for(
+                &plan,
+                p,
+                &device_health,
+                decider.state(),
+                Some(ledger.clone()),
+                Some(site_alarms.clone()),
+            )
+            .with_context(|| format!("starting the downlink of platform `{}`", p.name))?;
+            downlinks.extend(d);
         }
         let uplink_kpis = kpi_source(&regulators);
         let activity = health_checks(&plan, &devices, &lanes, &ledger, &uplink_kpis)
@@ -254,6 +276,7 @@ impl Gateway {
             device_errors,
             mqtt,
             regulators,
+            downlinks,
             power_loss,
             alarms: alarm_board,
             api,
@@ -408,6 +431,9 @@ impl Gateway {
     pub async fn stop(&mut self) {
         if let Some(b) = self.mqtt.take() {
             b.shutdown().await;
+        }
+        for d in self.downlinks.drain(..) {
+            d.stop().await;
         }
         for r in self.regulators.drain(..) {
             // Only weak references exist elsewhere; one may be upgraded for a moment.

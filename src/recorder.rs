@@ -75,6 +75,7 @@ pub fn to_event(r: &Record) -> (EventBody, Vec<Bytes>, DateTime<Utc>) {
                 registry: facts.map(|f| f.registry),
                 photo_kinds: kinds,
                 read_id: p.camera_id.clone(),
+                check: v.and_then(|v| v.check.clone()),
             });
             (body, photos, p.at)
         }

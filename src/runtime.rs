@@ -271,6 +271,16 @@ async fn run_lane<D, S>(
         tokio::select! {
             input = rx.recv() => {
                 let Some(input) = input else { break };
+                // The platform vehicle check runs here, in the lane's task, so the read and the
+                // inputs behind it keep their order; the hook bounds its own wait (the
+                // platform's check timeout), and the lane stays synchronous.
+                if let Input::Plate(p) = &input {
+                    if !p.plate.is_empty() && !p.offline_replay {
+                        if let Some(hook) = deps.decider.before_plate(&lane.spec, p) {
+                            hook.await;
+                        }
+                    }
+                }
                 let barrier = match &input {
                     Input::BarrierOpened => Some(true),
                     Input::BarrierClosed => Some(false),

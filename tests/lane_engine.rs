@@ -38,6 +38,7 @@ impl Decider for OddDenied {
             review: false,
             facts: None,
             measure: None,
+            check: None,
         }
     }
     fn measure_active(&self, _: &str, _: DateTime<Utc>) -> bool {

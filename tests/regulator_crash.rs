@@ -105,6 +105,7 @@ fn record(ledger: &Ledger, from: usize, n: usize) {
                         vec![]
                     },
                     read_id: None,
+                    check: None,
                 });
                 let photos = if with_photo {
                     vec![photo.clone()]

@@ -96,6 +96,7 @@ async fn a_72_hour_outage_ends_with_every_pass_acknowledged_once_in_order() {
                         registry: None,
                         photo_kinds: vec!["plate".into()],
                         read_id: None,
+                        check: None,
                     });
                     tx.append(&body, &[images[i % 20].clone()], t0 + step * i as i32)?;
                 }

@@ -89,6 +89,7 @@ async fn sim_platform_accepts_an_uplink_and_obeys_fault_commands() {
                 registry: None,
                 photo_kinds: vec![],
                 read_id: None,
+                check: None,
             }),
             vec![],
             chrono::Utc::now(),

@@ -90,6 +90,7 @@ fn pass(plate: &str, dir: Direction, opened: bool) -> EventBody {
         registry: None,
         photo_kinds: vec![],
         read_id: None,
+        check: None,
     })
 }
 

@@ -124,6 +124,7 @@ fn attempt(
         registry: Some(RegistryKind::Transport),
         photo_kinds: vec!["plate".into()],
         read_id: None,
+        check: None,
     })
 }
 

@@ -115,6 +115,8 @@ pub struct PlatformPlan {
     pub enabled: bool,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    // downlink keys
+    pub downlink: crate::regulator::downlink::DownlinkPlan,
 }
 
 /// A network cameras may push from (`192.168.10.0/24`, `127.0.0.1/32`, `::1/128`).
@@ -494,16 +496,21 @@ impl Validator<'_> {
                     "write the platform's base URL, e.g. https://platform.example.gov.cn/api",
                 );
             }
-            if let Err(e) =
-                crate::regulator::profile::PlatformProfile::load(&self.file.path, &p.profile)
-            {
-                self.err(
-                    &path!["uplinks", "platforms", i, "profile"],
-                    At::Value,
-                    format!("platform profile `{}`: {e}", p.profile),
-                    "name a profile under profiles/platform/ (built in: transport-control), or fix that file; see docs/platforms.md",
-                );
-            }
+            let profile = match crate::regulator::profile::PlatformProfile::load(
+                &self.file.path,
+                &p.profile,
+            ) {
+                Ok(pr) => Some(pr),
+                Err(e) => {
+                    self.err(
+                            &path!["uplinks", "platforms", i, "profile"],
+                            At::Value,
+                            format!("platform profile `{}`: {e}", p.profile),
+                            "name a profile under profiles/platform/ (built in: transport-control), or fix that file; see docs/platforms.md",
+                        );
+                    None
+                }
+            };
             let password = self.secret(
                 &path!["uplinks", "platforms", i],
                 &p.password_env,
@@ -516,7 +523,30 @@ impl Validator<'_> {
                 enabled: p.enabled,
                 username: p.username.clone(),
                 password,
+                // downlink keys
+                downlink: self.downlink(i, p, profile.as_ref()),
             });
+        }
+
+        // downlink keys: the fallback is the site's, so every checking platform must agree.
+        let checking: Vec<(usize, &PlatformPlan)> = platforms
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.enabled && p.downlink.check)
+            .collect();
+        if let Some((_, first)) = checking.first() {
+            if let Some((i, other)) = checking
+                .iter()
+                .find(|(_, p)| p.downlink.fallback != first.downlink.fallback)
+            {
+                let (i, name, first_name) = (*i, other.name.clone(), first.name.clone());
+                self.err(
+                    &path!["uplinks", "platforms", i, "fallback"],
+                    At::Key,
+                    format!("platform `{name}` has another fallback than `{first_name}`"),
+                    "the fallback decides when no platform answers, so it is one per site: give every checking platform the same",
+                );
+            }
         }
 
         let ingest = self.ingest(raw);
@@ -547,6 +577,76 @@ impl Validator<'_> {
             console,
             health,
         })
+    }
+
+    // downlink keys
+    fn downlink(
+        &mut self,
+        i: usize,
+        p: &crate::config::site::RawPlatform,
+        profile: Option<&crate::regulator::profile::PlatformProfile>,
+    ) -> crate::regulator::downlink::DownlinkPlan {
+        use crate::regulator::downlink::{DownlinkPlan, Fallback};
+        let mut d = DownlinkPlan {
+            check: p.check,
+            ..DownlinkPlan::default()
+        };
+        let shape = profile.and_then(|pr| pr.downlink.as_ref());
+        if p.check && profile.is_some() && shape.and_then(|s| s.check.as_ref()).is_none() {
+            self.err(
+                &path!["uplinks", "platforms", i, "check"],
+                At::Value,
+                format!("platform profile `{}` has no [downlink.check]", p.profile),
+                "use a profile that describes the vehicle check (built in: transport-control), or set check = false",
+            );
+        }
+        if let Some(ms) = p.check_timeout_ms {
+            if !(100..=10_000).contains(&ms) {
+                self.err(
+                    &path!["uplinks", "platforms", i, "check_timeout_ms"],
+                    At::Value,
+                    format!("check_timeout_ms = {ms} is outside 100..=10000"),
+                    "a lane waits this long for the platform before falling back; e.g. check_timeout_ms = 1500",
+                );
+            }
+            d.check_timeout = Duration::from_millis(ms);
+        }
+        if let Some(f) = &p.fallback {
+            match Fallback::parse(f) {
+                Some(f) => d.fallback = f,
+                None => self.err(
+                    &path!["uplinks", "platforms", i, "fallback"],
+                    At::Value,
+                    format!("unknown fallback `{f}`"),
+                    format!("one of {}", Fallback::NAMES),
+                ),
+            }
+        }
+        for (v, slot) in [
+            (p.heartbeat_secs, &mut d.heartbeat),
+            (p.policy_poll_secs, &mut d.policy_poll),
+        ] {
+            match v {
+                None => {}
+                Some(0) => *slot = None,
+                Some(n) => *slot = Some(Duration::from_secs(n)),
+            }
+        }
+        if d.policy_poll.is_some()
+            && profile.is_some()
+            && !shape.is_some_and(|s| s.policy.is_some() || s.white_list.is_some())
+        {
+            self.err(
+                &path!["uplinks", "platforms", i, "policy_poll_secs"],
+                At::Value,
+                format!(
+                    "platform profile `{}` has no [downlink.policy] or [downlink.white_list]",
+                    p.profile
+                ),
+                "use a profile that describes them, or set policy_poll_secs = 0",
+            );
+        }
+        d
     }
 
     fn duration(&mut self, p: &[Seg], v: &Option<String>, default: Duration) -> Duration {

@@ -304,6 +304,20 @@ pub struct RawPlatform {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<String>,
+    // downlink keys (docs/platforms.md, "Downlink")
+    /// Ask this platform about every vehicle before deciding (getCheckVehicle).
+    #[serde(default)]
+    pub check: bool,
+    /// How long a lane waits for the check answer (default 1500).
+    pub check_timeout_ms: Option<u64>,
+    /// No usable answer: `registry_then_policy` (default), `registry_then_deny`,
+    /// `registry_then_allow`.
+    pub fallback: Option<String>,
+    /// putdcstatus / gateStatusReport period in seconds (default 60; 0 = off).
+    pub heartbeat_secs: Option<u64>,
+    /// Control-measure and white-list poll period in seconds (default 0 = off).
+    pub policy_poll_secs: Option<u64>,
+    // end of downlink keys
 }
 
 fn yes() -> bool {

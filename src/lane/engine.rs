@@ -7,6 +7,7 @@
 
 use super::builtin::{Action, EventName, Guard, Role, WeighKind};
 use super::machine::{Machine, StateId, Transition};
+use crate::ledger::PassCheck;
 use crate::vehicle::{EmissionStage, PlateColor, VehicleFacts};
 use chrono::{DateTime, Utc};
 use ecogate_drivers::{Command, DeviceCommand, Image, Mass, PlateRead};
@@ -63,7 +64,13 @@ pub struct Verdict {
     pub facts: Option<VehicleFacts>,
     /// Warning level in force when decided, if any.
     pub measure: Option<String>,
+    /// The platform vehicle check behind the decision, on sites that check (issue 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<PassCheck>,
 }
+
+/// Work the runtime awaits before a plate read enters the lane (the platform vehicle check).
+pub type PlateHook = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The policy and registry, as the lane calls them.
 pub trait Decider {
@@ -75,6 +82,11 @@ pub trait Decider {
         now: DateTime<Utc>,
     ) -> Verdict;
     fn measure_active(&self, gate: &str, now: DateTime<Utc>) -> bool;
+    /// Asynchronous work to finish before `read` enters the (synchronous) lane, e.g. asking a
+    /// platform about the vehicle so that `decide` finds the answer. None: nothing to do.
+    fn before_plate(&self, _lane: &LaneSpec, _read: &PlateRead) -> Option<PlateHook> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -660,6 +672,7 @@ impl Lane {
                         review: false,
                         facts: None,
                         measure: None,
+                        check: None,
                     }
                 } else {
                     d.decide(&self.spec, &plate, color, now)

@@ -255,6 +255,7 @@ fn validate(
                 vec![]
             },
             read_id: None,
+            check: None,
         };
         rows.push(Row {
             line,

@@ -122,6 +122,46 @@ pub struct PassAttempt {
     /// The camera's own id for the plate read, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_id: Option<String>,
+    /// Where the vehicle check came from when the site asks a platform before opening
+    /// (`check = true`); absent otherwise, so older events hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<PassCheck>,
+}
+
+/// Which source decided a pass on a site that checks vehicles with a platform (docs/ledger.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckSource {
+    /// The platform answered (its control decided, or its answer fed the local policy).
+    Platform,
+    /// No usable platform answer; the vehicle is in the local registry and the local policy
+    /// decided on the registry's facts.
+    FallbackRegistry,
+    /// No usable platform answer and the vehicle is not registered: the site's fallback
+    /// default decided.
+    FallbackDefault,
+}
+
+impl CheckSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckSource::Platform => "platform",
+            CheckSource::FallbackRegistry => "fallback_registry",
+            CheckSource::FallbackDefault => "fallback_default",
+        }
+    }
+}
+
+/// The platform vehicle check behind a pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassCheck {
+    pub source: CheckSource,
+    /// The platform that answered (`source = platform`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Why no platform answer was used (timeout, HTTP error, garbled reply), per platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A stable weight taken on a weighbridge.

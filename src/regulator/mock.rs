@@ -160,6 +160,82 @@ struct Inner {
     arrivals: HashMap<String, Instant>,
     photo_keys: HashSet<(String, String)>,
     stats: MockStats,
+    down: DownState,
+}
+
+/// A vehicle as the mock platform's check answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockVehicle {
+    pub control: bool,
+    pub reason: String,
+    /// Stage and fuel codes as sent (`"4"`, `"B"`); empty: not sent.
+    pub stage: String,
+    pub fuel: String,
+    /// GA 24.4 type code; empty: not sent.
+    pub vehicle_type: String,
+}
+
+impl MockVehicle {
+    pub fn allowed(stage: &str, fuel: &str) -> MockVehicle {
+        MockVehicle {
+            control: false,
+            reason: String::new(),
+            stage: stage.into(),
+            fuel: fuel.into(),
+            vehicle_type: String::new(),
+        }
+    }
+
+    pub fn controlled(reason: &str) -> MockVehicle {
+        MockVehicle {
+            control: true,
+            reason: reason.into(),
+            stage: String::new(),
+            fuel: String::new(),
+            vehicle_type: String::new(),
+        }
+    }
+}
+
+/// One vehicle check the mock answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockCheck {
+    pub plate: String,
+    pub color: String,
+    pub gate: String,
+}
+
+/// One putdcstatus entry as received.
+#[derive(Debug, Clone)]
+pub struct MockHeartbeat {
+    pub barrier: String,
+    pub camera: String,
+    pub at: Instant,
+}
+
+/// The downlink side of the mock: what it answers and what it was told.
+struct DownState {
+    vehicles: HashMap<String, MockVehicle>,
+    checks: Vec<MockCheck>,
+    heartbeats: HashMap<String, Vec<MockHeartbeat>>,
+    gate_reports: Vec<Value>,
+    policy: Value,
+    white_list: Value,
+    policy_queries: u64,
+}
+
+impl Default for DownState {
+    fn default() -> Self {
+        DownState {
+            vehicles: HashMap::new(),
+            checks: Vec::new(),
+            heartbeats: HashMap::new(),
+            gate_reports: Vec::new(),
+            policy: Value::Array(Vec::new()),
+            white_list: Value::Array(Vec::new()),
+            policy_queries: 0,
+        }
+    }
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -218,6 +294,7 @@ impl MockPlatform {
             arrivals: HashMap::new(),
             photo_keys: HashSet::new(),
             stats: MockStats::default(),
+            down: DownState::default(),
         }));
         let app = axum::Router::new()
             .fallback(handle)
@@ -323,6 +400,47 @@ impl MockPlatform {
 
     pub fn stats(&self) -> MockStats {
         lock(&self.inner).stats.clone()
+    }
+
+    /// How the vehicle check answers for `plate` (any colour). Unknown plates are answered
+    /// "not controlled" with no stage or fuel, as a platform without a record does.
+    pub fn set_vehicle(&self, plate: &str, v: MockVehicle) {
+        lock(&self.inner).down.vehicles.insert(plate.into(), v);
+    }
+
+    pub fn remove_vehicle(&self, plate: &str) {
+        lock(&self.inner).down.vehicles.remove(plate);
+    }
+
+    /// The `value` the policy query answers with (default: an empty list). Anything goes, so
+    /// tests can send garbled replies.
+    pub fn set_policy_reply(&self, v: Value) {
+        lock(&self.inner).down.policy = v;
+    }
+
+    /// The `value` the white-list query answers with (default: an empty list).
+    pub fn set_white_list_reply(&self, v: Value) {
+        lock(&self.inner).down.white_list = v;
+    }
+
+    /// Vehicle checks answered, in order.
+    pub fn checks(&self) -> Vec<MockCheck> {
+        lock(&self.inner).down.checks.clone()
+    }
+
+    /// putdcstatus entries accepted, by 道闸编号, in arrival order.
+    pub fn heartbeats(&self) -> HashMap<String, Vec<MockHeartbeat>> {
+        lock(&self.inner).down.heartbeats.clone()
+    }
+
+    /// gateStatusReport values accepted, in order.
+    pub fn gate_reports(&self) -> Vec<Value> {
+        lock(&self.inner).down.gate_reports.clone()
+    }
+
+    /// Policy and white-list queries answered.
+    pub fn policy_queries(&self) -> u64 {
+        lock(&self.inner).down.policy_queries
     }
 
     /// One-line summary for the `ecogate sim platform` console.
@@ -537,6 +655,11 @@ fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Val
         Some(_) => return Err(("401", "access_token expired".into())),
         None => return Err(("401", "access_token invalid or expired".into())),
     }
+    if let Some(d) = &p.downlink {
+        if let Some(r) = downlink_op(g, &p, d, &op, path, &env, &organ) {
+            return r;
+        }
+    }
     let value = env
         .get(&p.envelope.value)
         .and_then(Value::as_object)
@@ -607,6 +730,171 @@ fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Val
     } else {
         Err(("400", format!("unknown {} `{op}`", p.envelope.operation)))
     }
+}
+
+type Answer = Result<Option<(String, Value)>, Refusal>;
+
+/// The downlink operations of the profile's `[downlink]`; None when `op` is not one of them.
+fn downlink_op(
+    g: &mut Inner,
+    p: &PlatformProfile,
+    d: &super::downlink::DownlinkShape,
+    op: &str,
+    path: &str,
+    env: &Map<String, Value>,
+    organ: &str,
+) -> Option<Answer> {
+    let served = |want: &str| -> Result<(), Refusal> {
+        if path == want {
+            Ok(())
+        } else {
+            Err(("404", format!("{op} is not served at {path}")))
+        }
+    };
+    let object = || -> Result<&Map<String, Value>, Refusal> {
+        env.get(&p.envelope.value)
+            .and_then(Value::as_object)
+            .ok_or((
+                "400",
+                format!("{op}: missing object `{}`", p.envelope.value),
+            ))
+    };
+    let value_key = p.envelope.value.clone();
+    if let Some(c) = d.check.as_ref().filter(|c| c.operation == op) {
+        return Some((|| {
+            served(&c.path)?;
+            let v = object()?;
+            let mut vals = HashMap::new();
+            for (k, names) in &c.request {
+                vals.insert(k.as_str(), field(v, names, k, op)?.to_string());
+            }
+            if let Some(col) = vals.get("plate_color") {
+                in_table(col, &p.codes.plate_color, "plate_color", op)?;
+            }
+            if let Some(e) = vals.get("enterprise") {
+                if e != organ {
+                    return Err((
+                        "400",
+                        format!("{op}: enterprise `{e}` is not the organ `{organ}`"),
+                    ));
+                }
+            }
+            let plate = vals.get("plate").cloned().unwrap_or_default();
+            g.down.checks.push(MockCheck {
+                plate: plate.clone(),
+                color: vals.get("plate_color").cloned().unwrap_or_default(),
+                gate: vals.get("gate").cloned().unwrap_or_default(),
+            });
+            let known = g.down.vehicles.get(&plate).cloned();
+            let r = &c.reply;
+            let mut out = Map::new();
+            let v = known.unwrap_or(MockVehicle::allowed("", ""));
+            let control = if v.control { &r.deny[0] } else { &r.allow[0] };
+            out.insert(r.control.clone(), Value::String(control.clone()));
+            out.insert(r.reason.clone(), Value::String(v.reason.clone()));
+            for (names, val) in [
+                (&r.stage, &v.stage),
+                (&r.fuel, &v.fuel),
+                (&r.vehicle_type, &v.vehicle_type),
+            ] {
+                if let (Some(n), false) = (names.first(), val.is_empty()) {
+                    out.insert(n.clone(), Value::String(val.clone()));
+                }
+            }
+            Ok(Some((value_key, Value::Object(out))))
+        })());
+    }
+    if let Some(h) = d.heartbeat.as_ref().filter(|h| h.operation == op) {
+        return Some((|| {
+            served(&h.path)?;
+            let entries = env
+                .get(&p.envelope.value)
+                .and_then(Value::as_array)
+                .filter(|a| !a.is_empty())
+                .ok_or((
+                    "400",
+                    format!("{op}: `{}` must be a non-empty list", p.envelope.value),
+                ))?;
+            let mut got = Vec::new();
+            for e in entries {
+                let e = e
+                    .as_object()
+                    .ok_or(("400", format!("{op}: entry {e} is not an object")))?;
+                let mut vals = HashMap::new();
+                for (k, names) in &h.fields {
+                    let v = field(e, names, k, op)?;
+                    if k != "gate" && v != h.ok && v != h.fault {
+                        return Err((
+                            "400",
+                            format!("{op}: `{k}` = `{v}` is neither {} nor {}", h.ok, h.fault),
+                        ));
+                    }
+                    vals.insert(k.as_str(), v.to_string());
+                }
+                got.push(vals);
+            }
+            let now = Instant::now();
+            for vals in got {
+                let gate = vals.get("gate").cloned().unwrap_or_default();
+                g.down
+                    .heartbeats
+                    .entry(gate)
+                    .or_default()
+                    .push(MockHeartbeat {
+                        barrier: vals.get("barrier").cloned().unwrap_or_default(),
+                        camera: vals.get("camera").cloned().unwrap_or_default(),
+                        at: now,
+                    });
+            }
+            Ok(None)
+        })());
+    }
+    if let Some(s) = d.gate_status.as_ref().filter(|s| s.operation == op) {
+        return Some((|| {
+            served(&s.path)?;
+            let v = object()?;
+            for (k, names) in &s.fields {
+                let x = field(v, names, k, op)?;
+                if k == "time" {
+                    check_time(p, x, op)?;
+                }
+            }
+            g.down.gate_reports.push(Value::Object(v.clone()));
+            Ok(None)
+        })());
+    }
+    for (query, reply) in [
+        (
+            d.policy
+                .as_ref()
+                .map(|q| (&q.path, &q.operation, &q.request)),
+            0,
+        ),
+        (
+            d.white_list
+                .as_ref()
+                .map(|q| (&q.path, &q.operation, &q.request)),
+            1,
+        ),
+    ] {
+        if let Some((qpath, _, request)) = query.filter(|(_, o, _)| o.as_str() == op) {
+            return Some((|| {
+                served(qpath)?;
+                let v = object()?;
+                for (k, names) in request {
+                    field(v, names, k, op)?;
+                }
+                g.down.policy_queries += 1;
+                let answer = if reply == 0 {
+                    g.down.policy.clone()
+                } else {
+                    g.down.white_list.clone()
+                };
+                Ok(Some((value_key.clone(), answer)))
+            })());
+        }
+    }
+    None
 }
 
 fn check_time(p: &PlatformProfile, t: &str, what: &str) -> Result<(), Refusal> {

@@ -9,6 +9,7 @@
 //!
 //! docs/platforms.md describes the profile format and the guarantees.
 
+pub mod downlink;
 pub mod mock;
 pub mod outbox;
 pub mod profile;

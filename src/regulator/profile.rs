@@ -33,6 +33,8 @@ pub struct PlatformProfile {
     pub record: RecordShape,
     pub photo: PhotoShape,
     pub codes: Codes,
+    #[serde(default)]
+    pub downlink: Option<super::downlink::DownlinkShape>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +234,9 @@ impl PlatformProfile {
         }
         if !self.codes.photo_kind.contains_key("other") {
             return Err("[codes.photo_kind] needs an `other` code".into());
+        }
+        if let Some(d) = &self.downlink {
+            d.check()?;
         }
         // A bad strftime string would only show at the first upload; catch it now.
         use std::fmt::Write as _;

@@ -380,6 +380,29 @@ impl TcClient {
     /// One operation with the current token; logs in again once if the platform says the
     /// token is no longer good.
     async fn call(&self, path: &str, op: &str, value: Value) -> Result<(), SendError> {
+        self.call_reply(path, op, value).await.map(|_| ())
+    }
+
+    /// A query (vehicle check, policy, white list) or a report whose reply carries data:
+    /// returns the reply's `value` (the envelope's value name), `Null` when it has none.
+    pub async fn query(&self, path: &str, op: &str, value: Value) -> Result<Value, SendError> {
+        let mut r = self.call_reply(path, op, value).await?;
+        Ok(r.get_mut(&self.profile.envelope.value)
+            .map(Value::take)
+            .unwrap_or(Value::Null))
+    }
+
+    /// The organ code this client sends (the enterprise, unless the platform issued another).
+    pub fn organ(&self) -> &str {
+        &self.organ
+    }
+
+    pub fn profile(&self) -> &PlatformProfile {
+        &self.profile
+    }
+
+    /// [`TcClient::call`] returning the whole accepted reply.
+    async fn call_reply(&self, path: &str, op: &str, value: Value) -> Result<Value, SendError> {
         let p = &self.profile;
         for attempt in 0..2 {
             let token = self.token().await?;
@@ -391,7 +414,7 @@ impl TcClient {
             let r = self.post(path, &Value::Object(env)).await?;
             let code = self.reply_code(&r);
             if code == p.reply.ok {
-                return Ok(());
+                return Ok(r);
             }
             let msg = self.reply_message(&r);
             // HTTP 401 arrives here as code "401" whatever the profile lists.

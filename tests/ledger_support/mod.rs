@@ -63,6 +63,7 @@ pub fn pass_attempt(lane: &str, plate: &str, direction: Direction) -> PassAttemp
         registry: None,
         photo_kinds: vec![],
         read_id: None,
+        check: None,
     }
 }
 
