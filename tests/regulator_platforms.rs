@@ -536,8 +536,9 @@ async fn post(url: &str, headers: &[(&str, &str)], body: Value) -> Value {
         .send()
         .await
         .unwrap()
-        .json()
+        .text()
         .await
+        .map(|t| serde_json::from_str(&t).unwrap())
         .unwrap()
 }
 
@@ -608,8 +609,9 @@ async fn strict_mocks_refuse_wrong_codes_and_foreign_ids() {
         .send()
         .await
         .unwrap()
-        .json()
+        .text()
         .await
+        .map(|t| serde_json::from_str(&t).unwrap())
         .unwrap();
     assert_eq!(tok["code"], json!("10000"), "{tok}");
     let bearer = format!("Bearer {}", tok["data"]["access_token"].as_str().unwrap());
@@ -719,4 +721,66 @@ async fn signed_headers_and_static_tokens_are_verified_by_the_mock() {
         );
         up.stop().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_control_share_goods_record_follows_its_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let p = PlatformProfile::builtin("transport-control").unwrap();
+    let m = mock(&p).await;
+    let t0 = Utc::now() - CDuration::hours(2);
+    for v in 0..4 {
+        let plate = format!("豫A7000{v}");
+        let t = t0 + CDuration::minutes(10 * v);
+        add_pass(&ledger, &spec(&plate, Direction::In), t, v as usize).await;
+        ledger
+            .append(
+                weighing(&plate, 25_500, "焦炭"),
+                vec![],
+                t + CDuration::minutes(1),
+            )
+            .await
+            .unwrap();
+    }
+    // A weighing without a cargo name is not a cargo record.
+    ledger
+        .append(
+            weighing("豫A70000", 1, " "),
+            vec![],
+            t0 + CDuration::minutes(3),
+        )
+        .await
+        .unwrap();
+    let mut c = cfg(dir.path(), 4);
+    c.photo_url_base = None;
+    let up = RegulatorUplink::start_with(c, p.clone(), &m.url(), "gate", "s3cret", ledger.clone())
+        .unwrap();
+    until("drain", &up, &m, |k, s| drained(k) && s.cargo.len() == 4).await;
+    let st = m.stats();
+    assert!(st.rejections.is_empty(), "{:?}", st.rejections);
+    let lsh: HashMap<&str, &str> = st
+        .records
+        .iter()
+        .map(|r| (s(r, "cphm"), s(r, "lsh")))
+        .collect();
+    for g in &st.cargo {
+        assert_eq!(
+            s(g, "lsh"),
+            lsh[s(g, "cphm")],
+            "cargo under its pass's serial: {g}"
+        );
+        assert_eq!(s(g, "serialNum"), s(g, "lsh"));
+        assert_eq!(
+            (s(g, "hwmc"), s(g, "ysl"), s(g, "ysldw")),
+            ("焦炭", "25.500", "t")
+        );
+        assert_eq!(s(g, "qybh"), ORGAN);
+    }
+    let k = up.kpis();
+    assert_eq!(
+        (k.captured, k.acknowledged, k.cargo_acknowledged),
+        (4, 4, 4)
+    );
+    up.stop().await.unwrap();
 }

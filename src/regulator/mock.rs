@@ -161,7 +161,7 @@ pub(super) struct Inner {
     pub(super) tokens: HashMap<String, Instant>,
     pub(super) next_token: u64,
     faults: Faults,
-    serials: HashSet<String>,
+    pub(super) serials: HashSet<String>,
     /// When each accepted serial first arrived (latency figures).
     pub(super) arrivals: HashMap<String, Instant>,
     photo_keys: HashSet<(String, String)>,
@@ -600,6 +600,8 @@ fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Val
             g.stats.records.push(Value::Object(value.clone()));
         }
         Ok(None)
+    } else if p.cargo.as_ref().is_some_and(|c| c.operation == op) {
+        super::mock_cargo::share_goods_record(g, path, &op, value, &organ)
     } else if op == p.operations.photo {
         if path != p.paths.photo {
             return Err(("404", format!("{op} is not served at {path}")));

@@ -17,6 +17,7 @@ pub mod client;
 pub mod hebei;
 pub mod kaifeng;
 pub mod mock;
+mod mock_cargo;
 pub mod mock_hebei;
 pub mod mock_kaifeng;
 pub mod outbox;
