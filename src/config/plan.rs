@@ -532,9 +532,9 @@ impl Validator<'_> {
                     "write the platform's base URL, e.g. https://platform.example.gov.cn/api",
                 );
             }
-            if let Err(e) =
-                crate::regulator::profile::PlatformProfile::load(&self.file.path, &p.profile)
-            {
+            let loaded =
+                crate::regulator::profile::PlatformProfile::load(&self.file.path, &p.profile);
+            if let Err(e) = &loaded {
                 self.err(
                     &path!["uplinks", "platforms", i, "profile"],
                     At::Value,
@@ -549,6 +549,9 @@ impl Validator<'_> {
             );
             // outbox + auth keys (platforms)
             let (secret, outbox) = self.platform_outbox(i, p);
+            if let Ok(prof) = &loaded {
+                self.platform_needs(i, prof, &secret, &outbox);
+            }
             platforms.push(PlatformPlan {
                 name: p.name.clone(),
                 profile: p.profile.clone(),
@@ -662,6 +665,44 @@ impl Validator<'_> {
             }
         }
         (secret, o)
+    }
+
+    /// What the platform's profile needs from the site: a secret for header auth and the
+    /// hebei Client_secret, a photo URL base for photo encoding `url`.
+    fn platform_needs(
+        &mut self,
+        i: usize,
+        prof: &crate::regulator::profile::PlatformProfile,
+        secret: &Option<Secret>,
+        outbox: &PlatformOutbox,
+    ) {
+        use crate::regulator::profile::{AuthKind, PhotoEncoding, Protocol};
+        let needs_secret = matches!(prof.auth.kind, AuthKind::StaticToken | AuthKind::Signed)
+            || prof.protocol == Protocol::Hebei;
+        if needs_secret && secret.is_none() {
+            self.err(
+                &path!["uplinks", "platforms", i, "profile"],
+                At::Value,
+                format!(
+                    "platform profile `{}` authenticates with a secret (auth kind {:?}{}), but none is given",
+                    prof.name,
+                    prof.auth.kind,
+                    if prof.protocol == Protocol::Hebei { ", hebei Client_secret" } else { "" }
+                ),
+                "add secret_env = \"VAR\" or secret_file = \"path\" to this [[uplinks.platforms]] entry",
+            );
+        }
+        if prof.photo.encoding == PhotoEncoding::Url && outbox.photo_url_base.is_none() {
+            self.err(
+                &path!["uplinks", "platforms", i, "profile"],
+                At::Value,
+                format!(
+                    "platform profile `{}` sends photos as URLs, but `photo_url_base` is not set",
+                    prof.name
+                ),
+                "add photo_url_base = \"https://…/photos\" (the site publishes its evidence store there as <sha256>.jpg); see docs/platforms.md",
+            );
+        }
     }
 
     fn duration(&mut self, p: &[Seg], v: &Option<String>, default: Duration) -> Duration {
