@@ -784,3 +784,54 @@ async fn transport_control_share_goods_record_follows_its_pass() {
     );
     up.stop().await.unwrap();
 }
+
+/// Killing the kaifeng uplink again and again mid-drain: every pass reaches the platform under
+/// exactly one serial (a serial is on disk before the pass that carries it is sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kaifeng_crashes_never_upload_a_pass_under_two_serials() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let p = kaifeng();
+    let m = mock(&p).await;
+    m.set_delay(Duration::from_millis(3));
+    let t0 = Utc::now() - CDuration::hours(4);
+    for i in 0..30 {
+        let plate = format!("豫B6{i:04}");
+        add_pass(
+            &ledger,
+            &spec(&plate, Direction::In),
+            t0 + CDuration::minutes(i),
+            i as usize,
+        )
+        .await;
+    }
+    let mut kills = 0;
+    loop {
+        let up = start(dir.path(), &ledger, &m, &p, "");
+        tokio::time::sleep(Duration::from_millis(15 + (kills * 7) % 40)).await;
+        let done = drained(&up.kpis());
+        drop(up); // abort: like a crash, nothing is flushed
+        if done {
+            break;
+        }
+        kills += 1;
+        assert!(kills < 300, "never drained: {}", m.summary());
+    }
+    let up = start(dir.path(), &ledger, &m, &p, "");
+    until("drain", &up, &m, |k, _| drained(k)).await;
+    let st = m.stats();
+    assert!(
+        kills >= 3,
+        "the uplink was killed mid-drain only {kills} times"
+    );
+    assert!(st.rejections.is_empty(), "{:?}", st.rejections);
+    let plates: Vec<&str> = st.records.iter().map(|r| s(r, "license")).collect();
+    let distinct: HashSet<&str> = plates.iter().copied().collect();
+    assert_eq!(distinct.len(), 30);
+    assert_eq!(
+        plates.len(),
+        30,
+        "a pass was uploaded under two serials: {plates:?}"
+    );
+    up.stop().await.unwrap();
+}

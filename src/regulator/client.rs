@@ -131,6 +131,16 @@ impl PlatformClient {
         }
     }
 
+    /// Before a pass is uploaded: obtains the ids the platform issues up front (a kaifeng
+    /// serial), unless `issued` already holds them. The outbox makes them durable before
+    /// [`PlatformClient::send_pass`].
+    pub async fn prepare(&self, r: &PassRecord, issued: &mut Issued) -> Result<(), SendError> {
+        match self {
+            PlatformClient::Kaifeng(c) => c.prepare(r, issued).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Uploads a pass. `issued` holds what the platform issued for it before and receives
     /// what it issues now — also when the upload then fails, so a retry reuses it. `last` is
     /// the vehicle's previous acknowledged pass.

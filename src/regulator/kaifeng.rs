@@ -179,6 +179,30 @@ impl KaifengClient {
             .unwrap_or_default()
     }
 
+    /// Asks `/transport/check` for the pass's serial unless `issued` holds one already.
+    pub async fn prepare(&self, r: &PassRecord, issued: &mut Issued) -> Result<(), SendError> {
+        if issued.serial.is_some() {
+            return Ok(());
+        }
+        let k = self.shape();
+        let dir = direction_key(r.direction);
+        let body = json!({
+            "license": r.plate,
+            "companyCode": self.company(),
+            "licenseColor": self.color(r),
+            "passStatus": self.profile.codes.direction.get(dir).cloned().unwrap_or_default(),
+            "gateCode": r.gate,
+        });
+        let v = self.request(&k.check, &body).await?.ok_or_else(|| {
+            SendError::Transient(format!("{}: no serialNum in the reply", k.check))
+        })?;
+        let s = data_text(&v, "serialNum").ok_or_else(|| {
+            SendError::Transient(format!("{}: reply has no data.serialNum", k.check))
+        })?;
+        issued.serial = Some(s);
+        Ok(())
+    }
+
     pub async fn send_pass(
         &self,
         r: &PassRecord,
@@ -190,27 +214,11 @@ impl KaifengClient {
         let dir = direction_key(r.direction);
         let pass_status = p.codes.direction.get(dir).cloned().unwrap_or_default();
         let color = self.color(r);
-        let serial = match &issued.serial {
-            Some(s) => s.clone(),
-            None => {
-                let body = json!({
-                    "license": r.plate,
-                    "companyCode": self.company(),
-                    "licenseColor": color,
-                    "passStatus": pass_status,
-                    "gateCode": r.gate,
-                });
-                let v = self.request(&k.check, &body).await?.ok_or_else(|| {
-                    SendError::Transient(format!("{}: no serialNum in the reply", k.check))
-                })?;
-                let s = data_text(&v, "serialNum").ok_or_else(|| {
-                    SendError::Transient(format!("{}: reply has no data.serialNum", k.check))
-                })?;
-                // Kept by the outbox even if the upload below fails: a retry reuses it.
-                issued.serial = Some(s.clone());
-                s
-            }
-        };
+        self.prepare(r, issued).await?;
+        let serial = issued
+            .serial
+            .clone()
+            .ok_or_else(|| SendError::Transient(format!("{}: no serialNum issued", k.check)))?;
         // One photo per pass record: the head (车头) picture if there is one, else the first.
         let chosen = r
             .photos

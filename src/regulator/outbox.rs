@@ -517,6 +517,20 @@ fn load_journal(
     Ok((issued, last))
 }
 
+/// The journal file, shared by the outbox (acknowledgements) and the delivery tasks (ids issued
+/// mid-delivery, written before the record that carries them is sent).
+pub(crate) struct Journal {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl Journal {
+    fn append(&self, lines: &[String]) -> Result<(), RegulatorError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        append_journal(&self.path, lines)
+    }
+}
+
 fn append_journal(path: &Path, lines: &[String]) -> Result<(), RegulatorError> {
     use std::io::Write as _;
     let err = |e: std::io::Error| RegulatorError::State {
@@ -575,6 +589,8 @@ struct Outcome {
     logins: u64,
     /// What the platform has issued for the record by now (kept even when the delivery failed).
     issued: Issued,
+    /// What the delivery itself wrote to the journal.
+    journaled: Issued,
 }
 
 pub(crate) struct Outbox {
@@ -598,7 +614,7 @@ pub(crate) struct Outbox {
     dirty: bool,
     /// Weighings with a cargo are uploaded (the shape has a cargo form).
     cargo: bool,
-    journal: PathBuf,
+    journal: Arc<Journal>,
     issued: HashMap<i64, Issued>,
     last_pass: HashMap<String, LinkedPass>,
     /// Journal lines not yet on disk.
@@ -618,6 +634,10 @@ impl Outbox {
         let state = load_state(&path)?;
         let journal = journal_path(&cfg.data_dir, &cfg.name);
         let (issued, last_pass) = load_journal(&journal)?;
+        let journal = Arc::new(Journal {
+            path: journal,
+            lock: Mutex::new(()),
+        });
         let mut o = Outbox {
             cargo,
             journal,
@@ -912,7 +932,7 @@ impl Outbox {
         let r = tokio::task::spawn_blocking(move || {
             // Issued ids reach the disk before the state that counts their delivery.
             if !lines.is_empty() {
-                if let Err(e) = append_journal(&journal, &lines) {
+                if let Err(e) = journal.append(&lines) {
                     return (Err(e), lines);
                 }
             }
@@ -956,12 +976,16 @@ impl Outbox {
         }
     }
 
-    /// Keeps what the platform issued for `seq` (memory now, journal at the next save).
-    fn note_issued(&mut self, seq: i64, issued: &Issued) {
+    /// Keeps what the platform issued for `seq` (memory now, journal at the next save unless
+    /// the delivery already wrote exactly that).
+    fn note_issued(&mut self, seq: i64, issued: &Issued, journaled: &Issued) {
         if issued.is_empty() || self.issued.get(&seq) == Some(issued) {
             return;
         }
         self.issued.insert(seq, issued.clone());
+        if issued == journaled {
+            return;
+        }
         self.push_journal(JournalLine {
             seq,
             issued: issued.clone(),
@@ -990,7 +1014,7 @@ impl Outbox {
         };
         let (item, resend) = (p.rec.clone(), p.resend);
         self.busy_plates.remove(item.plate());
-        self.note_issued(seq, &o.issued);
+        self.note_issued(seq, &o.issued, &o.journaled);
         let rec = match item {
             Item::Pass(r) => r,
             Item::Cargo(c) => {
@@ -1072,6 +1096,7 @@ async fn deliver(
     client: Arc<PlatformClient>,
     photos: PhotoSource,
     site: SiteFacts,
+    journal: Arc<Journal>,
     job: Job,
 ) -> Outcome {
     let mut out = Outcome {
@@ -1083,6 +1108,7 @@ async fn deliver(
         result: Ok(()),
         logins: 0,
         issued: job.issued.clone(),
+        journaled: Issued::default(),
     };
     let r = match &job.rec {
         Item::Pass(r) => r,
@@ -1108,6 +1134,35 @@ async fn deliver(
         Some(n) => n,
         None => {
             out.attempted = true;
+            // Ids the platform issues before the upload (kaifeng serials) are on disk before
+            // the record goes: a crash after the upload then resends under the same serial.
+            if let Err(e) = client.prepare(r, &mut out.issued).await {
+                out.result = Err(e);
+                out.logins = client.logins();
+                return out;
+            }
+            if out.issued != job.issued {
+                let line = JournalLine {
+                    seq: r.seq,
+                    issued: out.issued.clone(),
+                    plate: None,
+                    acked: None,
+                };
+                let j = journal.clone();
+                let l = serde_json::to_string(&line).unwrap_or_default();
+                let w = tokio::task::spawn_blocking(move || j.append(&[l])).await;
+                match w {
+                    Ok(Ok(())) => out.journaled = out.issued.clone(),
+                    Ok(Err(e)) => {
+                        out.result = Err(SendError::Transient(format!("journal: {e}")));
+                        return out;
+                    }
+                    Err(e) => {
+                        out.result = Err(SendError::Transient(format!("journal writer: {e}")));
+                        return out;
+                    }
+                }
+            }
             let res = client
                 .send_pass(&site, r, job.last.as_ref(), &photos, &mut out.issued)
                 .await;
@@ -1225,7 +1280,13 @@ pub(crate) async fn run(
                     break;
                 };
                 let key = job.key;
-                let h = tasks.spawn(deliver(client.clone(), photos.clone(), site.clone(), job));
+                let h = tasks.spawn(deliver(
+                    client.clone(),
+                    photos.clone(),
+                    site.clone(),
+                    ob.journal.clone(),
+                    job,
+                ));
                 running.insert(h.id(), key);
             }
         }
@@ -1303,6 +1364,7 @@ fn outcome_of(
                 result: Err(SendError::Transient(format!("delivery task failed: {e}"))),
                 logins: 0,
                 issued: Issued::default(),
+                journaled: Issued::default(),
             }
         }
     }
