@@ -268,3 +268,18 @@ impl HebeiClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_encodings() {
+        assert_eq!(
+            encode_password(PasswordEncoding::Md5, "abc"),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(encode_password(PasswordEncoding::Base64, "abc"), "YWJj");
+        assert_eq!(encode_password(PasswordEncoding::Plain, "abc"), "abc");
+    }
+}

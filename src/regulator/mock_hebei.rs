@@ -234,3 +234,18 @@ fn process(g: &mut Inner, path: &str, headers: &HeaderMap, body: &[u8]) -> Resul
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_round_trips_the_client_encoding() {
+        let enc = super::super::client::urlencode("a b&c=d/中");
+        let body = format!("username={enc}&password=x%2By");
+        let f = parse_form(body.as_bytes()).unwrap();
+        assert_eq!(f["username"], "a b&c=d/中");
+        assert_eq!(f["password"], "x+y");
+        assert!(parse_form(b"a=%zz").is_err());
+    }
+}

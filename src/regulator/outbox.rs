@@ -1392,4 +1392,74 @@ mod tests {
         assert_eq!(mixed.ranges(), 1);
         assert!(serde_json::from_str::<SeqRanges>("[[5, 1]]").is_err());
     }
+
+    #[test]
+    fn journal_keeps_issued_ids_and_the_latest_pass_per_plate_and_skips_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("uplink/x.ids");
+        let t = |m: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(m);
+        let acked = |seq: i64, m: i64, dir: crate::ledger::Direction, id: &str| JournalLine {
+            seq,
+            issued: Issued::default(),
+            plate: Some("豫A1".into()),
+            acked: Some(LinkedPass {
+                seq,
+                direction: dir,
+                time: t(m),
+                gate: "01".into(),
+                serial: format!("S{seq}"),
+                through_id: Some(id.into()),
+            }),
+        };
+        let issued = JournalLine {
+            seq: 7,
+            issued: Issued {
+                serial: Some("KF1".into()),
+                through_id: None,
+            },
+            plate: None,
+            acked: None,
+        };
+        let lines: Vec<String> = [
+            issued,
+            acked(9, 30, crate::ledger::Direction::In, "T9"),
+            // A backfill of an older pass, acknowledged later: not the vehicle's latest.
+            acked(12, 10, crate::ledger::Direction::Out, "T12"),
+        ]
+        .iter()
+        .map(|l| serde_json::to_string(l).unwrap())
+        .collect();
+        append_journal(&path, &lines).unwrap();
+        // A crash mid-append leaves half a line.
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":13,\"iss").unwrap();
+        let (ids, last) = load_journal(&path).unwrap();
+        assert_eq!(ids[&7].serial.as_deref(), Some("KF1"));
+        assert_eq!(last["豫A1"].seq, 9);
+        assert_eq!(last["豫A1"].through_id.as_deref(), Some("T9"));
+        // Damage before the last line is an error, not silently skipped.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("garbage\n{text}")).unwrap();
+        assert!(load_journal(&path).is_err());
+    }
+
+    #[test]
+    fn cargo_tonnes_have_three_decimals() {
+        let c = CargoRecord {
+            seq: 1,
+            plate: "豫A1".into(),
+            color: PlateColor::Yellow,
+            time: Utc::now(),
+            gate: "01".into(),
+            name: "煤".into(),
+            weight: ecogate_drivers::Mass::from_grams(32_505_000),
+        };
+        assert_eq!(c.tonnes(), "32.505");
+        let c = CargoRecord {
+            weight: ecogate_drivers::Mass::from_kg(40),
+            ..c
+        };
+        assert_eq!(c.tonnes(), "0.040");
+    }
 }

@@ -509,4 +509,40 @@ mod tests {
             .to_string();
         assert!(e.contains("`fule`"), "{e}");
     }
+
+    #[test]
+    fn builtin_kaifeng_and_hebei_load_and_are_checked_per_protocol() {
+        let k = PlatformProfile::builtin("kaifeng").unwrap();
+        assert_eq!(k.protocol, Protocol::Kaifeng);
+        assert_eq!(k.codes.direction["in"], "A");
+        assert_eq!(k.auth.token_header.as_deref(), Some("token"));
+        assert_eq!(k.photo.encoding, PhotoEncoding::Url);
+        let h = PlatformProfile::builtin("hebei").unwrap();
+        assert_eq!(h.protocol, Protocol::Hebei);
+        assert_eq!(h.auth.token_prefix, "Bearer ");
+        assert_eq!(
+            h.hebei.as_ref().map(|x| x.password_encoding),
+            Some(PasswordEncoding::Md5)
+        );
+
+        let kt = include_str!("../../profiles/platform/kaifeng.toml");
+        let err = |t: &str| PlatformProfile::parse(t, "k.toml").unwrap_err().to_string();
+        let cut = kt.find("\n[kaifeng]\n").unwrap();
+        let end = kt.find("\n[time]\n").unwrap();
+        let no_section = format!("{}{}", &kt[..cut], &kt[end..]);
+        let e = err(&no_section);
+        assert!(e.contains("needs a [kaifeng] section"), "{e}");
+        assert!(err(&kt.replace("out = \"2\"", "")).contains("[kaifeng.image_type]"));
+        assert!(err(&kt.replace("token_header = \"token\"", "")).contains("token_header"));
+        assert!(err(&kt.replace("kind = \"login\"", "kind = \"sso\"")).contains("sso"));
+        assert!(err(&kt.replace("blue = \"0\"", "")).contains("blue"));
+        // Header auth does not fit the transportControl envelope.
+        let tc = include_str!("../../profiles/platform/transport-control.toml");
+        let e = err(&tc.replace("credentials = \"top\"", "kind = \"signed\"\ncredentials = \"top\""));
+        assert!(e.contains("kind must be"), "{e}");
+        let e = err(&tc.replace("encoding = \"base64\"", "encoding = \"url\""));
+        assert!(e.contains("url"), "{e}");
+        let e = err(&tc.replace("amount = [\"ysl\"]", "weight = [\"ysl\"]"));
+        assert!(e.contains("`weight`"), "{e}");
+    }
 }
