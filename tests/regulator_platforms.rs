@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use chrono::{Duration as CDuration, Utc};
+use clap::Parser;
 use ecogate::ledger::{BarrierMode, Decision, Direction, EventBody, Ledger, PassAttempt, Weighing};
 use ecogate::regulator::mock::{MockPlatform, MockStats};
 use ecogate::regulator::profile::PlatformProfile;
@@ -15,6 +16,7 @@ use sha2::Digest;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const ORGAN: &str = "91410200MA0002";
 const PHOTO_BASE: &str = "https://evidence.example.cn/photos";
@@ -834,4 +836,85 @@ async fn kaifeng_crashes_never_upload_a_pass_under_two_serials() {
         "a pass was uploaded under two serials: {plates:?}"
     );
     up.stop().await.unwrap();
+}
+
+#[derive(Parser, Debug)]
+struct SimWrapper {
+    #[command(subcommand)]
+    sim: ecogate::sim_cli::SimCommand,
+}
+
+/// `ecogate sim platform --profile kaifeng|hebei` serves the shape and an uplink drains to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_platform_serves_the_kaifeng_and_hebei_shapes() {
+    std::env::set_var("ECOGATE_TEST_PLATFORM_SECRET", "sim-secret");
+    for (name, p) in [("kaifeng", kaifeng()), ("hebei", hebei())] {
+        let cmd = SimWrapper::try_parse_from([
+            "ecogate-sim",
+            "platform",
+            "--profile",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+            "--username",
+            "gate",
+            "--password",
+            "s3cret",
+            "--organ",
+            ORGAN,
+            "--secret-env",
+            "ECOGATE_TEST_PLATFORM_SECRET",
+            "--until-eof",
+        ])
+        .unwrap()
+        .sim;
+        let (out_w, out_r) = tokio::io::duplex(1 << 16);
+        let (in_w, in_r) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(cmd.run_with(out_w, BufReader::new(in_r)));
+        let mut lines = BufReader::new(out_r).lines();
+        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let addr = first.strip_prefix("listening on ").unwrap().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let t0 = Utc::now() - CDuration::minutes(10);
+        add_pass(&ledger, &spec("豫A88888", Direction::In), t0, 1).await;
+        add_pass(
+            &ledger,
+            &spec("豫A88888", Direction::Out),
+            t0 + CDuration::minutes(1),
+            2,
+        )
+        .await;
+        let up = RegulatorUplink::start_with_credentials(
+            cfg(dir.path(), 4),
+            p,
+            &format!("http://{addr}"),
+            creds("sim-secret"),
+            ledger.clone(),
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        while seen
+            .iter()
+            .filter(|l: &&String| l.contains("accepted record"))
+            .count()
+            < 2
+        {
+            let l = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: no accepted records: {seen:?}"))
+                .unwrap()
+                .unwrap_or_default();
+            assert!(!l.contains("refused:"), "{name}: {l}");
+            seen.push(l);
+        }
+        assert!(seen.iter().any(|l| l.contains("豫A88888")), "{seen:?}");
+        up.stop().await.unwrap();
+        drop(in_w);
+        task.await.unwrap().unwrap();
+    }
 }

@@ -1432,7 +1432,10 @@ mod tests {
         append_journal(&path, &lines).unwrap();
         // A crash mid-append leaves half a line.
         use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"seq\":13,\"iss").unwrap();
         let (ids, last) = load_journal(&path).unwrap();
         assert_eq!(ids[&7].serial.as_deref(), Some("KF1"));

@@ -538,7 +538,10 @@ mod tests {
         assert!(err(&kt.replace("blue = \"0\"", "")).contains("blue"));
         // Header auth does not fit the transportControl envelope.
         let tc = include_str!("../../profiles/platform/transport-control.toml");
-        let e = err(&tc.replace("credentials = \"top\"", "kind = \"signed\"\ncredentials = \"top\""));
+        let e = err(&tc.replace(
+            "credentials = \"top\"",
+            "kind = \"signed\"\ncredentials = \"top\"",
+        ));
         assert!(e.contains("kind must be"), "{e}");
         let e = err(&tc.replace("encoding = \"base64\"", "encoding = \"url\""));
         assert!(e.contains("url"), "{e}");
