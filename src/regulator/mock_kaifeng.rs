@@ -384,7 +384,9 @@ fn process(
         }
         text(&v, "cargoName", path)?;
         let w = text(&v, "cargoWeight", path)?;
-        if w.parse::<f64>().map_or(true, |x| !(x > 0.0)) {
+        if w.parse::<f64>()
+            .map_or(true, |x| x <= 0.0 || !x.is_finite())
+        {
             return Err((
                 "400",
                 format!("{path}: cargoWeight `{w}` is not a positive number"),

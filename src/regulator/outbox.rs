@@ -473,11 +473,12 @@ pub fn journal_path(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("uplink").join(format!("{name}.ids"))
 }
 
+/// Issued ids by seq, and the last acknowledged pass of each plate.
+type JournalContents = (HashMap<i64, Issued>, HashMap<String, LinkedPass>);
+
 /// Reads the journal: issued ids by seq, and the last acknowledged pass of each plate. A torn
 /// last line (crash mid-append) is skipped; its delivery was not counted in the state either.
-fn load_journal(
-    path: &Path,
-) -> Result<(HashMap<i64, Issued>, HashMap<String, LinkedPass>), RegulatorError> {
+fn load_journal(path: &Path) -> Result<JournalContents, RegulatorError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
