@@ -917,3 +917,49 @@ async fn sim_platform_serves_the_kaifeng_and_hebei_shapes() {
         task.await.unwrap().unwrap();
     }
 }
+
+/// An outage (HTTP 503 for everything) in the middle of a drain, for both shapes: the records
+/// wait and all arrive once when the platform is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_mid_drain_loses_nothing_for_both_shapes() {
+    for (p, secret) in [(kaifeng(), ""), (hebei(), "cs")] {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let m = mock(&p).await;
+        if !secret.is_empty() {
+            m.require_secret(secret);
+        }
+        let t0 = Utc::now() - CDuration::hours(1);
+        for i in 0..10 {
+            let plate = format!("豫F8{i:04}");
+            add_pass(
+                &ledger,
+                &spec(&plate, Direction::In),
+                t0 + CDuration::minutes(i),
+                i as usize,
+            )
+            .await;
+        }
+        let up = start(dir.path(), &ledger, &m, &p, secret);
+        until("first records", &up, &m, |_, s| !s.records.is_empty()).await;
+        m.set_down(true);
+        for i in 10..20 {
+            let plate = format!("豫F8{i:04}");
+            add_pass(
+                &ledger,
+                &spec(&plate, Direction::In),
+                t0 + CDuration::minutes(i),
+                i as usize,
+            )
+            .await;
+        }
+        until("failures", &up, &m, |k, _| k.failed >= 2).await;
+        m.set_down(false);
+        until("drain", &up, &m, |k, _| drained(k) && k.captured == 20).await;
+        let st = m.stats();
+        assert_eq!(st.records.len(), 20, "{}", p.name);
+        assert!(st.rejections.is_empty(), "{}: {:?}", p.name, st.rejections);
+        assert!(st.faults_served >= 2);
+        up.stop().await.unwrap();
+    }
+}
