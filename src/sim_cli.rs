@@ -1457,6 +1457,10 @@ pub struct PlatformArgs {
     /// Token lifetime in seconds (default: the profile's).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub token_ttl: Option<Duration>,
+    /// Environment variable holding the secret that static-token and signed auth, and the hebei
+    /// Client_secret, must prove (default: any token, signatures over an empty secret).
+    #[arg(long, value_name = "VAR")]
+    pub secret_env: Option<String>,
     #[command(flatten)]
     pub stop: StopArgs,
 }
@@ -1574,6 +1578,11 @@ where
     }
     if let Some(t) = args.token_ttl {
         mock.set_token_ttl(t);
+    }
+    if let Some(var) = &args.secret_env {
+        let secret = std::env::var(var)
+            .with_context(|| format!("--secret-env: environment variable `{var}` is not set"))?;
+        mock.require_secret(&secret);
     }
     first_line(&mut out, format!("listening on {}", mock.addr())).await?;
     emit(

@@ -86,3 +86,8 @@ fn every_builtin_machine_compiles() {
 fn health_and_mqtt_settings() {
     check_one("health");
 }
+
+#[test]
+fn platform_outbox_and_auth_keys() {
+    check_one("platforms");
+}

@@ -117,6 +117,44 @@ pub struct PlatformPlan {
     pub password: Option<Secret>,
     // downlink keys
     pub downlink: crate::regulator::downlink::DownlinkPlan,
+    // outbox + auth keys (platforms)
+    pub secret: Option<Secret>,
+    pub outbox: PlatformOutbox,
+}
+
+/// The outbox keys of one `[[uplinks.platforms]]` entry; `None` keeps the default of
+/// [`crate::regulator::OutboxConfig::new`].
+#[derive(Debug, Clone, Default)]
+pub struct PlatformOutbox {
+    pub window: Option<usize>,
+    pub request_timeout: Option<Duration>,
+    pub backoff_initial: Option<Duration>,
+    pub backoff_max: Option<Duration>,
+    pub live_window: Option<Duration>,
+    pub photo_url_base: Option<String>,
+}
+
+impl PlatformOutbox {
+    pub fn apply(&self, c: &mut crate::regulator::OutboxConfig) {
+        if let Some(w) = self.window {
+            c.window = w;
+        }
+        if let Some(d) = self.request_timeout {
+            c.request_timeout = d;
+        }
+        if let Some(d) = self.backoff_initial {
+            c.backoff_initial = d;
+        }
+        if let Some(d) = self.backoff_max {
+            c.backoff_max = d;
+        }
+        if let Some(d) = self.live_window {
+            c.live_window = d;
+        }
+        if let Some(u) = &self.photo_url_base {
+            c.photo_url_base = Some(u.clone());
+        }
+    }
 }
 
 /// A network cameras may push from (`192.168.10.0/24`, `127.0.0.1/32`, `::1/128`).
@@ -496,26 +534,27 @@ impl Validator<'_> {
                     "write the platform's base URL, e.g. https://platform.example.gov.cn/api",
                 );
             }
-            let profile = match crate::regulator::profile::PlatformProfile::load(
-                &self.file.path,
-                &p.profile,
-            ) {
-                Ok(pr) => Some(pr),
-                Err(e) => {
-                    self.err(
-                            &path!["uplinks", "platforms", i, "profile"],
-                            At::Value,
-                            format!("platform profile `{}`: {e}", p.profile),
-                            "name a profile under profiles/platform/ (built in: transport-control), or fix that file; see docs/platforms.md",
-                        );
-                    None
-                }
-            };
+            let loaded =
+                crate::regulator::profile::PlatformProfile::load(&self.file.path, &p.profile);
+            if let Err(e) = &loaded {
+                self.err(
+                    &path!["uplinks", "platforms", i, "profile"],
+                    At::Value,
+                    format!("platform profile `{}`: {e}", p.profile),
+                    "name a profile under profiles/platform/ (built in: transport-control), or fix that file; see docs/platforms.md",
+                );
+            }
+            let profile = loaded.as_ref().ok();
             let password = self.secret(
                 &path!["uplinks", "platforms", i],
                 &p.password_env,
                 &p.password_file,
             );
+            // outbox + auth keys (platforms)
+            let (secret, outbox) = self.platform_outbox(i, p);
+            if let Ok(prof) = &loaded {
+                self.platform_needs(i, prof, &secret, &outbox);
+            }
             platforms.push(PlatformPlan {
                 name: p.name.clone(),
                 profile: p.profile.clone(),
@@ -524,7 +563,9 @@ impl Validator<'_> {
                 username: p.username.clone(),
                 password,
                 // downlink keys
-                downlink: self.downlink(i, p, profile.as_ref()),
+                downlink: self.downlink(i, p, profile),
+                secret,
+                outbox,
             });
         }
 
@@ -647,6 +688,117 @@ impl Validator<'_> {
             );
         }
         d
+    }
+
+    // outbox + auth keys (platforms)
+    fn platform_outbox(
+        &mut self,
+        i: usize,
+        p: &super::site::RawPlatform,
+    ) -> (Option<Secret>, PlatformOutbox) {
+        if p.secret_env.is_some() && p.secret_file.is_some() {
+            self.err(
+                &path!["uplinks", "platforms", i, "secret_file"],
+                At::Key,
+                "give the secret either by `secret_env` or by `secret_file`, not both",
+                "remove one of them",
+            );
+        }
+        let secret = if p.secret_env.is_none() && p.secret_file.is_none() {
+            None
+        } else {
+            let base_dir = self.file.path.parent().unwrap_or(Path::new("."));
+            Some(Secret {
+                env: p.secret_env.clone(),
+                file: p.secret_file.as_ref().map(|f| base_dir.join(f)),
+            })
+        };
+        let mut dur = |key: &str, v: &Option<String>| -> Option<Duration> {
+            v.as_ref()?;
+            let d = self.duration(&path!["uplinks", "platforms", i, key], v, Duration::ZERO);
+            (!d.is_zero()).then_some(d)
+        };
+        let mut o = PlatformOutbox {
+            window: None,
+            request_timeout: dur("request_timeout", &p.request_timeout),
+            backoff_initial: dur("backoff_initial", &p.backoff_initial),
+            backoff_max: dur("backoff_max", &p.backoff_max),
+            live_window: dur("live_window", &p.live_window),
+            photo_url_base: None,
+        };
+        if let Some(w) = p.window {
+            if w == 0 || w > 256 {
+                self.err(
+                    &path!["uplinks", "platforms", i, "window"],
+                    At::Value,
+                    format!("window = {w} is outside 1..=256"),
+                    "records in flight at once; the default is 16",
+                );
+            } else {
+                o.window = Some(w as usize);
+            }
+        }
+        if let (Some(a), Some(b)) = (o.backoff_initial, o.backoff_max) {
+            if a > b {
+                self.err(
+                    &path!["uplinks", "platforms", i, "backoff_max"],
+                    At::Value,
+                    "backoff_max is shorter than backoff_initial",
+                    "e.g. backoff_initial = \"1s\", backoff_max = \"5m\"",
+                );
+            }
+        }
+        if let Some(u) = &p.photo_url_base {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                self.err(
+                    &path!["uplinks", "platforms", i, "photo_url_base"],
+                    At::Value,
+                    format!("`{u}` is not an HTTP URL"),
+                    "the URL under which the site publishes its photos as <sha256>.jpg",
+                );
+            } else {
+                o.photo_url_base = Some(u.trim_end_matches('/').to_string());
+            }
+        }
+        (secret, o)
+    }
+
+    /// What the platform's profile needs from the site: a secret for header auth and the
+    /// hebei Client_secret, a photo URL base for photo encoding `url`.
+    fn platform_needs(
+        &mut self,
+        i: usize,
+        prof: &crate::regulator::profile::PlatformProfile,
+        secret: &Option<Secret>,
+        outbox: &PlatformOutbox,
+    ) {
+        use crate::regulator::profile::{AuthKind, PhotoEncoding, Protocol};
+        let needs_secret = matches!(prof.auth.kind, AuthKind::StaticToken | AuthKind::Signed)
+            || prof.protocol == Protocol::Hebei;
+        if needs_secret && secret.is_none() {
+            self.err(
+                &path!["uplinks", "platforms", i, "profile"],
+                At::Value,
+                format!(
+                    "platform profile `{}` authenticates with a secret (auth kind {:?}{}), but none is given",
+                    prof.name,
+                    prof.auth.kind,
+                    if prof.protocol == Protocol::Hebei { ", hebei Client_secret" } else { "" }
+                ),
+                "add secret_env = \"VAR\" or secret_file = \"path\" to this [[uplinks.platforms]] entry",
+            );
+        }
+        if prof.photo.encoding == PhotoEncoding::Url && outbox.photo_url_base.is_none() {
+            self.err(
+                &path!["uplinks", "platforms", i, "profile"],
+                At::Value,
+                format!(
+                    "platform profile `{}` sends photos as URLs, but `photo_url_base` is not set",
+                    prof.name
+                ),
+                "add photo_url_base = \"https://…/photos\" (the site publishes its evidence store there as <sha256>.jpg); see docs/platforms.md",
+            );
+        }
     }
 
     fn duration(&mut self, p: &[Seg], v: &Option<String>, default: Duration) -> Duration {

@@ -318,6 +318,21 @@ pub struct RawPlatform {
     /// Control-measure and white-list poll period in seconds (default 0 = off).
     pub policy_poll_secs: Option<u64>,
     // end of downlink keys
+    // outbox + auth keys (platforms)
+    /// Records in flight at once (each with its photos).
+    pub window: Option<u64>,
+    /// Longest wait for one HTTP exchange, e.g. `15s`.
+    pub request_timeout: Option<String>,
+    /// First pause after a failed upload, e.g. `1s`; doubles (jittered) up to `backoff_max`.
+    pub backoff_initial: Option<String>,
+    pub backoff_max: Option<String>,
+    /// Passes younger than this overtake the backlog, e.g. `60s`.
+    pub live_window: Option<String>,
+    /// The secret of `static_token` / `signed` auth and the hebei `Client_secret`.
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    /// Where the site publishes its evidence store for photo encoding `url`.
+    pub photo_url_base: Option<String>,
 }
 
 fn yes() -> bool {

@@ -40,6 +40,12 @@ pub struct MockStats {
     /// Requests answered with an injected fault.
     pub faults_served: u64,
     pub token_refusals: u64,
+    /// Accepted cargo records (kaifeng; transportControl shareGoodsRecord when served).
+    pub cargo: Vec<Value>,
+    /// hebei: exits accepted without a throughId.
+    pub unpaired_exits: u64,
+    /// kaifeng: serials issued by /transport/check.
+    pub issued_serials: Vec<String>,
 }
 
 #[derive(Default)]
@@ -147,20 +153,24 @@ impl Connected<axum::serve::IncomingStream<'_, ResetListener>> for ConnKill {
     }
 }
 
-struct Inner {
-    profile: Arc<PlatformProfile>,
-    token_ttl: Duration,
-    credentials: Option<(String, String)>,
-    organ: Option<String>,
-    tokens: HashMap<String, Instant>,
-    next_token: u64,
+pub(super) struct Inner {
+    pub(super) profile: Arc<PlatformProfile>,
+    pub(super) token_ttl: Duration,
+    pub(super) credentials: Option<(String, String)>,
+    pub(super) organ: Option<String>,
+    pub(super) tokens: HashMap<String, Instant>,
+    pub(super) next_token: u64,
     faults: Faults,
-    serials: HashSet<String>,
+    pub(super) serials: HashSet<String>,
     /// When each accepted serial first arrived (latency figures).
-    arrivals: HashMap<String, Instant>,
+    pub(super) arrivals: HashMap<String, Instant>,
     photo_keys: HashSet<(String, String)>,
-    stats: MockStats,
+    pub(super) stats: MockStats,
     down: DownState,
+    /// The secret a `static_token` / `signed` request or a hebei login must prove.
+    pub(super) secret: Option<String>,
+    pub(super) kaifeng: super::mock_kaifeng::KaifengState,
+    pub(super) hebei: super::mock_hebei::HebeiState,
 }
 
 /// A vehicle as the mock platform's check answers it.
@@ -295,6 +305,9 @@ impl MockPlatform {
             photo_keys: HashSet::new(),
             stats: MockStats::default(),
             down: DownState::default(),
+            secret: None,
+            kaifeng: Default::default(),
+            hebei: Default::default(),
         }));
         let app = axum::Router::new()
             .fallback(handle)
@@ -360,6 +373,23 @@ impl MockPlatform {
     /// answering (a record is kept; the client must send it again, with the same serial).
     pub fn reset_after_next(&self, n: u32) {
         lock(&self.inner).faults.reset_after_next = n;
+    }
+
+    /// The secret of `static_token` / `signed` auth and the hebei `Client_secret`.
+    pub fn require_secret(&self, secret: &str) {
+        lock(&self.inner).secret = Some(secret.into());
+    }
+
+    /// kaifeng: answer a pass received again with the "duplicate serial" refusal of the profile
+    /// (`duplicate_messages`) instead of success.
+    pub fn duplicate_replies(&self, on: bool) {
+        lock(&self.inner).kaifeng.duplicate_replies = on;
+    }
+
+    /// kaifeng: the next `n` pass uploads are processed (kept) and then answered HTTP 503, as
+    /// if the answer was lost: the client must send them again under the same serial.
+    pub fn lose_pass_answers(&self, n: u32) {
+        lock(&self.inner).kaifeng.lose_pass_answers = n;
     }
 
     pub fn set_token_ttl(&self, d: Duration) {
@@ -492,6 +522,7 @@ async fn handle(
     State(st): State<Shared>,
     ConnectInfo(conn): ConnectInfo<ConnKill>,
     uri: Uri,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let delay = lock(&st).faults.delay;
@@ -514,6 +545,19 @@ async fn handle(
         g.faults.fail_next = g.faults.fail_next.saturating_sub(1);
         g.stats.faults_served += 1;
         return (StatusCode::SERVICE_UNAVAILABLE, "injected fault").into_response();
+    }
+    let protocol = g.profile.protocol;
+    if protocol != super::profile::Protocol::TransportControl {
+        let r = match protocol {
+            super::profile::Protocol::Kaifeng => {
+                super::mock_kaifeng::handle(&mut g, uri.path(), &headers, &body)
+            }
+            _ => super::mock_hebei::handle(&mut g, uri.path(), &headers, &body),
+        };
+        if reset_after {
+            conn.0.store(true, Ordering::SeqCst);
+        }
+        return r;
     }
     let (code, msg, extra) = match process(&mut g, uri.path(), &body) {
         Ok(extra) => ("200".to_string(), "ok".to_string(), extra),
@@ -679,6 +723,8 @@ fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Val
             g.stats.records.push(Value::Object(value.clone()));
         }
         Ok(None)
+    } else if p.cargo.as_ref().is_some_and(|c| c.operation == op) {
+        super::mock_cargo::share_goods_record(g, path, &op, value, &organ)
     } else if op == p.operations.photo {
         if path != p.paths.photo {
             return Err(("404", format!("{op} is not served at {path}")));
@@ -707,7 +753,7 @@ fn process(g: &mut Inner, path: &str, body: &[u8]) -> Result<Option<(String, Val
         }
         if let Some(img) = vals.get("image") {
             let ok = match p.photo.encoding {
-                PhotoEncoding::Base64 => is_base64(img),
+                PhotoEncoding::Base64 | PhotoEncoding::Url => is_base64(img),
                 PhotoEncoding::DataUri => img
                     .strip_prefix("data:image/jpeg;base64,")
                     .is_some_and(is_base64),

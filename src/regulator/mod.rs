@@ -4,13 +4,23 @@
 //! - [`outbox`]: per destination a cursor over the ledger plus delivery state; at-least-once,
 //!   idempotent serials, causal order per vehicle, live before backlog, unlimited jittered retry.
 //! - [`profile`]: `profiles/platform/<name>.toml` — paths, field names, codes, formats.
-//! - [`transport_control`]: the transportControl protocol shape and its HTTP client.
-//! - [`mock`]: a strict mock platform (`ecogate sim platform`) for tests and integrators.
+//! - [`client`]: the one client type the outbox uses, an enum over the protocol shapes:
+//!   [`transport_control`] (安车 family), [`kaifeng`] (开封 中科九州), [`hebei`] (河北 一体化).
+//! - [`auth`]: auth kinds shared by the header-based shapes (login, static token, signed).
+//! - [`mock`]: a strict mock platform (`ecogate sim platform`) for tests and integrators, with
+//!   [`mock_kaifeng`] and [`mock_hebei`] for those shapes.
 //!
 //! docs/platforms.md describes the profile format and the guarantees.
 
+pub mod auth;
+pub mod client;
 pub mod downlink;
+pub mod hebei;
+pub mod kaifeng;
 pub mod mock;
+mod mock_cargo;
+pub mod mock_hebei;
+pub mod mock_kaifeng;
 pub mod outbox;
 pub mod profile;
 pub mod transport_control;
@@ -22,6 +32,8 @@ use profile::{PlatformProfile, Protocol};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub use auth::Credentials;
+use client::PlatformClient;
 use tokio::sync::watch;
 use transport_control::{SiteFacts, TcClient};
 
@@ -69,12 +81,17 @@ impl RegulatorUplink {
         ledger: Ledger,
     ) -> Result<RegulatorUplink, RegulatorError> {
         let profile = PlatformProfile::load(&plan.site_file, &platform.profile)?;
-        let password = match &platform.password {
+        let secret_of = |s: &Option<Secret>| match s {
             Some(s) => read_secret(s).map_err(|message| RegulatorError::Config {
                 platform: platform.name.clone(),
                 message,
-            })?,
-            None => String::new(),
+            }),
+            None => Ok(String::new()),
+        };
+        let creds = Credentials {
+            username: platform.username.clone().unwrap_or_default(),
+            password: secret_of(&platform.password)?,
+            secret: secret_of(&platform.secret)?,
         };
         let site = SiteFacts {
             enterprise: plan.enterprise.credit_code.clone(),
@@ -86,14 +103,8 @@ impl RegulatorUplink {
             .iter()
             .map(|l| (l.spec.id.clone(), l.spec.barrier_no.clone()))
             .collect();
-        Self::start_with(
-            cfg,
-            profile,
-            &platform.url,
-            platform.username.as_deref().unwrap_or(""),
-            &password,
-            ledger,
-        )
+        platform.outbox.apply(&mut cfg);
+        Self::start_with_credentials(cfg, profile, &platform.url, creds, ledger)
     }
 
     /// [`RegulatorUplink::start`] without a site plan (tests, tools).
@@ -105,22 +116,67 @@ impl RegulatorUplink {
         password: &str,
         ledger: Ledger,
     ) -> Result<RegulatorUplink, RegulatorError> {
-        let Protocol::TransportControl = profile.protocol;
+        let creds = Credentials {
+            username: username.to_string(),
+            password: password.to_string(),
+            secret: String::new(),
+        };
+        Self::start_with_credentials(cfg, profile, url, creds, ledger)
+    }
+
+    /// [`RegulatorUplink::start_with`] with every credential an auth kind may need.
+    pub fn start_with_credentials(
+        cfg: OutboxConfig,
+        profile: PlatformProfile,
+        url: &str,
+        creds: Credentials,
+        ledger: Ledger,
+    ) -> Result<RegulatorUplink, RegulatorError> {
         let name = cfg.name.clone();
         // A damaged state file is reported here, not only in the task's log.
         outbox::load_state(&outbox::state_path(&cfg.data_dir, &name))?;
-        let client = TcClient::new(
-            url,
-            Arc::new(profile),
-            &cfg.site.enterprise,
-            username,
-            password,
-            cfg.request_timeout,
-        )
-        .map_err(|e| RegulatorError::Config {
+        let config_err = |e: transport_control::SendError| RegulatorError::Config {
             platform: name.clone(),
             message: e.to_string(),
-        })?;
+        };
+        if profile.photo.encoding == profile::PhotoEncoding::Url && cfg.photo_url_base.is_none() {
+            return Err(RegulatorError::Config {
+                platform: name.clone(),
+                message: format!(
+                    "profile `{}` sends photos as URLs: set `photo_url_base` for this platform",
+                    profile.name
+                ),
+            });
+        }
+        let profile = Arc::new(profile);
+        let client = match profile.protocol {
+            Protocol::TransportControl => PlatformClient::TransportControl(
+                TcClient::new(
+                    url,
+                    profile.clone(),
+                    &cfg.site.enterprise,
+                    &creds.username,
+                    &creds.password,
+                    cfg.request_timeout,
+                )
+                .map_err(config_err)?,
+                profile,
+            ),
+            Protocol::Kaifeng => PlatformClient::Kaifeng(
+                kaifeng::KaifengClient::new(
+                    url,
+                    profile,
+                    &cfg.site.enterprise,
+                    creds,
+                    cfg.request_timeout,
+                )
+                .map_err(config_err)?,
+            ),
+            Protocol::Hebei => PlatformClient::Hebei(
+                hebei::HebeiClient::new(url, profile, creds, cfg.request_timeout)
+                    .map_err(config_err)?,
+            ),
+        };
         let kpis = Arc::new(Mutex::new(Kpis::default()));
         let (stop, rx) = watch::channel(false);
         let k = kpis.clone();

@@ -12,9 +12,9 @@
 //! rename) once per group. A window slot is freed only once its outcome is on disk, so a crash
 //! resends at most the `window` records that were in flight — each with the serial it had.
 
-use super::transport_control::{serial_for, PassRecord, SendError, SiteFacts, TcClient};
+use super::client::{CargoRecord, Issued, LinkedPass, PhotoSource, PlatformClient};
+use super::transport_control::{serial_for, PassRecord, SendError, SiteFacts};
 use super::RegulatorError;
-use crate::ledger::photos::PhotoStore;
 use crate::ledger::{
     local_day_start, parse_date, site_zone, EventBody, EventRecord, Ledger, LedgerReader,
 };
@@ -173,6 +173,9 @@ pub struct Kpis {
     pub last_error_at: Option<DateTime<Utc>>,
     pub last_ack_at: Option<DateTime<Utc>>,
     pub logins: u64,
+    /// Cargo records (weighings with a cargo) the platform acknowledged.
+    #[serde(default)]
+    pub cargo_acknowledged: u64,
     /// The same figures per local (GMT+8) day of the pass time, `YYYY-MM-DD`, for the last
     /// [`KEPT_DAYS`] days that had passes.
     #[serde(default)]
@@ -287,6 +290,8 @@ pub struct OutboxConfig {
     pub window: usize,
     /// Longest wait for one HTTP exchange (connect included) before it counts as failed.
     pub request_timeout: Duration,
+    /// Base URL under which the site publishes its evidence store (photo encoding `url`).
+    pub photo_url_base: Option<String>,
 }
 
 impl OutboxConfig {
@@ -302,6 +307,7 @@ impl OutboxConfig {
             backoff_max: Duration::from_secs(300),
             window: 16,
             request_timeout: Duration::from_secs(15),
+            photo_url_base: None,
         }
     }
 }
@@ -386,10 +392,173 @@ pub fn pass_record(
     })
 }
 
+/// The cargo record a `weighing` event stands for: one with a cargo name and a weight.
+pub fn cargo_record(e: &EventRecord, lane_gates: &HashMap<String, String>) -> Option<CargoRecord> {
+    let EventBody::Weighing(w) = &e.body else {
+        return None;
+    };
+    let name = w
+        .cargo
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())?;
+    if w.plate.trim().is_empty() {
+        return None;
+    }
+    let weight = w.net.or(w.gross)?;
+    Some(CargoRecord {
+        seq: e.seq,
+        plate: w.plate.clone(),
+        color: w.color,
+        time: e.occurred_at,
+        gate: lane_gates
+            .get(&w.lane)
+            .cloned()
+            .unwrap_or_else(|| w.lane.clone()),
+        name: name.to_string(),
+        weight,
+    })
+}
+
+/// What waits in the outbox: a pass, or a cargo record that follows its vehicle's pass.
+#[derive(Debug, Clone)]
+enum Item {
+    Pass(PassRecord),
+    Cargo(CargoRecord),
+}
+
+impl Item {
+    fn plate(&self) -> &str {
+        match self {
+            Item::Pass(r) => &r.plate,
+            Item::Cargo(c) => &c.plate,
+        }
+    }
+    fn time(&self) -> DateTime<Utc> {
+        match self {
+            Item::Pass(r) => r.time,
+            Item::Cargo(c) => c.time,
+        }
+    }
+    fn seq(&self) -> i64 {
+        match self {
+            Item::Pass(r) => r.seq,
+            Item::Cargo(c) => c.seq,
+        }
+    }
+    /// For logs and `last_error`.
+    fn label(&self) -> String {
+        match self {
+            Item::Pass(r) => r.serial.clone(),
+            Item::Cargo(c) => format!("cargo {}", c.seq),
+        }
+    }
+}
+
+/// One line of `<name>.ids`: ids a platform issued for a record, and/or the record's
+/// acknowledgement as the vehicle's latest pass (pairing, cargo). Append-only, fsynced before
+/// the state that counts the delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JournalLine {
+    seq: i64,
+    #[serde(default, skip_serializing_if = "Issued::is_empty")]
+    issued: Issued,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acked: Option<LinkedPass>,
+}
+
+pub fn journal_path(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("uplink").join(format!("{name}.ids"))
+}
+
+/// Issued ids by seq, and the last acknowledged pass of each plate.
+type JournalContents = (HashMap<i64, Issued>, HashMap<String, LinkedPass>);
+
+/// Reads the journal: issued ids by seq, and the last acknowledged pass of each plate. A torn
+/// last line (crash mid-append) is skipped; its delivery was not counted in the state either.
+fn load_journal(path: &Path) -> Result<JournalContents, RegulatorError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(RegulatorError::State {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+    };
+    let mut issued = HashMap::new();
+    let mut last: HashMap<String, LinkedPass> = HashMap::new();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    for (i, l) in lines.iter().enumerate() {
+        let j: JournalLine = match serde_json::from_str(l) {
+            Ok(j) => j,
+            Err(_) if i + 1 == lines.len() => break,
+            Err(e) => {
+                return Err(RegulatorError::State {
+                    path: path.to_path_buf(),
+                    message: format!("line {}: {e}", i + 1),
+                })
+            }
+        };
+        if !j.issued.is_empty() {
+            issued.insert(j.seq, j.issued);
+        }
+        if let (Some(plate), Some(a)) = (j.plate, j.acked) {
+            let newer = last
+                .get(&plate)
+                .map_or(true, |o| (o.time, o.seq) <= (a.time, a.seq));
+            if newer {
+                last.insert(plate, a);
+            }
+        }
+    }
+    Ok((issued, last))
+}
+
+/// The journal file, shared by the outbox (acknowledgements) and the delivery tasks (ids issued
+/// mid-delivery, written before the record that carries them is sent).
+pub(crate) struct Journal {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl Journal {
+    fn append(&self, lines: &[String]) -> Result<(), RegulatorError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        append_journal(&self.path, lines)
+    }
+}
+
+fn append_journal(path: &Path, lines: &[String]) -> Result<(), RegulatorError> {
+    use std::io::Write as _;
+    let err = |e: std::io::Error| RegulatorError::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(err)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    let mut buf = String::new();
+    for l in lines {
+        buf.push_str(l);
+        buf.push('\n');
+    }
+    f.write_all(buf.as_bytes()).map_err(err)?;
+    f.sync_data().map_err(err)
+}
+
 type Key = (DateTime<Utc>, i64);
 
 struct Pending {
-    rec: PassRecord,
+    rec: Item,
     /// Sent again after an `uplink resend` (already counted as acknowledged once).
     resend: bool,
 }
@@ -397,9 +566,13 @@ struct Pending {
 /// One delivery handed to a task: the record, and where its photos stand.
 struct Job {
     key: Key,
-    rec: PassRecord,
+    rec: Item,
     /// `Some(n)`: the record is acknowledged and `n` photos too; `None`: send the record first.
     photos_from: Option<usize>,
+    /// What the platform issued for this record before.
+    issued: Issued,
+    /// The vehicle's last acknowledged pass.
+    last: Option<LinkedPass>,
 }
 
 /// What a delivery task did.
@@ -415,6 +588,10 @@ struct Outcome {
     photos_done: Option<usize>,
     result: Result<(), SendError>,
     logins: u64,
+    /// What the platform has issued for the record by now (kept even when the delivery failed).
+    issued: Issued,
+    /// What the delivery itself wrote to the journal.
+    journaled: Issued,
 }
 
 pub(crate) struct Outbox {
@@ -436,6 +613,13 @@ pub(crate) struct Outbox {
     busy_plates: HashSet<String>,
     kpis: Arc<Mutex<Kpis>>,
     dirty: bool,
+    /// Weighings with a cargo are uploaded (the shape has a cargo form).
+    cargo: bool,
+    journal: Arc<Journal>,
+    issued: HashMap<i64, Issued>,
+    last_pass: HashMap<String, LinkedPass>,
+    /// Journal lines not yet on disk.
+    journal_out: Vec<String>,
 }
 
 const SCAN_BATCH: usize = 1000;
@@ -445,10 +629,22 @@ impl Outbox {
         cfg: OutboxConfig,
         reader: &LedgerReader,
         kpis: Arc<Mutex<Kpis>>,
+        cargo: bool,
     ) -> Result<Outbox, RegulatorError> {
         let path = state_path(&cfg.data_dir, &cfg.name);
         let state = load_state(&path)?;
+        let journal = journal_path(&cfg.data_dir, &cfg.name);
+        let (issued, last_pass) = load_journal(&journal)?;
+        let journal = Arc::new(Journal {
+            path: journal,
+            lock: Mutex::new(()),
+        });
         let mut o = Outbox {
+            cargo,
+            journal,
+            issued,
+            last_pass,
+            journal_out: Vec::new(),
             cfg,
             path,
             state,
@@ -504,32 +700,32 @@ impl Outbox {
         days.entry(key).or_default()
     }
 
-    fn insert_pending(&mut self, r: PassRecord, resend: bool) {
-        let key = (r.time, r.seq);
+    fn insert_pending(&mut self, r: Item, resend: bool) {
+        let key = (r.time(), r.seq());
         if self.pending.contains_key(&key) {
             return;
         }
         self.by_plate
-            .entry(r.plate.clone())
+            .entry(r.plate().to_string())
             .or_default()
             .insert(key);
         if !resend {
-            self.fresh.insert(r.seq);
+            self.fresh.insert(r.seq());
         }
-        *self.pending_days.entry(day_key(r.time)).or_default() += 1;
+        *self.pending_days.entry(day_key(r.time())).or_default() += 1;
         self.pending.insert(key, Pending { rec: r, resend });
     }
 
     fn remove_pending(&mut self, key: &Key) -> Option<Pending> {
         let p = self.pending.remove(key)?;
-        if let Some(s) = self.by_plate.get_mut(&p.rec.plate) {
+        if let Some(s) = self.by_plate.get_mut(p.rec.plate()) {
             s.remove(key);
             if s.is_empty() {
-                self.by_plate.remove(&p.rec.plate);
+                self.by_plate.remove(p.rec.plate());
             }
         }
-        self.fresh.remove(&p.rec.seq);
-        let day = day_key(p.rec.time);
+        self.fresh.remove(&p.rec.seq());
+        let day = day_key(p.rec.time());
         if let Some(n) = self.pending_days.get_mut(&day) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -546,9 +742,21 @@ impl Outbox {
             }
         }
         let Some(r) = pass_record(e, &self.cfg.site.enterprise, &self.cfg.lane_gates) else {
-            // Nothing to send: settled (keeps the settled ranges whole).
-            if e.seq > self.state.cursor {
-                self.state.done.insert(e.seq);
+            let cargo = if self.cargo {
+                cargo_record(e, &self.cfg.lane_gates)
+            } else {
+                None
+            };
+            match cargo {
+                Some(c) if e.seq > self.state.cursor && !self.state.done.contains(&e.seq) => {
+                    self.insert_pending(Item::Cargo(c), false);
+                }
+                _ => {
+                    // Nothing to send: settled (keeps the settled ranges whole).
+                    if e.seq > self.state.cursor {
+                        self.state.done.insert(e.seq);
+                    }
+                }
             }
             return Ok(());
         };
@@ -559,9 +767,9 @@ impl Outbox {
         }
         let fresh = e.seq > self.state.cursor && !self.state.done.contains(&e.seq);
         if fresh {
-            self.insert_pending(r, false);
+            self.insert_pending(Item::Pass(r), false);
         } else if self.state.resend.contains(&e.seq) {
-            self.insert_pending(r, true);
+            self.insert_pending(Item::Pass(r), true);
         }
         Ok(())
     }
@@ -581,7 +789,7 @@ impl Outbox {
             self.parked.remove(&e.seq);
             let delivered = e.seq <= self.state.cursor || self.state.done.contains(&e.seq);
             if delivered && self.state.resend.insert(e.seq) {
-                self.insert_pending(r, true);
+                self.insert_pending(Item::Pass(r), true);
                 n += 1;
             }
         }
@@ -617,8 +825,8 @@ impl Outbox {
     fn ready(&self, key: &Key, p: &Pending) -> bool {
         !self.parked.contains(&key.1)
             && !self.busy.contains(&key.1)
-            && !self.busy_plates.contains(&p.rec.plate)
-            && self.first_open_of(&p.rec.plate) == Some(*key)
+            && !self.busy_plates.contains(p.rec.plate())
+            && self.first_open_of(p.rec.plate()) == Some(*key)
     }
 
     fn first_open_of(&self, plate: &str) -> Option<Key> {
@@ -637,11 +845,11 @@ impl Outbox {
         for (k, p) in self.pending.range((live_from, i64::MIN)..) {
             if self.parked.contains(&k.1)
                 || self.busy.contains(&k.1)
-                || self.busy_plates.contains(&p.rec.plate)
+                || self.busy_plates.contains(p.rec.plate())
             {
                 continue;
             }
-            if let Some(first) = self.first_open_of(&p.rec.plate) {
+            if let Some(first) = self.first_open_of(p.rec.plate()) {
                 return Some(first);
             }
         }
@@ -655,10 +863,12 @@ impl Outbox {
         let p = self.pending.get(&key)?;
         let rec = p.rec.clone();
         self.busy.insert(key.1);
-        self.busy_plates.insert(rec.plate.clone());
+        self.busy_plates.insert(rec.plate().to_string());
         Some(Job {
             key,
             photos_from: self.state.photos_sent.get(&key.1).copied(),
+            issued: self.issued.get(&key.1).cloned().unwrap_or_default(),
+            last: self.last_pass.get(rec.plate()).cloned(),
             rec,
         })
     }
@@ -718,13 +928,30 @@ impl Outbox {
             }
         };
         let path = self.path.clone();
-        let r = tokio::task::spawn_blocking(move || write_state(&path, &text)).await;
-        let r = r.unwrap_or_else(|e| {
-            Err(RegulatorError::State {
+        let journal = self.journal.clone();
+        let lines = std::mem::take(&mut self.journal_out);
+        let r = tokio::task::spawn_blocking(move || {
+            // Issued ids reach the disk before the state that counts their delivery.
+            if !lines.is_empty() {
+                if let Err(e) = journal.append(&lines) {
+                    return (Err(e), lines);
+                }
+            }
+            (write_state(&path, &text), Vec::new())
+        })
+        .await;
+        let r = match r {
+            Ok((r, unwritten)) => {
+                if !unwritten.is_empty() {
+                    self.journal_out = unwritten;
+                }
+                r
+            }
+            Err(e) => Err(RegulatorError::State {
                 path: self.path.clone(),
                 message: format!("writer task failed: {e}"),
-            })
-        });
+            }),
+        };
         match r {
             Ok(()) => self.dirty = false,
             // Losing the state only means resending with the same serials; say so loudly.
@@ -734,16 +961,46 @@ impl Outbox {
         }
     }
 
-    fn note_failure(&mut self, r: &PassRecord, e: &SendError) {
+    fn note_failure(&mut self, r: &Item, e: &SendError) {
         self.state.kpi.failed += 1;
-        self.day_mut(r.time).failed += 1;
-        self.state.kpi.last_error = Some(format!("{} ({}): {e}", r.serial, r.plate));
+        if let Item::Pass(p) = r {
+            self.day_mut(p.time).failed += 1;
+        }
+        let label = r.label();
+        self.state.kpi.last_error = Some(format!("{label} ({}): {e}", r.plate()));
         self.state.kpi.last_error_at = Some(Utc::now());
-        tracing::warn!(destination = %self.cfg.name, serial = %r.serial, plate = %r.plate,
-            seq = r.seq, error = %e, "upload failed");
+        tracing::warn!(destination = %self.cfg.name, serial = %label, plate = %r.plate(),
+            seq = r.seq(), error = %e, "upload failed");
         if let SendError::Rejected(m) = e {
-            self.state.rejected.insert(r.seq, m.clone());
-            self.parked.insert(r.seq);
+            self.state.rejected.insert(r.seq(), m.clone());
+            self.parked.insert(r.seq());
+        }
+    }
+
+    /// Keeps what the platform issued for `seq` (memory now, journal at the next save unless
+    /// the delivery already wrote exactly that).
+    fn note_issued(&mut self, seq: i64, issued: &Issued, journaled: &Issued) {
+        if issued.is_empty() || self.issued.get(&seq) == Some(issued) {
+            return;
+        }
+        self.issued.insert(seq, issued.clone());
+        if issued == journaled {
+            return;
+        }
+        self.push_journal(JournalLine {
+            seq,
+            issued: issued.clone(),
+            plate: None,
+            acked: None,
+        });
+    }
+
+    fn push_journal(&mut self, line: JournalLine) {
+        match serde_json::to_string(&line) {
+            Ok(l) => self.journal_out.push(l),
+            Err(e) => {
+                tracing::error!(destination = %self.cfg.name, error = %e, "cannot encode journal line")
+            }
         }
     }
 
@@ -756,13 +1013,54 @@ impl Outbox {
         let Some(p) = self.pending.get(&o.key) else {
             return;
         };
-        let (rec, resend) = (p.rec.clone(), p.resend);
-        self.busy_plates.remove(&rec.plate);
+        let (item, resend) = (p.rec.clone(), p.resend);
+        self.busy_plates.remove(item.plate());
+        self.note_issued(seq, &o.issued, &o.journaled);
+        let rec = match item {
+            Item::Pass(r) => r,
+            Item::Cargo(c) => {
+                match &o.result {
+                    Ok(()) => {
+                        self.state.kpi.cargo_acknowledged += 1;
+                        self.state.rejected.remove(&seq);
+                        self.state.done.insert(seq);
+                        self.remove_pending(&o.key);
+                    }
+                    Err(e) => self.note_failure(&Item::Cargo(c), e),
+                }
+                return;
+            }
+        };
         if o.attempted {
             self.state.kpi.sent += 1;
             self.day_mut(rec.time).sent += 1;
         }
         if o.record_acked {
+            let linked = LinkedPass {
+                seq,
+                direction: rec.direction,
+                time: rec.time,
+                gate: rec.gate.clone(),
+                serial: o
+                    .issued
+                    .serial
+                    .clone()
+                    .unwrap_or_else(|| rec.serial.clone()),
+                through_id: o.issued.through_id.clone(),
+            };
+            let newer = self
+                .last_pass
+                .get(&rec.plate)
+                .map_or(true, |l| (l.time, l.seq) <= (linked.time, linked.seq));
+            if newer {
+                self.last_pass.insert(rec.plate.clone(), linked.clone());
+            }
+            self.push_journal(JournalLine {
+                seq,
+                issued: Issued::default(),
+                plate: Some(rec.plate.clone()),
+                acked: Some(linked),
+            });
             self.state.rejected.remove(&seq);
             let now = Utc::now();
             self.state.kpi.last_ack_at = Some(now);
@@ -789,14 +1087,19 @@ impl Outbox {
                 self.remove_pending(&o.key);
                 tracing::debug!(destination = %self.cfg.name, serial = %rec.serial, "delivered");
             }
-            Err(e) => self.note_failure(&rec, e),
+            Err(e) => self.note_failure(&Item::Pass(rec), e),
         }
     }
 }
 
 /// One record and its photos, as a task of its own so that several can be in flight.
-async fn deliver(client: Arc<TcClient>, photos: PhotoStore, site: SiteFacts, job: Job) -> Outcome {
-    let r = &job.rec;
+async fn deliver(
+    client: Arc<PlatformClient>,
+    photos: PhotoSource,
+    site: SiteFacts,
+    journal: Arc<Journal>,
+    job: Job,
+) -> Outcome {
     let mut out = Outcome {
         key: job.key,
         attempted: false,
@@ -805,12 +1108,66 @@ async fn deliver(client: Arc<TcClient>, photos: PhotoStore, site: SiteFacts, job
         photos_done: job.photos_from,
         result: Ok(()),
         logins: 0,
+        issued: job.issued.clone(),
+        journaled: Issued::default(),
+    };
+    let r = match &job.rec {
+        Item::Pass(r) => r,
+        Item::Cargo(c) => {
+            // Its pass: the vehicle's last acknowledged pass before the weighing (the outbox
+            // sends a vehicle's records in time order, so that pass went first).
+            out.attempted = true;
+            out.result = match job.last.as_ref().filter(|l| l.time <= c.time) {
+                Some(pass) => {
+                    out.issued.serial = Some(pass.serial.clone());
+                    client.send_cargo(&site, c, pass).await
+                }
+                None => Err(SendError::Rejected(format!(
+                    "no acknowledged pass of {} before this weighing to attach the cargo to",
+                    c.plate
+                ))),
+            };
+            out.logins = client.logins();
+            return out;
+        }
     };
     let from = match job.photos_from {
         Some(n) => n,
         None => {
             out.attempted = true;
-            if let Err(e) = client.send_record(&site, r).await {
+            // Ids the platform issues before the upload (kaifeng serials) are on disk before
+            // the record goes: a crash after the upload then resends under the same serial.
+            if let Err(e) = client.prepare(r, &mut out.issued).await {
+                out.result = Err(e);
+                out.logins = client.logins();
+                return out;
+            }
+            if out.issued != job.issued {
+                let line = JournalLine {
+                    seq: r.seq,
+                    issued: out.issued.clone(),
+                    plate: None,
+                    acked: None,
+                };
+                let j = journal.clone();
+                let l = serde_json::to_string(&line).unwrap_or_default();
+                let w = tokio::task::spawn_blocking(move || j.append(&[l])).await;
+                match w {
+                    Ok(Ok(())) => out.journaled = out.issued.clone(),
+                    Ok(Err(e)) => {
+                        out.result = Err(SendError::Transient(format!("journal: {e}")));
+                        return out;
+                    }
+                    Err(e) => {
+                        out.result = Err(SendError::Transient(format!("journal writer: {e}")));
+                        return out;
+                    }
+                }
+            }
+            let res = client
+                .send_pass(&site, r, job.last.as_ref(), &photos, &mut out.issued)
+                .await;
+            if let Err(e) = res {
                 out.result = Err(e);
                 out.logins = client.logins();
                 return out;
@@ -820,8 +1177,13 @@ async fn deliver(client: Arc<TcClient>, photos: PhotoStore, site: SiteFacts, job
             0
         }
     };
+    if !client.separate_photos() {
+        out.photos_done = Some(r.photos.len());
+        out.logins = client.logins();
+        return out;
+    }
     for (i, (role, hash)) in r.photos.iter().enumerate().skip(from) {
-        let store = photos.clone();
+        let store = photos.store.clone();
         let h = hash.clone();
         let bytes = tokio::task::spawn_blocking(move || store.get(&h)).await;
         match bytes {
@@ -852,7 +1214,7 @@ async fn deliver(client: Arc<TcClient>, photos: PhotoStore, site: SiteFacts, job
 /// Ends when `stop` turns true, after the deliveries in flight have finished.
 pub(crate) async fn run(
     cfg: OutboxConfig,
-    client: TcClient,
+    client: PlatformClient,
     ledger: Ledger,
     kpis: Arc<Mutex<Kpis>>,
     mut stop: watch::Receiver<bool>,
@@ -863,11 +1225,15 @@ pub(crate) async fn run(
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let name = cfg.name.clone();
     let site = cfg.site.clone();
+    let photos = PhotoSource {
+        store: ledger.photos().clone(),
+        url_base: cfg.photo_url_base.clone(),
+    };
+    let cargo = client.uploads_cargo();
     let client = Arc::new(client);
-    let photos = ledger.photos().clone();
     // Reading a large backlog back from the ledger takes a while: not on a runtime thread.
     let (mut ob, reader) = tokio::task::spawn_blocking(move || {
-        Outbox::open(cfg, &reader, kpis).map(|ob| (ob, reader))
+        Outbox::open(cfg, &reader, kpis, cargo).map(|ob| (ob, reader))
     })
     .await
     .map_err(|e| RegulatorError::Config {
@@ -915,7 +1281,13 @@ pub(crate) async fn run(
                     break;
                 };
                 let key = job.key;
-                let h = tasks.spawn(deliver(client.clone(), photos.clone(), site.clone(), job));
+                let h = tasks.spawn(deliver(
+                    client.clone(),
+                    photos.clone(),
+                    site.clone(),
+                    ob.journal.clone(),
+                    job,
+                ));
                 running.insert(h.id(), key);
             }
         }
@@ -992,6 +1364,8 @@ fn outcome_of(
                 photos_done: None,
                 result: Err(SendError::Transient(format!("delivery task failed: {e}"))),
                 logins: 0,
+                issued: Issued::default(),
+                journaled: Issued::default(),
             }
         }
     }
@@ -1018,5 +1392,78 @@ mod tests {
         let mixed: SeqRanges = serde_json::from_str("[[1,3], 4, [8, 9], [2, 8]]").unwrap();
         assert_eq!(mixed.ranges(), 1);
         assert!(serde_json::from_str::<SeqRanges>("[[5, 1]]").is_err());
+    }
+
+    #[test]
+    fn journal_keeps_issued_ids_and_the_latest_pass_per_plate_and_skips_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("uplink/x.ids");
+        let t = |m: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(m);
+        let acked = |seq: i64, m: i64, dir: crate::ledger::Direction, id: &str| JournalLine {
+            seq,
+            issued: Issued::default(),
+            plate: Some("豫A1".into()),
+            acked: Some(LinkedPass {
+                seq,
+                direction: dir,
+                time: t(m),
+                gate: "01".into(),
+                serial: format!("S{seq}"),
+                through_id: Some(id.into()),
+            }),
+        };
+        let issued = JournalLine {
+            seq: 7,
+            issued: Issued {
+                serial: Some("KF1".into()),
+                through_id: None,
+            },
+            plate: None,
+            acked: None,
+        };
+        let lines: Vec<String> = [
+            issued,
+            acked(9, 30, crate::ledger::Direction::In, "T9"),
+            // A backfill of an older pass, acknowledged later: not the vehicle's latest.
+            acked(12, 10, crate::ledger::Direction::Out, "T12"),
+        ]
+        .iter()
+        .map(|l| serde_json::to_string(l).unwrap())
+        .collect();
+        append_journal(&path, &lines).unwrap();
+        // A crash mid-append leaves half a line.
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"seq\":13,\"iss").unwrap();
+        let (ids, last) = load_journal(&path).unwrap();
+        assert_eq!(ids[&7].serial.as_deref(), Some("KF1"));
+        assert_eq!(last["豫A1"].seq, 9);
+        assert_eq!(last["豫A1"].through_id.as_deref(), Some("T9"));
+        // Damage before the last line is an error, not silently skipped.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("garbage\n{text}")).unwrap();
+        assert!(load_journal(&path).is_err());
+    }
+
+    #[test]
+    fn cargo_tonnes_have_three_decimals() {
+        let c = CargoRecord {
+            seq: 1,
+            plate: "豫A1".into(),
+            color: PlateColor::Yellow,
+            time: Utc::now(),
+            gate: "01".into(),
+            name: "煤".into(),
+            weight: ecogate_drivers::Mass::from_grams(32_505_000),
+        };
+        assert_eq!(c.tonnes(), "32.505");
+        let c = CargoRecord {
+            weight: ecogate_drivers::Mass::from_kg(40),
+            ..c
+        };
+        assert_eq!(c.tonnes(), "0.040");
     }
 }

@@ -15,6 +15,10 @@ use super::RegulatorError;
 pub enum Protocol {
     /// 安车 / 天地人车 / 信阳: JSON envelope {organ, ipctype, access_token, value}.
     TransportControl,
+    /// 开封 中科九州: `{success, code, message, data}` replies, platform-issued serials.
+    Kaifeng,
+    /// 河北 一体化 low-emission platform: OAuth token, entry/exit paired by `throughId`.
+    Hebei,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -24,20 +28,35 @@ pub struct PlatformProfile {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    // The transportControl sections; the other shapes leave them out (checked per protocol).
+    #[serde(default)]
     pub paths: Paths,
+    #[serde(default)]
     pub envelope: Envelope,
+    #[serde(default)]
     pub operations: Operations,
     pub auth: Auth,
+    #[serde(default)]
     pub reply: Reply,
     pub time: TimeFormat,
+    #[serde(default)]
     pub record: RecordShape,
     pub photo: PhotoShape,
     pub codes: Codes,
     #[serde(default)]
     pub downlink: Option<super::downlink::DownlinkShape>,
+    /// transportControl shareGoodsRecord; without it no cargo records are sent.
+    #[serde(default)]
+    pub cargo: Option<CargoShape>,
+    /// `protocol = "kaifeng"` only.
+    #[serde(default)]
+    pub kaifeng: Option<KaifengShape>,
+    /// `protocol = "hebei"` only.
+    #[serde(default)]
+    pub hebei: Option<HebeiShape>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Paths {
     pub login: String,
@@ -45,7 +64,7 @@ pub struct Paths {
     pub photo: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     pub organ: String,
@@ -54,7 +73,7 @@ pub struct Envelope {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Operations {
     pub login: String,
@@ -62,23 +81,70 @@ pub struct Operations {
     pub photo: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialPlace {
+    #[default]
     Top,
     Value,
+}
+
+/// How requests prove who sends them (docs/platforms.md "Auth kinds").
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// Log in for a token that lasts `token_ttl_secs`; log in again when refused.
+    #[default]
+    Login,
+    /// The site's `secret` is the token, sent in `token_header` (after `token_prefix`).
+    StaticToken,
+    /// §4.6: timestamp, user key and md5 signature headers on every request; no login.
+    Signed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
+    #[serde(default)]
+    pub kind: AuthKind,
+    #[serde(default)]
     pub credentials: CredentialPlace,
+    /// Wire names of the login credentials.
+    #[serde(default)]
     pub username: String,
+    #[serde(default)]
     pub password: String,
+    #[serde(default = "default_ttl")]
     pub token_ttl_secs: u64,
+    /// HTTP header carrying the token (kaifeng `token`, hebei `Authorization`); transportControl
+    /// carries it in the envelope instead.
+    #[serde(default)]
+    pub token_header: Option<String>,
+    /// Put before the token in `token_header`, e.g. `"Bearer "`.
+    #[serde(default)]
+    pub token_prefix: String,
+    #[serde(default = "default_ts_header")]
+    pub timestamp_header: String,
+    #[serde(default = "default_key_header")]
+    pub userkey_header: String,
+    #[serde(default = "default_sig_header")]
+    pub signature_header: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+fn default_ttl() -> u64 {
+    7200
+}
+fn default_ts_header() -> String {
+    "api-timestamp".into()
+}
+fn default_key_header() -> String {
+    "api-userkey".into()
+}
+fn default_sig_header() -> String {
+    "api-signature".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reply {
     pub code: String,
@@ -98,7 +164,7 @@ pub struct TimeFormat {
 /// Logical field → wire names. Every alias carries the same value.
 pub type FieldMap = BTreeMap<String, Vec<String>>;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordShape {
     pub fields: FieldMap,
@@ -111,12 +177,16 @@ pub struct RecordShape {
 pub enum PhotoEncoding {
     Base64,
     DataUri,
+    /// `<photo_url_base>/<sha256>.jpg`: the site publishes its evidence store there.
+    Url,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhotoShape {
     pub encoding: PhotoEncoding,
+    /// transportControl sharePhotoInfo fields; the other shapes carry photos in the record.
+    #[serde(default)]
     pub fields: FieldMap,
 }
 
@@ -125,8 +195,71 @@ pub struct PhotoShape {
 pub struct Codes {
     pub plate_color: BTreeMap<String, String>,
     pub direction: BTreeMap<String, String>,
+    #[serde(default)]
     pub barrier: BTreeMap<String, String>,
+    #[serde(default)]
     pub photo_kind: BTreeMap<String, String>,
+}
+
+/// transportControl shareGoodsRecord (§4.1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CargoShape {
+    pub path: String,
+    pub operation: String,
+    pub fields: FieldMap,
+    /// ysldw value for tonnes.
+    pub unit: String,
+}
+
+/// 开封 中科九州 (§4.2): paths and fixed values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KaifengShape {
+    pub login: String,
+    pub check: String,
+    pub pass: String,
+    pub cargo: String,
+    /// Reply `code` of success ("200").
+    pub ok: String,
+    /// Reply messages meaning "log in again" (e.g. "Token验证不通过").
+    pub auth_messages: Vec<String>,
+    /// Reply messages meaning "already received" (a resend): counted as acknowledged.
+    #[serde(default)]
+    pub duplicate_messages: Vec<String>,
+    /// `imageType` by direction (`in`, `out`).
+    pub image_type: BTreeMap<String, String>,
+    pub gate_signal: String,
+    pub cargo_unit: String,
+}
+
+/// 河北 一体化 (§4.4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HebeiShape {
+    pub token: String,
+    pub upload: String,
+    /// Reply `code` of success ("10000").
+    pub ok: String,
+    /// Reply codes meaning "log in again".
+    #[serde(default)]
+    pub auth_codes: Vec<String>,
+    /// Issued with the platform account; sent as the `Client_id` header at login.
+    pub client_id: String,
+    pub client_id_header: String,
+    pub client_secret_header: String,
+    /// How the password is "encrypted" in the token form: md5 (lower-case hex), base64, plain.
+    pub password_encoding: PasswordEncoding,
+    /// networkingStatus (联网状态 §2.8) sent with every record: "1" 已联网, "0" 未联网.
+    pub networking_status: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordEncoding {
+    Md5,
+    Base64,
+    Plain,
 }
 
 /// The logical record fields the transportControl shape fills.
@@ -142,6 +275,20 @@ pub const RECORD_FIELDS: &[&str] = &[
     "direction",
     "stage",
     "fuel",
+];
+
+/// The logical cargo fields the transportControl shareGoodsRecord fills.
+pub const CARGO_FIELDS: &[&str] = &[
+    "serial",
+    "enterprise",
+    "enterprise_name",
+    "gate",
+    "plate",
+    "plate_color",
+    "time",
+    "name",
+    "amount",
+    "unit",
 ];
 
 pub const PHOTO_FIELDS: &[&str] = &[
@@ -193,6 +340,128 @@ impl PlatformProfile {
     }
 
     fn check(&self) -> Result<(), String> {
+        let tc = self.protocol == Protocol::TransportControl;
+        if tc {
+            self.check_transport_control()?;
+        }
+        match (self.protocol, &self.kaifeng, &self.hebei) {
+            (Protocol::Kaifeng, None, _) => {
+                return Err("protocol kaifeng needs a [kaifeng] section".into())
+            }
+            (Protocol::Hebei, _, None) => {
+                return Err("protocol hebei needs a [hebei] section".into())
+            }
+            (Protocol::Kaifeng, _, Some(_)) | (Protocol::TransportControl, _, Some(_)) => {
+                return Err(format!(
+                    "[hebei] does not belong in a {:?} profile",
+                    self.protocol
+                ))
+            }
+            (Protocol::Hebei, Some(_), _) | (Protocol::TransportControl, Some(_), _) => {
+                return Err(format!(
+                    "[kaifeng] does not belong in a {:?} profile",
+                    self.protocol
+                ))
+            }
+            _ => {}
+        }
+        if let Some(k) = &self.kaifeng {
+            for d in ["in", "out"] {
+                if !k.image_type.contains_key(d) {
+                    return Err(format!("[kaifeng.image_type] has no code for `{d}`"));
+                }
+            }
+        }
+        match &self.downlink {
+            Some(_) if !tc => {
+                return Err("[downlink] is for transportControl profiles (the vehicle check of the other shapes is not built yet)".into())
+            }
+            Some(d) => d.check()?,
+            None => {}
+        }
+        if self.cargo.is_some() && !tc {
+            return Err("[cargo] is for transportControl profiles (the other shapes have their own cargo form)".into());
+        }
+        if let Some(c) = &self.cargo {
+            for k in c.fields.keys() {
+                if !CARGO_FIELDS.contains(&k.as_str()) {
+                    return Err(format!(
+                        "unknown field `{k}` in [cargo.fields] (known: {})",
+                        CARGO_FIELDS.join(", ")
+                    ));
+                }
+            }
+            if !c.fields.contains_key("serial") {
+                return Err("[cargo.fields] must name the `serial` field".into());
+            }
+        }
+        match self.auth.kind {
+            AuthKind::Login if !tc && self.auth.token_header.is_none() => {
+                return Err("[auth] kind = \"login\" needs `token_header` (the HTTP header the token goes in)".into())
+            }
+            AuthKind::StaticToken if self.auth.token_header.is_none() => {
+                return Err("[auth] kind = \"static_token\" needs `token_header`".into())
+            }
+            AuthKind::StaticToken | AuthKind::Signed if tc => {
+                return Err("transportControl platforms carry the token in the envelope: [auth] kind must be \"login\"".into())
+            }
+            _ => {}
+        }
+        if self.photo.encoding == PhotoEncoding::Url && tc {
+            return Err("[photo] encoding = \"url\" is for the kaifeng and hebei shapes".into());
+        }
+        for c in PlateColor::ALL {
+            if !self.codes.plate_color.contains_key(c.name()) {
+                return Err(format!(
+                    "[codes.plate_color] has no code for `{}`",
+                    c.name()
+                ));
+            }
+        }
+        for d in ["in", "out"] {
+            if !self.codes.direction.contains_key(d) {
+                return Err(format!("[codes.direction] has no code for `{d}`"));
+            }
+        }
+        if tc {
+            for b in ["auto", "manual", "remote"] {
+                if !self.codes.barrier.contains_key(b) {
+                    return Err(format!("[codes.barrier] has no code for `{b}`"));
+                }
+            }
+            if !self.codes.photo_kind.contains_key("other") {
+                return Err("[codes.photo_kind] needs an `other` code".into());
+            }
+        }
+        // A bad strftime string would only show at the first upload; catch it now.
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        if write!(
+            s,
+            "{}",
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH.format(&self.time.format)
+        )
+        .is_err()
+        {
+            return Err(format!("[time] format `{}` is not valid", self.time.format));
+        }
+        Ok(())
+    }
+
+    fn check_transport_control(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("paths.login", &self.paths.login),
+            ("paths.record", &self.paths.record),
+            ("paths.photo", &self.paths.photo),
+            ("envelope.organ", &self.envelope.organ),
+            ("operations.record", &self.operations.record),
+            ("reply.code", &self.reply.code),
+            ("auth.username", &self.auth.username),
+        ] {
+            if v.is_empty() {
+                return Err(format!("a transport_control profile needs [{what}]"));
+            }
+        }
         for (what, map, need) in [
             ("record.fields", &self.record.fields, RECORD_FIELDS),
             ("photo.fields", &self.photo.fields, PHOTO_FIELDS),
@@ -213,42 +482,6 @@ impl PlatformProfile {
             if !map.contains_key("serial") {
                 return Err(format!("[{what}] must name the `serial` field"));
             }
-        }
-        for c in PlateColor::ALL {
-            if !self.codes.plate_color.contains_key(c.name()) {
-                return Err(format!(
-                    "[codes.plate_color] has no code for `{}`",
-                    c.name()
-                ));
-            }
-        }
-        for d in ["in", "out"] {
-            if !self.codes.direction.contains_key(d) {
-                return Err(format!("[codes.direction] has no code for `{d}`"));
-            }
-        }
-        for b in ["auto", "manual", "remote"] {
-            if !self.codes.barrier.contains_key(b) {
-                return Err(format!("[codes.barrier] has no code for `{b}`"));
-            }
-        }
-        if !self.codes.photo_kind.contains_key("other") {
-            return Err("[codes.photo_kind] needs an `other` code".into());
-        }
-        if let Some(d) = &self.downlink {
-            d.check()?;
-        }
-        // A bad strftime string would only show at the first upload; catch it now.
-        use std::fmt::Write as _;
-        let mut s = String::new();
-        if write!(
-            s,
-            "{}",
-            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH.format(&self.time.format)
-        )
-        .is_err()
-        {
-            return Err(format!("[time] format `{}` is not valid", self.time.format));
         }
         Ok(())
     }
@@ -284,5 +517,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`fule`"), "{e}");
+    }
+
+    #[test]
+    fn builtin_kaifeng_and_hebei_load_and_are_checked_per_protocol() {
+        let k = PlatformProfile::builtin("kaifeng").unwrap();
+        assert_eq!(k.protocol, Protocol::Kaifeng);
+        assert_eq!(k.codes.direction["in"], "A");
+        assert_eq!(k.auth.token_header.as_deref(), Some("token"));
+        assert_eq!(k.photo.encoding, PhotoEncoding::Url);
+        let h = PlatformProfile::builtin("hebei").unwrap();
+        assert_eq!(h.protocol, Protocol::Hebei);
+        assert_eq!(h.auth.token_prefix, "Bearer ");
+        assert_eq!(
+            h.hebei.as_ref().map(|x| x.password_encoding),
+            Some(PasswordEncoding::Md5)
+        );
+
+        let kt = include_str!("../../profiles/platform/kaifeng.toml");
+        let err = |t: &str| PlatformProfile::parse(t, "k.toml").unwrap_err().to_string();
+        let cut = kt.find("\n[kaifeng]\n").unwrap();
+        let end = kt.find("\n[time]\n").unwrap();
+        let no_section = format!("{}{}", &kt[..cut], &kt[end..]);
+        let e = err(&no_section);
+        assert!(e.contains("needs a [kaifeng] section"), "{e}");
+        assert!(err(&kt.replace("out = \"2\"", "")).contains("[kaifeng.image_type]"));
+        assert!(err(&kt.replace("token_header = \"token\"", "")).contains("token_header"));
+        assert!(err(&kt.replace("kind = \"login\"", "kind = \"sso\"")).contains("sso"));
+        assert!(err(&kt.replace("blue = \"0\"", "")).contains("blue"));
+        // Header auth does not fit the transportControl envelope.
+        let tc = include_str!("../../profiles/platform/transport-control.toml");
+        let e = err(&tc.replace(
+            "credentials = \"top\"",
+            "kind = \"signed\"\ncredentials = \"top\"",
+        ));
+        assert!(e.contains("kind must be"), "{e}");
+        let e = err(&tc.replace("encoding = \"base64\"", "encoding = \"url\""));
+        assert!(e.contains("url"), "{e}");
+        let e = err(&tc.replace("amount = [\"ysl\"]", "weight = [\"ysl\"]"));
+        assert!(e.contains("`weight`"), "{e}");
     }
 }

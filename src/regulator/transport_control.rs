@@ -205,7 +205,8 @@ pub fn photo_value(
     put(&mut v, f, "index", &index.to_string());
     put(&mut v, f, "kind", p.photo_kind_code(role));
     let image = match p.photo.encoding {
-        PhotoEncoding::Base64 => base64(jpeg),
+        // `url` is refused for transportControl profiles (profile check).
+        PhotoEncoding::Base64 | PhotoEncoding::Url => base64(jpeg),
         PhotoEncoding::DataUri => format!("data:image/jpeg;base64,{}", base64(jpeg)),
     };
     put(&mut v, f, "image", &image);
@@ -379,7 +380,7 @@ impl TcClient {
 
     /// One operation with the current token; logs in again once if the platform says the
     /// token is no longer good.
-    async fn call(&self, path: &str, op: &str, value: Value) -> Result<(), SendError> {
+    pub(crate) async fn call(&self, path: &str, op: &str, value: Value) -> Result<(), SendError> {
         self.call_reply(path, op, value).await.map(|_| ())
     }
 
