@@ -28,9 +28,10 @@ pub struct Point {
     /// Engineering unit, sent as the `engUnit` property in births.
     pub unit: Option<&'static str>,
     pub value: Option<Val>,
-    /// Relative change below which a new value is not reported (0: any change is). Keeps a
-    /// jittering round-trip time from turning every poll into a DDATA.
-    pub deadband: f64,
+    /// Change below which a new value is not reported: the larger of a fraction of the old
+    /// value and an absolute amount ((0, 0): any change is). Keeps a jittering round-trip time
+    /// from turning every poll into a DDATA.
+    pub deadband: (f64, f64),
 }
 
 impl Point {
@@ -40,7 +41,7 @@ impl Point {
             datatype,
             unit: None,
             value,
-            deadband: 0.0,
+            deadband: (0.0, 0.0),
         }
     }
 
@@ -52,8 +53,9 @@ impl Point {
     /// True when `self` (new) differs from `old` enough to be reported.
     pub fn changed_from(&self, old: &Point) -> bool {
         match (&self.value, &old.value) {
-            (Some(Val::I64(a)), Some(Val::I64(b))) if self.deadband > 0.0 => {
-                let band = (self.deadband * (*b as f64).abs()).max(1.0);
+            (Some(Val::I64(a)), Some(Val::I64(b))) if self.deadband != (0.0, 0.0) => {
+                let (rel, abs) = self.deadband;
+                let band = (rel * (*b as f64).abs()).max(abs);
                 ((*a - *b) as f64).abs() >= band
             }
             (a, b) => a != b,
@@ -244,7 +246,8 @@ pub fn device_points(h: &DeviceHealth, device: &str, alarms: &[ActiveAlarm]) -> 
             .map(|d| Val::I64(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
     )
     .unit("ms");
-    rtt.deadband = 0.25;
+    // LAN round trips jitter by milliseconds: only a move of 10 ms and 50 % is news.
+    rtt.deadband = (0.5, 10.0);
     vec![
         Point::new("Properties/Kind", DataType::String, text(Some("device"))),
         Point::new("Properties/Device", DataType::String, text(Some(device))),
@@ -276,7 +279,9 @@ mod tests {
             ..Default::default()
         };
         let old = device_points(&h(40), "io1", &[]);
-        assert!(changes(&device_points(&h(45), "io1", &[]), &old).is_empty());
+        assert!(changes(&device_points(&h(55), "io1", &[]), &old).is_empty());
+        let small = device_points(&h(2), "io1", &[]);
+        assert!(changes(&device_points(&h(11), "io1", &[]), &small).is_empty());
         let moved = device_points(&h(60), "io1", &[]);
         let c = changes(&moved, &old);
         assert_eq!(c.len(), 1);
