@@ -695,3 +695,22 @@ fn sparkplug_config_errors_point_at_the_key() {
     let cfg = SparkplugConfig::from_plan(&m, "cfg").unwrap().unwrap();
     assert_eq!(cfg.mqtt.client_id, "ecogate-cfg-spb", "its own client id");
 }
+
+#[test]
+fn every_metric_is_documented_with_its_type_and_unit() {
+    use ecogate::uplink::sparkplug::metrics;
+    let doc = std::fs::read_to_string("docs/mqtt.md").unwrap();
+    let facts = metrics::NodeFacts::default();
+    let all = metrics::node_points(&facts, &[])
+        .into_iter()
+        .chain(metrics::lane_points(&LaneStatus::default(), "L", &[]))
+        .chain(metrics::device_points(&Default::default(), "d", &[]));
+    for p in all {
+        let unit = p.unit.map(|u| format!(" {u} ")).unwrap_or(" ".into());
+        let row = format!("| `{}` | {:?} |{unit}|", p.name, p.datatype);
+        assert!(doc.contains(&row), "docs/mqtt.md lacks the row {row}");
+    }
+    for name in ["bdSeq", REBIRTH] {
+        assert!(doc.contains(&format!("| `{name}` |")), "{name}");
+    }
+}

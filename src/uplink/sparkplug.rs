@@ -265,6 +265,9 @@ impl SparkplugNode {
                 id = format!("{base}~{n}");
                 n += 1;
             }
+            if id != base {
+                tracing::warn!(device = %base, id = %id, "Sparkplug device id taken; renamed");
+            }
             id
         };
         for (i, l) in sources.lanes.iter().enumerate() {
