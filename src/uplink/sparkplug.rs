@@ -440,7 +440,8 @@ impl Node {
                         tracing::debug!(error = %e, "Sparkplug connect failed");
                     }
                     self.connected = false;
-                    // Nothing from the old session may follow the next NBIRTH.
+                    // Nothing from the old session may follow the next NBIRTH (a rebirth request
+                    // still queued is moot: the next connection gets births anyway).
                     eventloop.pending.clear();
                     eventloop.state.events.clear();
                     if self.session_used {
@@ -643,9 +644,12 @@ impl Node {
             .into_iter()
             .map(|p| p.to_metric(false, at))
             .collect();
+        // A message that could not be queued leaves a gap in seq and a host with stale values:
+        // births on the next tick repair both.
+        let mut ok = true;
         if !changed.is_empty() {
             let t = self.topics.node("NDATA");
-            self.send(t, changed, at);
+            ok &= self.send(t, changed, at);
             self.node_last = points;
         }
         for i in 0..self.devs.len() {
@@ -658,26 +662,29 @@ impl Node {
             match (self.devs[i].alive, up) {
                 (true, true) => {
                     if !changed.is_empty() {
-                        self.send(self.topics.device("DDATA", &id), changed, at);
+                        ok &= self.send(self.topics.device("DDATA", &id), changed, at);
                     }
                 }
                 (true, false) => {
                     if !changed.is_empty() {
-                        self.send(self.topics.device("DDATA", &id), changed, at);
+                        ok &= self.send(self.topics.device("DDATA", &id), changed, at);
                     }
                     tracing::info!(device = %id, "Sparkplug device down: DDEATH");
-                    self.send(self.topics.device("DDEATH", &id), Vec::new(), at);
+                    ok &= self.send(self.topics.device("DDEATH", &id), Vec::new(), at);
                     self.devs[i].alive = false;
                 }
                 (false, true) => {
                     let metrics = points.iter().map(|p| p.to_metric(true, at)).collect();
                     tracing::info!(device = %id, "Sparkplug device up: DBIRTH");
-                    self.send(self.topics.device("DBIRTH", &id), metrics, at);
+                    ok &= self.send(self.topics.device("DBIRTH", &id), metrics, at);
                     self.devs[i].alive = true;
                 }
                 (false, false) => {}
             }
             self.devs[i].last = points;
+        }
+        if !ok {
+            self.need_birth = true;
         }
     }
 
