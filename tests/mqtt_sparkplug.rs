@@ -579,13 +579,19 @@ async fn a_broker_restart_gives_new_births_with_the_next_bdseq_and_a_stopped_lan
         node: "n1".into(),
     };
     let mut w = Watch::new(&group, "n1", broker.port).await;
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger = ecogate::ledger::Ledger::open(ledger_dir.path()).unwrap();
+    let board = ecogate::alarm::AlarmBoard::new(ledger.clone());
+    let alarms = board.spawn_recorder();
     let node = SparkplugNode::start(
         cfg,
         "s",
         Sources {
             lanes: vec![lane],
             devices: vec![("scale#1".into(), h1)],
-            ..Default::default()
+            ledger: Some(ledger.clone()),
+            alarms: Some(board.clone()),
+            uplinks: None,
         },
         dir.path(),
     )
@@ -600,6 +606,37 @@ async fn a_broker_restart_gives_new_births_with_the_next_bdseq_and_a_stopped_lan
     let d = w.wait("DDATA", |s| s.kind == "DDATA").await;
     assert_eq!(d.string("State"), Some("deciding"));
     assert_eq!(d.payload.metrics.len(), 1, "only what changed: {d:?}");
+
+    // A UPS on battery: the node's power and alarm metrics, and the device's own alarm count.
+    assert_eq!(nbirth.bool("Power/On Battery"), Some(false));
+    alarms
+        .send(ecogate::health::Alarm::device(
+            "scale#1",
+            "ups_on_battery",
+            "",
+            true,
+        ))
+        .unwrap();
+    let n = w
+        .wait("NDATA on battery", |s| {
+            s.kind == "NDATA" && s.bool("Power/On Battery") == Some(true)
+        })
+        .await;
+    assert!(
+        n.metric("Ledger/Head Seq").is_some(),
+        "the alarm is a ledger event"
+    );
+    let dev = w
+        .seen_or_wait("device alarm count", |s| {
+            s.kind == "DDATA"
+                && s.device.as_deref() == Some("scale_1")
+                && s.metric("Alarms/Active").is_some()
+        })
+        .await;
+    assert!(matches!(
+        dev.metric("Alarms/Active").unwrap().value,
+        Some(MetricValue::IntValue(1))
+    ));
 
     broker.down();
     tokio::time::sleep(Duration::from_millis(300)).await;
