@@ -54,7 +54,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub simulators: bool,
     /// Publish the site's whole MQTT topic tree to this broker (e.g. mqtt://127.0.0.1:1883);
-    /// watch it with `mosquitto_sub -t 'ecogate/#' -v`.
+    /// watch it with `mosquitto_sub -t 'ecogate/#' -v`; a Sparkplug B edge node too (`spBv1.0/#`).
     #[arg(long)]
     pub mqtt: Option<String>,
     /// Where the console and the HTTP API listen (camera ingest too with --simulators).
@@ -862,7 +862,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ) + &args
             .mqtt
             .as_ref()
-            .map(|u| format!("\n[uplinks.mqtt]\nurl = {u:?}\n"))
+            .map(|u| format!("\n[uplinks.mqtt]\nurl = {u:?}\nstyles = [\"json\", \"sparkplug\"]\n"))
             .unwrap_or_default(),
     )
     .with_context(|| format!("writing {}", site_file.display()))?;
@@ -893,7 +893,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let (handles, decider, ledger, mut kits, mut gateway, mut bridge, api) = if args.simulators {
+    let (handles, decider, ledger, mut kits, mut gateway, mut bridge, mut sparkplug, api) = if args
+        .simulators
+    {
         let gw =
             crate::gateway::Gateway::start(plan, Some(args.listen), Some(registry.clone())).await?;
         anyhow::ensure!(
@@ -925,6 +927,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             gw.ledger.clone(),
             kits,
             Some(gw),
+            None,
             None,
             api,
         )
@@ -1008,6 +1011,28 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         };
+        let sparkplug = match plan.mqtt.as_ref() {
+            Some(m) => {
+                match crate::uplink::sparkplug::SparkplugConfig::from_plan(m, &plan.site_id)? {
+                    Some(cfg) => Some(
+                        crate::uplink::sparkplug::SparkplugNode::start(
+                            cfg,
+                            &plan.site_id,
+                            crate::uplink::sparkplug::Sources {
+                                lanes: handles.clone(),
+                                ledger: Some(ledger.clone()),
+                                alarms: Some(board.clone()),
+                                ..Default::default()
+                            },
+                            &plan.data_dir,
+                        )
+                        .await?,
+                    ),
+                    None => None,
+                }
+            }
+            None => None,
+        };
         let api = crate::api::ApiState::new(crate::api::ApiParts {
             plan: Arc::new(plan.clone()),
             lanes: handles.clone(),
@@ -1029,7 +1054,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 tracing::error!(error = %e, "console listener stopped");
             }
         });
-        (handles, decider, ledger, kits, None, bridge, (addr, api))
+        (
+            handles,
+            decider,
+            ledger,
+            kits,
+            None,
+            bridge,
+            sparkplug,
+            (addr, api),
+        )
     };
     let demo_users = add_demo_users(&api.1).await?;
     {
@@ -1185,6 +1219,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         b.shutdown().await;
+    }
+    if let Some(n) = sparkplug
+        .take()
+        .or_else(|| gateway.as_mut().and_then(|g| g.sparkplug.take()))
+    {
+        n.shutdown().await;
     }
     drop(ledger);
     drop(gateway);

@@ -48,6 +48,9 @@ pub struct Gateway {
     /// The MQTT bridge to SCADA, when `[uplinks.mqtt]` is configured. Dropping it cuts the
     /// connection (the broker then publishes the site offline).
     pub mqtt: Option<crate::uplink::MqttBridge>,
+    /// The Sparkplug B edge node, when `styles` includes `sparkplug`. Dropping it cuts its
+    /// connection (the broker then publishes its NDEATH).
+    pub sparkplug: Option<crate::uplink::sparkplug::SparkplugNode>,
     /// One uplink per enabled `[[uplinks.platforms]]`, each over its own ledger cursor. The
     /// health checks and the MQTT bridge read their KPIs through weak references.
     pub regulators: Vec<Arc<crate::regulator::RegulatorUplink>>,
@@ -156,7 +159,7 @@ impl Gateway {
         let uplink_kpis = kpi_source(&regulators);
         let activity = health_checks(&plan, &devices, &lanes, &ledger, &uplink_kpis)
             .spawn_with(site_alarms.clone());
-        let mqtt = match &plan.mqtt {
+        let mqtt = match plan.mqtt.as_ref().filter(|m| m.json) {
             Some(m) => Some(
                 crate::uplink::MqttBridge::start_with(
                     crate::uplink::MqttConfig::from_plan(m, &plan.site_id)?,
@@ -167,11 +170,34 @@ impl Gateway {
                     &plan.data_dir,
                     crate::uplink::mqtt::BridgeExtras {
                         alarms: Some(alarm_board.clone()),
-                        uplinks: Some(uplink_kpis),
+                        uplinks: Some(uplink_kpis.clone()),
                     },
                 )
                 .await?,
             ),
+            None => None,
+        };
+        let sparkplug = match &plan.mqtt {
+            Some(m) => {
+                match crate::uplink::sparkplug::SparkplugConfig::from_plan(m, &plan.site_id)? {
+                    Some(cfg) => Some(
+                        crate::uplink::sparkplug::SparkplugNode::start(
+                            cfg,
+                            &plan.site_id,
+                            crate::uplink::sparkplug::Sources {
+                                lanes: lanes.clone(),
+                                devices: devices.health().into_iter().collect(),
+                                ledger: Some(ledger.clone()),
+                                alarms: Some(alarm_board.clone()),
+                                uplinks: Some(uplink_kpis),
+                            },
+                            &plan.data_dir,
+                        )
+                        .await?,
+                    ),
+                    None => None,
+                }
+            }
             None => None,
         };
 
@@ -275,6 +301,7 @@ impl Gateway {
             http_addr,
             device_errors,
             mqtt,
+            sparkplug,
             regulators,
             downlinks,
             power_loss,
@@ -429,6 +456,9 @@ impl Gateway {
     /// Stops the uplinks cleanly (the MQTT bridge publishes offline; each regulator uplink
     /// finishes the record in flight). Every record is already durable when it is appended.
     pub async fn stop(&mut self) {
+        if let Some(n) = self.sparkplug.take() {
+            n.shutdown().await;
+        }
         if let Some(b) = self.mqtt.take() {
             b.shutdown().await;
         }

@@ -75,6 +75,17 @@ pub struct MqttPlan {
     pub max_inflight: usize,
     /// With `mqtts://`.
     pub tls: Option<MqttTls>,
+    /// Publish the JSON topic tree (style `json`).
+    pub json: bool,
+    /// Run a Sparkplug B edge node (style `sparkplug`).
+    pub sparkplug: Option<SparkplugPlan>,
+}
+
+/// Sparkplug B naming: `spBv1.0/{group}/…/{node}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparkplugPlan {
+    pub group: String,
+    pub node: String,
 }
 
 /// TLS to the broker: the CA to trust, and the client certificate when the broker asks for one.
@@ -336,6 +347,9 @@ impl Plan {
         ));
         if let Some(m) = &self.mqtt {
             s.push_str(&format!("; MQTT {}", m.url));
+            if let Some(sp) = &m.sparkplug {
+                s.push_str(&format!(" (Sparkplug B {}/{})", sp.group, sp.node));
+            }
         }
         if !self.platforms.is_empty() {
             s.push_str(&format!("; {} platform uplink(s)", self.platforms.len()));
@@ -522,7 +536,7 @@ impl Validator<'_> {
                 None
             }
         };
-        let mqtt = raw.uplinks.mqtt.as_ref().map(|m| self.mqtt(m));
+        let mqtt = raw.uplinks.mqtt.as_ref().map(|m| self.mqtt(m, &site_id));
         let health = self.health(&raw.health);
         let mut platforms = Vec::new();
         for (i, p) in raw.uplinks.platforms.iter().enumerate() {
@@ -821,7 +835,7 @@ impl Validator<'_> {
         }
     }
 
-    fn mqtt(&mut self, m: &super::site::RawMqtt) -> MqttPlan {
+    fn mqtt(&mut self, m: &super::site::RawMqtt, site_id: &str) -> MqttPlan {
         let tls = m.url.starts_with("mqtts://");
         if !tls && !m.url.starts_with("mqtt://") {
             self.err(
@@ -908,6 +922,7 @@ impl Validator<'_> {
                 None
             }
         };
+        let (json, sparkplug) = self.mqtt_styles(m, site_id);
         MqttPlan {
             url: m.url.clone(),
             client_id: m.client_id.clone(),
@@ -916,7 +931,78 @@ impl Validator<'_> {
             keep_alive,
             max_inflight: max_inflight.clamp(1, 1000) as usize,
             tls,
+            json,
+            sparkplug,
         }
+    }
+
+    /// `styles`, `sparkplug_group`, `sparkplug_node`.
+    fn mqtt_styles(
+        &mut self,
+        m: &super::site::RawMqtt,
+        site_id: &str,
+    ) -> (bool, Option<SparkplugPlan>) {
+        let styles = m.styles.clone().unwrap_or_else(|| vec!["json".into()]);
+        if styles.is_empty() {
+            self.err(
+                &path!["uplinks", "mqtt", "styles"],
+                At::Value,
+                "no MQTT publishing style",
+                "write styles = [\"json\"], [\"sparkplug\"] or both, or remove [uplinks.mqtt]",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in styles.iter().enumerate() {
+            if s != "json" && s != "sparkplug" {
+                self.err(
+                    &path!["uplinks", "mqtt", "styles", i],
+                    At::Value,
+                    format!("unknown MQTT style `{s}`"),
+                    "the styles are \"json\" (the ecogate/v1 tree) and \"sparkplug\" (Sparkplug B)",
+                );
+            } else if !seen.insert(s.as_str()) {
+                self.err(
+                    &path!["uplinks", "mqtt", "styles", i],
+                    At::Value,
+                    format!("style `{s}` is listed twice"),
+                    "list each style once",
+                );
+            }
+        }
+        let json = seen.contains("json");
+        if !seen.contains("sparkplug") {
+            for (key, set) in [
+                ("sparkplug_group", m.sparkplug_group.is_some()),
+                ("sparkplug_node", m.sparkplug_node.is_some()),
+            ] {
+                if set {
+                    self.err(
+                        &path!["uplinks", "mqtt", key],
+                        At::Key,
+                        format!("`{key}` is only used with the sparkplug style"),
+                        "add \"sparkplug\" to styles, or remove the key",
+                    );
+                }
+            }
+            return (json, None);
+        }
+        let mut id = |key: &str, v: &Option<String>, default: &str| -> String {
+            let v = v.clone().unwrap_or_else(|| default.to_string());
+            if !crate::uplink::sparkplug::valid_id(&v) {
+                self.err(
+                    &path!["uplinks", "mqtt", key],
+                    At::Value,
+                    format!(
+                        "Sparkplug id `{v}` is empty or contains `/`, `+`, `#`, a control character or outer spaces"
+                    ),
+                    "it is a topic level: spBv1.0/{group}/NBIRTH/{node}, e.g. \"plant-a\"",
+                );
+            }
+            v
+        };
+        let group = id("sparkplug_group", &m.sparkplug_group, "ecogate");
+        let node = id("sparkplug_node", &m.sparkplug_node, site_id);
+        (json, Some(SparkplugPlan { group, node }))
     }
 
     fn health(&mut self, h: &super::site::RawHealth) -> HealthPlan {

@@ -291,6 +291,13 @@ pub struct RawMqtt {
     /// PEM client certificate and key, for brokers that require client certificates.
     pub client_cert: Option<String>,
     pub client_key: Option<String>,
+    /// Publishing styles: `json` (the `ecogate/v1/…` tree) and/or `sparkplug` (Sparkplug B on
+    /// its own connection); `["json"]` when absent.
+    pub styles: Option<Vec<String>>,
+    /// Sparkplug group id (`ecogate` when absent).
+    pub sparkplug_group: Option<String>,
+    /// Sparkplug edge node id (the site id when absent).
+    pub sparkplug_node: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

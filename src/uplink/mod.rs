@@ -2,5 +2,6 @@
 
 pub mod cursor;
 pub mod mqtt;
+pub mod sparkplug;
 
 pub use mqtt::{MqttBridge, MqttConfig, MqttError};
