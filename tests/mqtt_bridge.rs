@@ -3,6 +3,7 @@
 //! retained topics it made.
 
 mod mqtt_support;
+mod support;
 
 use ecogate::lane::engine::Input;
 use ecogate::ledger::Ledger;

@@ -319,28 +319,5 @@ impl Drop for Broker {
 /// One gate with one entry lane (push camera, LED behind it, Modbus relay module at
 /// `io_addr`), for site files in tests; append `[storage]`, `[uplinks.mqtt]` and so on.
 pub fn one_lane(io_addr: &str) -> String {
-    format!(
-        r#"[[gates]]
-id = "1"
-name = "东门"
-[[gates.lanes]]
-id = "1-in"
-direction = "in"
-machine = "entry"
-camera = "cam1"
-barrier = "io1"
-sign = "led1"
-voice = "led1"
-[devices.cam1]
-profile = "camera/vz-ivs"
-address = "ingest:cam1"
-[devices.led1]
-profile = "led/parking-0x64"
-via = "cam1"
-[devices.io1]
-profile = "io/modbus-relay-8ch"
-address = "tcp://{io_addr}"
-poll = "100ms"
-"#
-    )
+    crate::support::one_lane_gate(io_addr, false, "100ms")
 }

@@ -14,7 +14,20 @@ pub fn site_header(id: &str) -> String {
 /// (`led1`), the ledger in `ledger/`. `tail` adds sections (`[http]`, `[policy]`, …).
 pub fn one_lane_site(id: &str, io: std::net::SocketAddr, tail: &str) -> String {
     format!(
-        r#"{header}[[gates]]
+        "{header}{gate}timeout = \"300ms\"\n[storage]\ndata_dir = \"ledger\"\n{tail}",
+        header = site_header(id),
+        gate = one_lane_gate(&io.to_string(), true, "50ms")
+    )
+}
+
+/// The `[[gates]]` and `[devices]` of [`one_lane_site`]: gate `1`, entry lane `1-in` with
+/// camera `cam1`, relay module `io1` at `io` polled every `poll` (its loop detector as the
+/// lane's `loop` when `with_loop`), sign and voice `led1` behind the camera. Ends inside
+/// `[devices.io1]`, so keys for that device may follow.
+pub fn one_lane_gate(io: &str, with_loop: bool, poll: &str) -> String {
+    let loop_line = if with_loop { "loop = \"io1\"\n" } else { "" };
+    format!(
+        r#"[[gates]]
 id = "1"
 name = "东门"
 [[gates.lanes]]
@@ -23,24 +36,19 @@ direction = "in"
 machine = "entry"
 camera = "cam1"
 barrier = "io1"
-loop = "io1"
-sign = "led1"
+{loop_line}sign = "led1"
 voice = "led1"
 [devices.cam1]
 profile = "camera/vz-ivs"
 address = "ingest:cam1"
-[devices.io1]
-profile = "io/modbus-relay-8ch"
-address = "tcp://{io}"
-timeout = "300ms"
-poll = "50ms"
 [devices.led1]
 profile = "led/parking-0x64"
 via = "cam1"
-[storage]
-data_dir = "ledger"
-{tail}"#,
-        header = site_header(id)
+[devices.io1]
+profile = "io/modbus-relay-8ch"
+address = "tcp://{io}"
+poll = "{poll}"
+"#
     )
 }
 
