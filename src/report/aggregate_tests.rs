@@ -18,10 +18,24 @@ use serde_json::json;
 
 /// Plates, with the awkward ones: none, blank, an ideographic space, two colours of one plate.
 const PLATES: [&str; 12] = [
-    "豫A00001", "豫A00002", "豫A00003", "豫A00004", "豫A00005", "豫A00006", "豫AD0007",
-    "豫B00008", "", " ", "\u{3000}", "豫A00001 ",
+    "豫A00001",
+    "豫A00002",
+    "豫A00003",
+    "豫A00004",
+    "豫A00005",
+    "豫A00006",
+    "豫AD0007",
+    "豫B00008",
+    "",
+    " ",
+    "\u{3000}",
+    "豫A00001 ",
 ];
-const COLORS: [PlateColor; 3] = [PlateColor::Yellow, PlateColor::Blue, PlateColor::YellowGreen];
+const COLORS: [PlateColor; 3] = [
+    PlateColor::Yellow,
+    PlateColor::Blue,
+    PlateColor::YellowGreen,
+];
 const CARGO: [Option<&str>; 5] = [Some("煤"), Some(" 煤 "), Some("矿石"), Some(""), None];
 const STAGES: [Option<EmissionStage>; 7] = [
     None,
@@ -32,11 +46,18 @@ const STAGES: [Option<EmissionStage>; 7] = [
     Some(EmissionStage::Electric),
     Some(EmissionStage::Unknown),
 ];
-const FUELS: [Option<Fuel>; 4] = [None, Some(Fuel::Diesel), Some(Fuel::Electric), Some(Fuel::NaturalGas)];
+const FUELS: [Option<Fuel>; 4] = [
+    None,
+    Some(Fuel::Diesel),
+    Some(Fuel::Electric),
+    Some(Fuel::NaturalGas),
+];
 
 /// 2026-11-01 00:00 GMT+8.
 fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 10, 31, 16, 0, 0).single().unwrap()
+    Utc.with_ymd_and_hms(2026, 10, 31, 16, 0, 0)
+        .single()
+        .unwrap()
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, xs: &[T]) -> T {
@@ -224,7 +245,11 @@ fn days(p: Period) -> Vec<NaiveDate> {
 /// Every aggregate row, in key order.
 fn dump(conn: &rusqlite::Connection) -> Vec<String> {
     let mut out = Vec::new();
-    for table in ["pass_day_counts", "pass_day_vehicles", "weighing_day_totals"] {
+    for table in [
+        "pass_day_counts",
+        "pass_day_vehicles",
+        "weighing_day_totals",
+    ] {
         let mut stmt = conn
             .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2, 3, 4"))
             .unwrap();
@@ -313,7 +338,9 @@ fn a_correction_moves_the_counts() {
         .unwrap();
     let reader = ledger.reader().unwrap();
     let p = period(None, None, Some("2026-11-01"), None).unwrap();
-    let report = |reader: &crate::ledger::LedgerReader| build_report_from(reader, p, &days(p), Source::Aggregates).unwrap();
+    let report = |reader: &crate::ledger::LedgerReader| {
+        build_report_from(reader, p, &days(p), Source::Aggregates).unwrap()
+    };
     let before = report(&reader);
     assert_eq!(before.daily.days[0].vehicles, 2);
     assert_eq!(before.transport_grade.compliant_vehicles, 1);
@@ -329,7 +356,9 @@ fn a_correction_moves_the_counts() {
         cargo: None,
         net: None,
     });
-    ledger.append_blocking(fix, vec![], at + Duration::hours(2)).unwrap();
+    ledger
+        .append_blocking(fix, vec![], at + Duration::hours(2))
+        .unwrap();
     let after = report(&reader);
     assert_eq!(after.daily.days[0].vehicles, 1);
     assert_eq!(after.transport_grade.vehicles, 1);
@@ -347,7 +376,9 @@ fn a_correction_moves_the_counts() {
         cargo: None,
         net: None,
     });
-    ledger.append_blocking(void, vec![], at + Duration::hours(3)).unwrap();
+    ledger
+        .append_blocking(void, vec![], at + Duration::hours(3))
+        .unwrap();
     let voided = report(&reader);
     assert_eq!(voided.passes.entries, 1);
     assert_eq!(voided.passes.by_gate[0].entries, 1);
@@ -398,22 +429,39 @@ fn rebuild_gives_the_aggregates_the_triggers_kept() {
             &pass_rows(&kept),
             &format!("seed {seed}: rebuild"),
         );
-        assert_same(&refill(&conn), &rebuilt, &format!("seed {seed}: rebuild fill"));
+        assert_same(
+            &refill(&conn),
+            &rebuilt,
+            &format!("seed {seed}: rebuild fill"),
+        );
         // An index version change at open rebuilds too, with the same result.
-        conn.execute("UPDATE meta SET value = 'old' WHERE key = 'pass_index_version'", [])
-            .unwrap();
+        conn.execute(
+            "UPDATE meta SET value = 'old' WHERE key = 'pass_index_version'",
+            [],
+        )
+        .unwrap();
         assert!(crate::report::index::ensure(&conn).unwrap());
-        assert_same(&dump(&conn), &rebuilt, &format!("seed {seed}: version change"));
+        assert_same(
+            &dump(&conn),
+            &rebuilt,
+            &format!("seed {seed}: version change"),
+        );
         // And the triggers are back after the rebuild: new events land in the aggregates.
         drop(conn);
         let mut rng = SplitMix64::new(seed);
         for _ in 0..20 {
             let body = EventBody::PassAttempt(pass(&mut rng));
-            ledger.append_blocking(body, vec![], time(&mut rng)).unwrap();
+            ledger
+                .append_blocking(body, vec![], time(&mut rng))
+                .unwrap();
         }
         let conn = rusqlite::Connection::open(&path).unwrap();
         let now = dump(&conn);
         assert_ne!(pass_rows(&now), pass_rows(&rebuilt));
-        assert_same(&refill(&conn), &now, &format!("seed {seed}: after new events"));
+        assert_same(
+            &refill(&conn),
+            &now,
+            &format!("seed {seed}: after new events"),
+        );
     }
 }

@@ -549,7 +549,13 @@ fn scan_passes(
     }
     let last_pairs: Vec<usize> = last_entry.iter().flatten().map(|(p, _)| *p).collect();
     Ok(finish_scan(
-        counts, gates, hours, &pairs, &last_pairs, daily, &unplated,
+        counts,
+        gates,
+        hours,
+        &pairs,
+        &last_pairs,
+        daily,
+        &unplated,
     ))
 }
 
@@ -687,7 +693,8 @@ fn day_names(days: &[NaiveDate]) -> Vec<String> {
 }
 
 /// [`scan_passes`] for whole local days, from `pass_day_counts` and `pass_day_vehicles`:
-/// a month is tens of thousands of rows instead of every pass.
+/// a month is a row per day × hour × gate × direction × stage/fuel that occurred and one per
+/// vehicle per day it passed, instead of one per pass.
 fn scan_aggregates(reader: &LedgerReader, days: &[NaiveDate]) -> Result<Scan, ReportError> {
     let names = day_names(days);
     let (Some(first), Some(last)) = (names.first().cloned(), names.last().cloned()) else {
@@ -822,7 +829,13 @@ fn scan_aggregates(reader: &LedgerReader, days: &[NaiveDate]) -> Result<Scan, Re
     }
     let last_pairs: Vec<usize> = last_entry.iter().map(|(p, _, _)| *p).collect();
     Ok(finish_scan(
-        counts, gates, hours, &pairs, &last_pairs, daily, &unplated,
+        counts,
+        gates,
+        hours,
+        &pairs,
+        &last_pairs,
+        daily,
+        &unplated,
     ))
 }
 
