@@ -194,6 +194,14 @@ fn main() {
         std::fs::write(&done, "ok").expect("marker");
     } else {
         println!("reusing {}", dir.display());
+        // A ledger kept from before the current index version gets its index rebuilt here
+        // (the reader below opens read-only and would not).
+        if ecogate::report::index::ensure_at(&dir).expect("index") {
+            println!(
+                "index rebuilt to version {}",
+                ecogate::report::index::VERSION
+            );
+        }
     }
     if std::env::var("REPORT_BENCH_REBUILD").is_ok() {
         let conn = rusqlite::Connection::open(dir.join("ledger.db")).expect("db");
