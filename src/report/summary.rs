@@ -313,6 +313,13 @@ fn build_report_from(
     days: &[NaiveDate],
     source: Source,
 ) -> Result<Report, ReportError> {
+    // One read snapshot for every section (the aggregates are several queries): a pass
+    // committed meanwhile is in all of them or in none. Dropping it ends the read.
+    let _snapshot = if reader.conn().is_autocommit() {
+        Some(reader.conn().unchecked_transaction()?)
+    } else {
+        None
+    };
     let warn = warning_days(reader, period.from, period.to)?;
     let (scan, clean) = match source {
         Source::Aggregates => (
