@@ -5,13 +5,28 @@
 //!
 //! Corrections are applied by a trigger too (plate, colour, direction, cargo, net, void), so a
 //! search finds a pass under its corrected plate, like the views do.
+//!
+//! Per-day aggregates sit on top of them, so a period report reads a few rows per day instead
+//! of every pass (docs/reports.md, "How the report is computed"):
+//!
+//! * `pass_day_counts`: passes by day × local hour × gate × entry/exit × manual-or-remote ×
+//!   entry stage × entry fuel, and denied attempts by day;
+//! * `pass_day_vehicles`: per day and plate + colour, its passes and its last entry (time, seq,
+//!   stage, fuel), for distinct vehicles per day and "the stage of a vehicle's last entry";
+//! * `weighing_day_totals`: weighed trips and net grams by day × cargo × stage × fuel.
+//!
+//! Triggers on `pass_index` / `weighing_index` keep them: an insert adds to them, an update (a
+//! correction: plate, colour, direction, cargo, net, void) takes the old row out and puts the
+//! new one in; a vehicle-day whose pass changed is recounted from `pass_index`. [`rebuild`]
+//! fills them with `GROUP BY` instead, an independent computation the tests compare with.
 
+use super::aggregates;
 use crate::ledger::LedgerError;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 /// Bumped when the tables or triggers change: a ledger whose marker differs is rebuilt at open.
-pub const VERSION: &str = "1";
+pub const VERSION: &str = "2";
 const MARKER: &str = "pass_index_version";
 
 /// Column expressions of a pass row, over the body of event `{e}`; `{p}` is the JSON path of
@@ -126,6 +141,13 @@ fn correction_sql(body: &str) -> String {
 
 /// Tables, indexes and triggers; executed by `Ledger::open` after the event schema.
 pub fn schema() -> String {
+    let mut s = base_schema();
+    s.push_str(&aggregates::triggers());
+    s
+}
+
+/// [`schema`] without the aggregate triggers (a rebuild fills the aggregates first).
+fn base_schema() -> String {
     let mut s = String::from(
         "CREATE TABLE IF NOT EXISTS pass_index(
             seq         INTEGER PRIMARY KEY,
@@ -184,6 +206,7 @@ pub fn schema() -> String {
         backfill_weighing_select("NEW"),
         correction_sql("NEW.body"),
     ));
+    s.push_str(aggregates::TABLES);
     s
 }
 
@@ -219,8 +242,12 @@ pub fn rebuild(conn: &Connection) -> Result<(), LedgerError> {
     for t in triggers {
         tx.execute_batch(&format!("DROP TRIGGER \"{}\";", t.replace('"', "")))?;
     }
-    tx.execute_batch("DROP TABLE IF EXISTS pass_index; DROP TABLE IF EXISTS weighing_index;")?;
-    tx.execute_batch(&schema())?;
+    tx.execute_batch(
+        "DROP TABLE IF EXISTS pass_index; DROP TABLE IF EXISTS weighing_index;
+         DROP TABLE IF EXISTS pass_day_counts; DROP TABLE IF EXISTS pass_day_vehicles;
+         DROP TABLE IF EXISTS weighing_day_totals;",
+    )?;
+    tx.execute_batch(&base_schema())?;
     for kind in ["pass_attempt", "manual_release", "backfill"] {
         tx.execute(
             &format!(
@@ -262,6 +289,8 @@ pub fn rebuild(conn: &Connection) -> Result<(), LedgerError> {
             tx.execute(stmt, [seq])?;
         }
     }
+    aggregates::fill(&tx)?;
+    tx.execute_batch(&aggregates::triggers())?;
     tx.execute(
         "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
         [MARKER, VERSION],

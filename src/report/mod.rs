@@ -2,7 +2,8 @@
 //! the inspectors read. Everything here is read-only over the event log except
 //! [`tonnage::record_tonnage`], which appends a `transport_tonnage` event.
 //!
-//! * [`index`]: the derived `pass_index` / `weighing_index` tables the triggers keep in step.
+//! * [`index`]: the derived `pass_index` / `weighing_index` tables the triggers keep in step,
+//!   and the per-day aggregates over them (`aggregates`) that the period report reads.
 //! * [`search::search_passes`]: filtered, paged pass search (`GET /api/v1/passes`).
 //! * [`summary::build_report`]: the period report (`GET /api/v1/reports/summary`).
 //! * [`inspection::build_inspection`]: the 核查 set (`GET /api/v1/inspection`).
@@ -10,6 +11,7 @@
 //!
 //! docs/reports.md gives every figure with its formula and inputs.
 
+mod aggregates;
 pub mod cli;
 pub mod export;
 pub mod index;

@@ -279,10 +279,59 @@ pub fn build_report_for(reader: &LedgerReader, period: Period) -> Result<Report,
     // Reading a month of the index through mmap saves a copy per page; failure is harmless.
     let _ = reader.conn().pragma_update(None, "mmap_size", 1i64 << 30);
     let days = period.days();
+    let source = if whole_days(period, &days) {
+        Source::Aggregates
+    } else {
+        Source::Rows
+    };
+    build_report_from(reader, period, &days, source)
+}
+
+/// Where the pass and weighing figures come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The per-day aggregate tables (a period of whole local days).
+    Aggregates,
+    /// The `pass_index` / `weighing_index` rows (any period; also the tests' reference).
+    Rows,
+}
+
+/// Whether `period` is exactly the local days `days` (then the per-day aggregates cover it).
+fn whole_days(period: Period, days: &[NaiveDate]) -> bool {
+    match (days.first(), days.last()) {
+        (Some(first), Some(last)) => {
+            period.from == local_day_start(*first)
+                && period.to == local_day_start(*last) + Duration::days(1)
+        }
+        _ => false,
+    }
+}
+
+fn build_report_from(
+    reader: &LedgerReader,
+    period: Period,
+    days: &[NaiveDate],
+    source: Source,
+) -> Result<Report, ReportError> {
+    // One read snapshot for every section (the aggregates are several queries): a pass
+    // committed meanwhile is in all of them or in none. Dropping it ends the read.
+    let _snapshot = if reader.conn().is_autocommit() {
+        Some(reader.conn().unchecked_transaction()?)
+    } else {
+        None
+    };
     let warn = warning_days(reader, period.from, period.to)?;
-    let scan = scan_passes(reader, period, &days)?;
-    let clean = clean_transport(reader, period)?;
-    let daily = daily_volumes(&days, &scan.daily, &warn);
+    let (scan, clean) = match source {
+        Source::Aggregates => (
+            scan_aggregates(reader, days)?,
+            clean_transport_aggregates(reader, period, days)?,
+        ),
+        Source::Rows => (
+            scan_passes(reader, period, days)?,
+            clean_transport(reader, period)?,
+        ),
+    };
+    let daily = daily_volumes(days, &scan.daily, &warn);
     Ok(Report {
         from: period.from,
         to: period.to,
@@ -505,6 +554,32 @@ fn scan_passes(
             }
         }
     }
+    let last_pairs: Vec<usize> = last_entry.iter().flatten().map(|(p, _)| *p).collect();
+    Ok(finish_scan(
+        counts,
+        gates,
+        hours,
+        &pairs,
+        &last_pairs,
+        daily,
+        &unplated,
+    ))
+}
+
+/// Per (stage|fuel) pair: entry trips and whether it meets 国五+ or new energy.
+type Pairs = Vec<(String, (u64, bool))>;
+
+/// The figures of a scan from its tallies (shared by the row and the aggregate source).
+/// `last_pairs`: for each vehicle that entered, the pair of its last entry.
+fn finish_scan(
+    mut counts: PassCounts,
+    mut gates: Vec<(String, (u64, u64))>,
+    hours: [(u64, u64); 24],
+    pairs: &Pairs,
+    last_pairs: &[usize],
+    mut daily: Vec<DayTally>,
+    unplated: &[u64],
+) -> Scan {
     for (i, t) in daily.iter_mut().enumerate() {
         t.vehicles += unplated[i];
     }
@@ -516,7 +591,7 @@ fn scan_passes(
     let mut stage_trips: BTreeMap<String, u64> = BTreeMap::new();
     let mut fuel_trips: BTreeMap<String, u64> = BTreeMap::new();
     let mut compliant_trips = 0u64;
-    for (k, (n, ok)) in &pairs {
+    for (k, (n, ok)) in pairs {
         let (s, f) = split(k);
         *stage_trips.entry(s).or_default() += n;
         *fuel_trips.entry(f).or_default() += n;
@@ -545,7 +620,7 @@ fn scan_passes(
     let mut fuel_veh: BTreeMap<String, u64> = BTreeMap::new();
     let mut compliant_veh = 0u64;
     let mut entered = 0u64;
-    for (p, _) in last_entry.iter().flatten() {
+    for p in last_pairs {
         let (k, (_, ok)) = &pairs[*p];
         let (s, f) = split(k);
         *stage_veh.entry(s).or_default() += 1;
@@ -580,7 +655,7 @@ fn scan_passes(
     let fuel_mix = mix(&fuel_trips, &fuel_veh, fuel_label);
     let trip_share = share(compliant_trips, counts.entries);
     let vehicle_share = share(compliant_veh, entered);
-    Ok(Scan {
+    Scan {
         grade: GradeCheck {
             rule: "国五及以上(含燃气)或新能源; A = 100%, B ≥ 80%, C ≥ 50%",
             trips: counts.entries,
@@ -596,7 +671,179 @@ fn scan_passes(
         stage_mix,
         fuel_mix,
         daily,
-    })
+    }
+}
+
+/// Index of a day name in the period's days; rows come grouped by day, so the last answer is
+/// tried first.
+struct DayCursor<'a> {
+    names: &'a [String],
+    last: Option<usize>,
+}
+
+impl DayCursor<'_> {
+    fn index(&mut self, day: &str) -> Option<usize> {
+        if let Some(i) = self.last {
+            if self.names[i] == day {
+                return Some(i);
+            }
+        }
+        self.last = self.names.iter().position(|n| n == day);
+        self.last
+    }
+}
+
+fn day_names(days: &[NaiveDate]) -> Vec<String> {
+    days.iter()
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .collect()
+}
+
+/// [`scan_passes`] for whole local days, from `pass_day_counts` and `pass_day_vehicles`:
+/// a month is a row per day × hour × gate × direction × stage/fuel that occurred and one per
+/// vehicle per day it passed, instead of one per pass.
+fn scan_aggregates(reader: &LedgerReader, days: &[NaiveDate]) -> Result<Scan, ReportError> {
+    let names = day_names(days);
+    let (Some(first), Some(last)) = (names.first().cloned(), names.last().cloned()) else {
+        return Ok(finish_scan(
+            PassCounts::default(),
+            Vec::new(),
+            [(0, 0); 24],
+            &Vec::new(),
+            &[],
+            Vec::new(),
+            &[],
+        ));
+    };
+    let mut cursor = DayCursor {
+        names: &names,
+        last: None,
+    };
+    let mut counts = PassCounts::default();
+    let mut gates: Vec<(String, (u64, u64))> = Vec::new();
+    let mut hours = [(0u64, 0u64); 24];
+    let mut pairs: Pairs = Vec::new();
+    let mut daily = vec![DayTally::default(); days.len()];
+    let mut unplated = vec![0u64; days.len()];
+    let mut key = String::new();
+    let conn = reader.conn();
+    let mut stmt = conn.prepare_cached(
+        "SELECT day, hour, gate, entry, manual, stage, fuel, passes, denied
+         FROM pass_day_counts WHERE day >= ?1 AND day <= ?2",
+    )?;
+    let mut rows = stmt.query([&first, &last])?;
+    while let Some(r) = rows.next()? {
+        counts.denied_attempts += r.get::<_, i64>(8)?.max(0) as u64;
+        let n = r.get::<_, i64>(7)?;
+        if n <= 0 {
+            continue;
+        }
+        let n = n as u64;
+        let day = r.get_ref(0)?.as_str()?;
+        let hour = r.get::<_, i64>(1)?.clamp(0, 23) as usize;
+        let gate = r.get_ref(2)?.as_str()?;
+        let entry = r.get::<_, i64>(3)? != 0;
+        counts.total += n;
+        if r.get::<_, i64>(4)? != 0 {
+            counts.manual_or_remote += n;
+        }
+        let g = intern(&mut gates, gate, || (0, 0));
+        let d = cursor.index(day);
+        if entry {
+            counts.entries += n;
+            hours[hour].0 += n;
+            gates[g].1 .0 += n;
+            if let Some(d) = d {
+                daily[d].entries += n;
+            }
+            let stage = r.get_ref(5)?.as_str()?;
+            let fuel = r.get_ref(6)?.as_str()?;
+            key.clear();
+            key.push_str(stage);
+            key.push('|');
+            key.push_str(fuel);
+            let p = intern(&mut pairs, &key, || {
+                (0, at_least(stage_of(stage), fuel_of(fuel), 5))
+            });
+            pairs[p].1 .0 += n;
+        } else {
+            counts.exits += n;
+            hours[hour].1 += n;
+            gates[g].1 .1 += n;
+            if let Some(d) = d {
+                daily[d].exits += n;
+            }
+        }
+    }
+    // Per vehicle (plate|colour, as the row scan keys it): its last entry in the period, as
+    // (pair, time, seq); a later time wins, then a later seq.
+    let mut vehicles: FnvMap<String, u32> = FnvMap::default();
+    let mut last_entry: Vec<(usize, String, i64)> = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT day, plate, color, passes, last_in_at, last_in_seq, last_in_stage, last_in_fuel
+         FROM pass_day_vehicles WHERE day >= ?1 AND day <= ?2",
+    )?;
+    let mut rows = stmt.query([&first, &last])?;
+    while let Some(r) = rows.next()? {
+        let d = cursor.index(r.get_ref(0)?.as_str()?);
+        let plate = r.get_ref(1)?.as_str()?;
+        if plate.trim().is_empty() {
+            // Each unplated pass counts as a vehicle of its day.
+            if let Some(d) = d {
+                unplated[d] += r.get::<_, i64>(3)?.max(0) as u64;
+            }
+            continue;
+        }
+        if let Some(d) = d {
+            daily[d].vehicles += 1;
+        }
+        let Some(at) = r.get_ref(4)?.as_str_or_null()? else {
+            continue;
+        };
+        let seq: i64 = r.get(5)?;
+        let stage = r.get_ref(6)?.as_str_or_null()?.unwrap_or("");
+        let fuel = r.get_ref(7)?.as_str_or_null()?.unwrap_or("");
+        key.clear();
+        key.push_str(plate);
+        key.push('|');
+        key.push_str(r.get_ref(2)?.as_str()?);
+        let slot = match vehicles.get(key.as_str()) {
+            Some(v) => {
+                let cur = &last_entry[*v as usize];
+                if (at, seq) < (cur.1.as_str(), cur.2) {
+                    continue;
+                }
+                *v as usize
+            }
+            None => {
+                vehicles.insert(key.clone(), last_entry.len() as u32);
+                last_entry.push((0, String::new(), 0));
+                last_entry.len() - 1
+            }
+        };
+        key.clear();
+        key.push_str(stage);
+        key.push('|');
+        key.push_str(fuel);
+        let p = intern(&mut pairs, &key, || {
+            (0, at_least(stage_of(stage), fuel_of(fuel), 5))
+        });
+        let cur = &mut last_entry[slot];
+        cur.0 = p;
+        cur.1.clear();
+        cur.1.push_str(at);
+        cur.2 = seq;
+    }
+    let last_pairs: Vec<usize> = last_entry.iter().map(|(p, _, _)| *p).collect();
+    Ok(finish_scan(
+        counts,
+        gates,
+        hours,
+        &pairs,
+        &last_pairs,
+        daily,
+        &unplated,
+    ))
 }
 
 fn bump(m: &mut BTreeMap<String, u64>, k: &str) {
@@ -629,18 +876,29 @@ impl CleanRow {
     }
 
     fn add_truck(&mut self, grams: i64, stage: Option<EmissionStage>, fuel: Option<Fuel>) {
-        self.truck_trips += 1;
+        self.add_trucks(1, grams, stage, fuel);
+    }
+
+    /// `trips` weighed trips of one stage and fuel, `grams` net together.
+    fn add_trucks(
+        &mut self,
+        trips: u64,
+        grams: i64,
+        stage: Option<EmissionStage>,
+        fuel: Option<Fuel>,
+    ) {
+        self.truck_trips += trips;
         let slot = if is_new_energy(stage, fuel) {
-            self.new_energy_trips += 1;
+            self.new_energy_trips += trips;
             TRUCK_NE
         } else if stage
             .and_then(EmissionStage::number)
             .is_some_and(|n| n >= 6)
         {
-            self.guo6_trips += 1;
+            self.guo6_trips += trips;
             TRUCK_G6
         } else {
-            self.other_trips += 1;
+            self.other_trips += trips;
             TRUCK_OTHER
         };
         self.grams[slot] += grams;
@@ -707,6 +965,49 @@ fn clean_transport(reader: &LedgerReader, period: Period) -> Result<CleanTranspo
             .or_insert_with(|| CleanRow::new(cargo))
             .add_truck(grams, stage, fuel);
     }
+    clean_transport_finish(reader, period, by)
+}
+
+/// [`clean_transport`] for whole local days, from `weighing_day_totals`.
+fn clean_transport_aggregates(
+    reader: &LedgerReader,
+    period: Period,
+    days: &[NaiveDate],
+) -> Result<CleanTransport, ReportError> {
+    let mut by: BTreeMap<String, CleanRow> = BTreeMap::new();
+    let names = day_names(days);
+    if let (Some(first), Some(last)) = (names.first(), names.last()) {
+        let mut stmt = reader.conn().prepare_cached(
+            "SELECT cargo, stage, fuel, sum(trips), sum(grams) FROM weighing_day_totals
+             WHERE day >= ?1 AND day <= ?2 GROUP BY cargo, stage, fuel",
+        )?;
+        let mut rows = stmt.query([first, last])?;
+        while let Some(r) = rows.next()? {
+            let cargo = r.get_ref(0)?.as_str()?.trim();
+            let cargo = if cargo.is_empty() { NO_CARGO } else { cargo };
+            let stage = stage_of(r.get_ref(1)?.as_str()?);
+            let fuel = fuel_of(r.get_ref(2)?.as_str()?);
+            let trips = r.get::<_, i64>(3)?.max(0) as u64;
+            let grams: i64 = r.get(4)?;
+            match by.get_mut(cargo) {
+                Some(row) => row.add_trucks(trips, grams, stage, fuel),
+                None => {
+                    let mut row = CleanRow::new(cargo);
+                    row.add_trucks(trips, grams, stage, fuel);
+                    by.insert(cargo.to_string(), row);
+                }
+            }
+        }
+    }
+    clean_transport_finish(reader, period, by)
+}
+
+/// Add the hand-entered tonnage to the truck rows and work out the ratios.
+fn clean_transport_finish(
+    reader: &LedgerReader,
+    period: Period,
+    mut by: BTreeMap<String, CleanRow>,
+) -> Result<CleanTransport, ReportError> {
     let other_modes = tonnage_between(reader, period.from, period.to)?;
     for t in &other_modes {
         let row = by
@@ -866,7 +1167,11 @@ pub(crate) fn day_rows(
             from: local_day_start(*d),
             to: local_day_start(*d) + Duration::days(1),
         };
-        let s = scan_passes(reader, p, &[*d])?;
+        let s = if whole_days(p, &[*d]) {
+            scan_aggregates(reader, &[*d])?
+        } else {
+            scan_passes(reader, p, &[*d])?
+        };
         let t = s.daily.first().copied().unwrap_or_default();
         out.push(DayRow {
             day: *d,
@@ -1030,3 +1335,7 @@ fn uploads(reader: &LedgerReader) -> Vec<UploadRow> {
 pub fn mode_label(m: TransportMode) -> (&'static str, &'static str) {
     (mode_name(m), mode_chinese(m))
 }
+
+#[cfg(test)]
+#[path = "aggregate_tests.rs"]
+mod aggregate_tests;
