@@ -3,5 +3,6 @@
 pub mod cursor;
 pub mod mqtt;
 pub mod sparkplug;
+pub mod task;
 
 pub use mqtt::{MqttBridge, MqttConfig, MqttError};

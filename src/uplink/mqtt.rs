@@ -447,8 +447,7 @@ enum Tag {
 /// A running bridge. Dropping it aborts the connection without DISCONNECT (the broker then
 /// publishes the will: status offline); [`MqttBridge::shutdown`] says goodbye properly.
 pub struct MqttBridge {
-    task: Option<tokio::task::JoinHandle<()>>,
-    stop: Option<oneshot::Sender<()>>,
+    task: super::task::StoppableTask,
     cursor_path: PathBuf,
 }
 
@@ -525,7 +524,6 @@ impl MqttBridge {
         opts.set_last_will(LastWill::new(topics.status(), will, QoS::AtLeastOnce, true));
         let (client, eventloop) = AsyncClient::new(opts, 4 * usize::from(rumq_inflight));
 
-        let (stop_tx, stop_rx) = oneshot::channel();
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let alarm_rx = extras.alarms.as_ref().map(|b| b.subscribe());
         let head_rx = Some(ledger.subscribe_head());
@@ -562,12 +560,10 @@ impl MqttBridge {
             last_cursor_write: Instant::now(),
         };
         bridge.check_cursor_against_head();
-        let task = tokio::spawn(async move { bridge.run(eventloop, stop_rx).await });
-        Ok(MqttBridge {
-            task: Some(task),
-            stop: Some(stop_tx),
-            cursor_path,
-        })
+        let task = super::task::StoppableTask::spawn("MQTT bridge", move |stop_rx| async move {
+            bridge.run(eventloop, stop_rx).await
+        });
+        Ok(MqttBridge { task, cursor_path })
     }
 
     /// Where the cursor (last acknowledged ledger seq) is kept.
@@ -576,26 +572,8 @@ impl MqttBridge {
     }
 
     /// Publishes status offline, disconnects and waits (at most 5 s) for the task to end.
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), t)
-                .await
-                .is_err()
-            {
-                tracing::warn!("MQTT bridge did not stop within 5 s");
-            }
-        }
-    }
-}
-
-impl Drop for MqttBridge {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
+    pub async fn shutdown(self) {
+        self.task.shutdown().await
     }
 }
 

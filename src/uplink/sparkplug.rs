@@ -232,8 +232,7 @@ pub fn ndeath_payload(bdseq: u8) -> Vec<u8> {
 /// A running edge node. Dropping it aborts the connection without DISCONNECT (the broker then
 /// publishes the NDEATH Will); [`SparkplugNode::shutdown`] publishes NDEATH and disconnects.
 pub struct SparkplugNode {
-    task: Option<tokio::task::JoinHandle<()>>,
-    stop: Option<oneshot::Sender<()>>,
+    task: super::task::StoppableTask,
     bdseq_path: PathBuf,
 }
 
@@ -305,7 +304,6 @@ impl SparkplugNode {
         opts.set_last_will(will(&topics, bdseq));
         let cap = 256 + 4 * devs.len();
         let (client, eventloop) = AsyncClient::new(opts, cap);
-        let (stop_tx, stop_rx) = oneshot::channel();
         let mut node = Node {
             site: site.to_string(),
             topics,
@@ -323,12 +321,11 @@ impl SparkplugNode {
             reconnect_delay: m.reconnect_delay,
         };
         let bdseq_path = node.store.path.clone();
-        let task = tokio::spawn(async move { node.run(eventloop, stop_rx).await });
-        Ok(SparkplugNode {
-            task: Some(task),
-            stop: Some(stop_tx),
-            bdseq_path,
-        })
+        let task =
+            super::task::StoppableTask::spawn("Sparkplug edge node", move |stop_rx| async move {
+                node.run(eventloop, stop_rx).await
+            });
+        Ok(SparkplugNode { task, bdseq_path })
     }
 
     /// Where the last bdSeq used is kept.
@@ -337,26 +334,8 @@ impl SparkplugNode {
     }
 
     /// Publishes NDEATH, disconnects and waits (at most 5 s) for the task to end.
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), t)
-                .await
-                .is_err()
-            {
-                tracing::warn!("Sparkplug edge node did not stop within 5 s");
-            }
-        }
-    }
-}
-
-impl Drop for SparkplugNode {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
+    pub async fn shutdown(self) {
+        self.task.shutdown().await
     }
 }
 
