@@ -372,12 +372,8 @@ impl PlatformProfile {
                 }
             }
         }
-        match &self.downlink {
-            Some(_) if !tc => {
-                return Err("[downlink] is for transportControl profiles (the vehicle check of the other shapes is not built yet)".into())
-            }
-            Some(d) => d.check()?,
-            None => {}
+        if let Some(d) = &self.downlink {
+            d.check(self.protocol)?;
         }
         if self.cargo.is_some() && !tc {
             return Err("[cargo] is for transportControl profiles (the other shapes have their own cargo form)".into());
