@@ -462,6 +462,30 @@ mod tests {
     }
 
     #[test]
+    fn a_platform_serial_numbers_one_pass_only() {
+        let d = decider(
+            &[truck("豫A00005", EmissionStage::China(6))],
+            Fallback::RegistryThenPolicy,
+        );
+        let now = Utc::now();
+        answer(
+            &d,
+            "豫A00005",
+            PlatformAnswer {
+                serial: Some("KF1".into()),
+                ..allowed(None, None)
+            },
+        );
+        let v = d.decide(&lane(), "豫A00005", PlateColor::Yellow, now);
+        assert_eq!(v.check.unwrap().serial.as_deref(), Some("KF1"));
+        // The same answer decides a second read; its pass must not reuse the serial.
+        let v = d.decide(&lane(), "豫A00005", PlateColor::Yellow, now);
+        let c = v.check.unwrap();
+        assert_eq!(c.source, CheckSource::Platform);
+        assert_eq!(c.serial, None);
+    }
+
+    #[test]
     fn a_read_without_an_answer_falls_back_and_says_why() {
         let d = decider(&[], Fallback::RegistryThenDeny);
         let v = d.decide(&lane(), "豫A00004", PlateColor::Yellow, Utc::now());

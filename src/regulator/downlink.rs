@@ -1336,6 +1336,55 @@ mod tests {
     }
 
     #[test]
+    fn kaifeng_check_reply_carries_the_issued_serial() {
+        let p = PlatformProfile::builtin("kaifeng").unwrap();
+        let shape = &p.downlink.as_ref().unwrap().check.as_ref().unwrap().reply;
+        let a = parse_check_reply(
+            shape,
+            &serde_json::json!({"isAllowPass": "1", "passReason": "", "serialNum": "KF7",
+                "fuelType": "B", "emissionStandard": "6"}),
+        )
+        .unwrap();
+        assert!(!a.control);
+        assert_eq!(a.serial.as_deref(), Some("KF7"));
+        assert_eq!(a.stage, Some(EmissionStage::China(6)));
+        let d = parse_check_reply(
+            shape,
+            &serde_json::json!({"isAllowPass": 0, "passReason": "超标车辆", "serialNum": ""}),
+        )
+        .unwrap();
+        assert!(d.control, "\"0\" is a deny for kaifeng");
+        assert_eq!(d.reason, "超标车辆");
+        assert_eq!(d.serial, None, "an empty serial is none");
+        assert!(parse_check_reply(shape, &serde_json::json!({"isAllowPass": "2"})).is_err());
+    }
+
+    #[test]
+    fn the_kaifeng_check_request_names_the_lane_direction() {
+        let p = Arc::new(PlatformProfile::builtin("kaifeng").unwrap());
+        let t = check_target(
+            "kf",
+            Arc::clone(&p),
+            "http://127.0.0.1:1",
+            "ORG",
+            Credentials {
+                username: "u".into(),
+                password: "p".into(),
+                secret: String::new(),
+            },
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let shape = p.downlink.as_ref().unwrap().check.as_ref().unwrap();
+        let v = t.request(shape, "02", Direction::Out, "豫A1", PlateColor::Yellow);
+        assert_eq!(
+            v,
+            serde_json::json!({"license": "豫A1", "licenseColor": "1", "companyCode": "ORG",
+                "gateCode": "02", "passStatus": "B"})
+        );
+    }
+
+    #[test]
     fn measures_parse_and_a_bad_entry_spoils_the_reply() {
         let p = profile();
         let shape = p.downlink.as_ref().unwrap().policy.as_ref().unwrap();

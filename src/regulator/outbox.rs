@@ -1630,6 +1630,7 @@ mod tests {
             issued: Issued {
                 serial: Some("KF1".into()),
                 through_id: None,
+                pass_gate: None,
             },
             plate: None,
             acked: None,
