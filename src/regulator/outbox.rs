@@ -1080,7 +1080,8 @@ impl Outbox {
 
     fn publish(&mut self) {
         let k = &mut self.state.kpi;
-        k.backlog = self.pending.len() as u64;
+        // 出货 cargo records waiting for their exit pass are waiting too.
+        k.backlog = (self.pending.len() + self.awaiting_exit.len()) as u64;
         k.oldest_pending = self.pending.keys().next().map(|(t, _)| *t);
         k.rejected = self.state.rejected.len() as u64;
         for (day, d) in k.days.iter_mut() {
