@@ -146,9 +146,18 @@ impl SiteDecider {
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&lane.id)
+            .get_mut(&lane.id)
             .filter(|s| s.plate == plate && s.color == color)
-            .map(|s| s.outcome.clone())
+            .map(|s| {
+                let o = s.outcome.clone();
+                // A platform-issued serial numbers one pass: a second decision on the same
+                // answer (a truck read again within the reuse window) gets none, and its
+                // upload asks the platform for a serial of its own.
+                if let CheckOutcome::Answered { answer, .. } = &mut s.outcome {
+                    answer.serial = None;
+                }
+                o
+            })
             // E.g. a machine that decides on a plate the camera did not push (never expected).
             .unwrap_or(CheckOutcome::Failed {
                 error: "no platform answer for this read".into(),
@@ -160,6 +169,7 @@ impl SiteDecider {
                     source: CheckSource::Platform,
                     platform: Some(platform),
                     error: None,
+                    serial: answer.serial.clone(),
                 });
                 let facts = merge(
                     registered,
@@ -203,6 +213,7 @@ impl SiteDecider {
                         source: CheckSource::FallbackRegistry,
                         platform: None,
                         error: Some(error),
+                        serial: None,
                     }),
                 ),
                 None => {
@@ -221,6 +232,7 @@ impl SiteDecider {
                             source: CheckSource::FallbackDefault,
                             platform: None,
                             error: Some(error),
+                            serial: None,
                         }),
                     )
                 }
@@ -315,10 +327,10 @@ impl Decider for SiteDecider {
         }
         let checker = Arc::clone(&c.checker);
         let slots = Arc::clone(&c.slots);
-        let (lane_id, gate) = (lane.id.clone(), lane.barrier_no.clone());
+        let (lane_id, gate, direction) = (lane.id.clone(), lane.barrier_no.clone(), lane.direction);
         let (plate, color) = (read.plate.clone(), read.color);
         Some(Box::pin(async move {
-            let outcome = checker.check(&gate, &plate, color).await;
+            let outcome = checker.check(&gate, direction, &plate, color).await;
             slots.lock().unwrap_or_else(|e| e.into_inner()).insert(
                 lane_id,
                 Slot {
@@ -399,6 +411,7 @@ mod tests {
             fuel: Some(Fuel::Diesel),
             vehicle_type: vehicle_type.map(str::to_string),
             use_character: None,
+            serial: None,
         }
     }
 
@@ -446,6 +459,30 @@ mod tests {
         );
         // A heavy 国四 diesel truck under the normal-day minimum: refused on the platform's facts.
         assert_eq!(v.reason, "normal_min_stage");
+    }
+
+    #[test]
+    fn a_platform_serial_numbers_one_pass_only() {
+        let d = decider(
+            &[truck("豫A00005", EmissionStage::China(6))],
+            Fallback::RegistryThenPolicy,
+        );
+        let now = Utc::now();
+        answer(
+            &d,
+            "豫A00005",
+            PlatformAnswer {
+                serial: Some("KF1".into()),
+                ..allowed(None, None)
+            },
+        );
+        let v = d.decide(&lane(), "豫A00005", PlateColor::Yellow, now);
+        assert_eq!(v.check.unwrap().serial.as_deref(), Some("KF1"));
+        // The same answer decides a second read; its pass must not reuse the serial.
+        let v = d.decide(&lane(), "豫A00005", PlateColor::Yellow, now);
+        let c = v.check.unwrap();
+        assert_eq!(c.source, CheckSource::Platform);
+        assert_eq!(c.serial, None);
     }
 
     #[test]

@@ -50,9 +50,20 @@ const EXIT_LANE: &str = "[[gates.lanes]]\nid = \"1-out\"\ndirection = \"out\"\nm
 
 /// [`site`] with `more` (lanes, devices) added to the site file.
 async fn site_with(keys: &str, policy: &str, fleet: &[VehicleFacts], more: &str) -> Site {
+    site_of("transport-control", keys, policy, fleet, more).await
+}
+
+/// [`site_with`] against a mock of the built-in profile `profile`.
+async fn site_of(
+    profile: &str,
+    keys: &str,
+    policy: &str,
+    fleet: &[VehicleFacts],
+    more: &str,
+) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockPlatform::start(
-        PlatformProfile::builtin("transport-control").unwrap(),
+        PlatformProfile::builtin(profile).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
@@ -78,7 +89,7 @@ async fn site_with(keys: &str, policy: &str, fleet: &[VehicleFacts], more: &str)
         relay.addr(),
         &format!(
             // Reads of one plate a moment apart are separate vehicles here.
-            "{more}[devices.cam1.settings]\ndebounce_s = 0\n[http]\nlisten = \"127.0.0.1:0\"\n[policy]\n{policy}\n[[uplinks.platforms]]\nname = \"city\"\nprofile = \"platform/transport-control\"\nurl = \"{}\"\nusername = \"gate\"\n{keys}\n",
+            "{more}[devices.cam1.settings]\ndebounce_s = 0\n[http]\nlisten = \"127.0.0.1:0\"\n[policy]\n{policy}\n[[uplinks.platforms]]\nname = \"city\"\nprofile = \"platform/{profile}\"\nurl = \"{}\"\nusername = \"gate\"\n{keys}\n",
             mock.url()
         ),
     );
@@ -515,4 +526,159 @@ async fn with_two_checking_platforms_the_first_usable_answer_decides() {
     assert_eq!(p["check"]["source"], "fallback_registry", "{p}");
     let err = p["check"]["error"].as_str().unwrap_or("");
     assert!(err.contains("city:") && err.contains("province:"), "{err}");
+}
+
+/// The kaifeng check keys: photos published under a URL (the profile's encoding).
+const KF_CHECK: &str =
+    "check = true\ncheck_timeout_ms = 400\nphoto_url_base = \"https://evidence.example.cn/p\"";
+
+/// The accepted kaifeng pass uploads of `plate`.
+fn kf_passes(m: &MockPlatform, plate: &str) -> Vec<Value> {
+    m.stats()
+        .records
+        .into_iter()
+        .filter(|r| r["license"] == plate)
+        .collect()
+}
+
+fn checks_of(m: &MockPlatform, plate: &str) -> usize {
+    m.checks().iter().filter(|c| c.plate == plate).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kaifeng_check_decides_and_its_serial_numbers_the_upload() {
+    let s = site_of(
+        "kaifeng",
+        &format!("{KF_CHECK}\nfallback = \"registry_then_deny\""),
+        "",
+        &[
+            truck("豫D40001", 6),
+            truck("豫D40002", 6),
+            truck("豫D40003", 6),
+        ],
+        "",
+    )
+    .await;
+    s.mock
+        .set_vehicle("豫D40001", MockVehicle::allowed("6", "B"));
+
+    // Allowed: the platform's answer, with the serial it issued, is on the pass…
+    let p = s.decide("豫D40001").await;
+    assert_eq!(p["decision"], "allow", "{p}");
+    assert_eq!(p["check"]["source"], "platform");
+    assert_eq!(p["check"]["platform"], "city");
+    let serial = p["check"]["serial"].as_str().unwrap().to_string();
+    assert!(s.mock.stats().issued_serials.contains(&serial), "{serial}");
+    // …and the upload goes under it without asking the platform again.
+    let up = wait("the pass upload", 15, || {
+        kf_passes(&s.mock, "豫D40001").into_iter().next()
+    })
+    .await;
+    assert_eq!(up["serialNum"], serial.as_str());
+    assert_eq!(up["passStatus"], "A");
+    assert_eq!(checks_of(&s.mock, "豫D40001"), 1, "one check per pass");
+    let asked = s.mock.checks();
+    assert!(
+        asked
+            .iter()
+            .any(|c| c.plate == "豫D40001" && c.color == "1" && c.gate == "1-in"),
+        "{asked:?}"
+    );
+
+    // Denied: refused with the platform's passReason on the LED; nothing is uploaded.
+    s.mock
+        .set_vehicle("豫D40002", MockVehicle::controlled("国四车辆 禁止通行"));
+    let p = s.decide("豫D40002").await;
+    assert_eq!(p["decision"], "deny", "{p}");
+    assert_eq!(p["reason"], "platform_control");
+    assert_eq!(p["reason_text"], "国四车辆 禁止通行");
+    assert_eq!(p["opened"], false);
+    assert_eq!(p["check"]["source"], "platform");
+
+    // Platform down: the registry decides, the fallback is recorded with no serial, and the
+    // upload asks the platform for one once it is back.
+    s.mock.set_down(true);
+    let p = s.decide("豫D40003").await;
+    assert_eq!(p["decision"], "allow", "{p}");
+    assert_eq!(p["check"]["source"], "fallback_registry");
+    assert!(p["check"].get("serial").is_none(), "{p}");
+    assert!(
+        p["check"]["error"].as_str().unwrap_or("").contains("503"),
+        "{p}"
+    );
+    s.mock.set_down(false);
+    let up = wait("the fallback pass upload", 30, || {
+        kf_passes(&s.mock, "豫D40003").into_iter().next()
+    })
+    .await;
+    let issued = s.mock.stats().issued_serials;
+    assert!(
+        issued.iter().any(|i| up["serialNum"] == i.as_str()),
+        "{up} under an issued serial"
+    );
+    assert_eq!(checks_of(&s.mock, "豫D40003"), 1, "asked once, at upload");
+    assert!(
+        s.mock.stats().rejections.is_empty(),
+        "{:?}",
+        s.mock.stats().rejections
+    );
+    assert!(
+        ecogate::ledger::verify::verify(&s.dir.path().join("ledger"))
+            .unwrap()
+            .ok()
+    );
+}
+
+#[test]
+fn kaifeng_and_hebei_downlink_keys_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::one_lane_site(
+        "bad",
+        "127.0.0.1:5020".parse().unwrap(),
+        "[[uplinks.platforms]]\nname = \"kf\"\nprofile = \"platform/kaifeng\"\nurl = \"http://127.0.0.1:1\"\nphoto_url_base = \"https://e.example/p\"\ncheck = true\nheartbeat_secs = 30\n[[uplinks.platforms]]\nname = \"hb\"\nprofile = \"platform/hebei\"\nurl = \"http://127.0.0.1:2\"\nphoto_url_base = \"https://e.example/p\"\ncheck = true\npolicy_poll_secs = 60\n",
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let nth_line = |needle: &str, n: usize| {
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with(needle))
+            .nth(n)
+            .unwrap()
+            .0
+            + 1
+    };
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, &text).unwrap();
+    let e = match ecogate::config::load(&path) {
+        Ok(_) => panic!("a site with bad downlink keys loaded"),
+        Err(d) => d.to_string(),
+    };
+    // kaifeng: the check is fine, heartbeats are not described.
+    assert!(
+        e.contains(&format!(
+            "site.toml:{}:18: error: `heartbeat_secs` is not supported for the kaifeng shape",
+            nth_line("heartbeat_secs", 0)
+        )),
+        "{e}"
+    );
+    assert!(
+        !e.contains(&format!("site.toml:{}:", nth_line("check = true", 0))),
+        "check = true is valid for kaifeng: {e}"
+    );
+    // hebei: no vehicle check and no policy query.
+    assert!(
+        e.contains(&format!(
+            "site.toml:{}:9: error: platform profile `platform/hebei` is of the hebei shape: no vehicle check is described for that shape",
+            nth_line("check = true", 1)
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!(
+            "site.toml:{}:20: error: `policy_poll_secs` is not supported for the hebei shape",
+            nth_line("policy_poll_secs", 0)
+        )),
+        "{e}"
+    );
 }

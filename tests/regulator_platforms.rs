@@ -964,3 +964,206 @@ async fn outage_mid_drain_loses_nothing_for_both_shapes() {
         up.stop().await.unwrap();
     }
 }
+
+fn weighing_as(
+    plate: &str,
+    kg: i64,
+    dir: Option<Direction>,
+    pass_ref: Option<String>,
+) -> EventBody {
+    EventBody::Weighing(Weighing {
+        lane: "east-out".into(),
+        scale: "s2".into(),
+        plate: plate.into(),
+        color: PlateColor::Yellow,
+        gross: Some(Mass::from_kg(kg + 15_000)),
+        tare: Some(Mass::from_kg(15_000)),
+        net: Some(Mass::from_kg(kg)),
+        cargo: Some("钢材".into()),
+        direction: dir,
+        pass_ref,
+    })
+}
+
+/// The serial each accepted pass went under, by (plate, passStatus).
+fn pass_serials(st: &MockStats) -> HashMap<(String, String), String> {
+    st.records
+        .iter()
+        .map(|r| {
+            (
+                (s(r, "license").to_string(), s(r, "passStatus").to_string()),
+                s(r, "serialNum").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The serial each accepted cargo record went under, by plate and weight.
+fn cargo_serial(st: &MockStats, plate: &str, weight: &str) -> Option<String> {
+    st.cargo
+        .iter()
+        .find(|c| s(c, "license") == plate && s(c, "cargoWeight") == weight)
+        .map(|c| s(c, "serialNum").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kaifeng_cargo_goes_under_the_entry_or_exit_serial_and_resend_repeats_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let p = kaifeng();
+    let m = mock(&p).await;
+    let t0 = Utc::now() - CDuration::hours(5);
+    let mins = |n: i64| t0 + CDuration::minutes(n);
+    // 1: 进货 weighed after the entry → entry serial; 出货 weighed before the exit pass is
+    //    recorded → exit serial.
+    add_pass(&ledger, &spec("豫B30001", Direction::In), mins(0), 1).await;
+    for (kg, dir, at) in [(20_000, Direction::In, 2), (31_000, Direction::Out, 20)] {
+        ledger
+            .append(
+                weighing_as("豫B30001", kg, Some(dir), None),
+                vec![],
+                mins(at),
+            )
+            .await
+            .unwrap();
+    }
+    add_pass(&ledger, &spec("豫B30001", Direction::Out), mins(25), 2).await;
+    // 2: a weighing naming its pass (the exit) with no direction → that pass's serial, though
+    //    it was weighed before the exit and the entry is the last pass before it.
+    add_pass(&ledger, &spec("豫B30002", Direction::In), mins(30), 3).await;
+    add_pass(&ledger, &spec("豫B30002", Direction::Out), mins(50), 4).await;
+    let exit2 = ledger
+        .reader()
+        .unwrap()
+        .events_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .rfind(|e| e.kind == "pass_attempt")
+        .unwrap()
+        .id;
+    ledger
+        .append(
+            weighing_as("豫B30002", 32_000, None, Some(exit2)),
+            vec![],
+            mins(40),
+        )
+        .await
+        .unwrap();
+    // 3: 出货 and no exit recorded within two hours → the last pass before it (the entry).
+    add_pass(&ledger, &spec("豫B30003", Direction::In), mins(60), 5).await;
+    ledger
+        .append(
+            weighing_as("豫B30003", 33_000, Some(Direction::Out), None),
+            vec![],
+            mins(70),
+        )
+        .await
+        .unwrap();
+    // 4: 出货 weighed just now, the exit not recorded yet: the cargo waits for it.
+    let now = Utc::now();
+    add_pass(
+        &ledger,
+        &spec("豫B30004", Direction::In),
+        now - CDuration::minutes(10),
+        6,
+    )
+    .await;
+    ledger
+        .append(
+            weighing_as("豫B30004", 34_000, Some(Direction::Out), None),
+            vec![],
+            now - CDuration::minutes(1),
+        )
+        .await
+        .unwrap();
+
+    let up = start(dir.path(), &ledger, &m, &p, "");
+    until("the first records", &up, &m, |k, s| {
+        k.acknowledged == 6 && s.cargo.len() == 4
+    })
+    .await;
+    let st = m.stats();
+    assert!(st.rejections.is_empty(), "{:?}", st.rejections);
+    assert_eq!(
+        cargo_serial(&st, "豫B30004", "34.000"),
+        None,
+        "出货 cargo waits for its exit pass"
+    );
+    add_pass(&ledger, &spec("豫B30004", Direction::Out), Utc::now(), 7).await;
+    until("the exit's cargo", &up, &m, |k, s| {
+        drained(k) && s.cargo.len() == 5
+    })
+    .await;
+    let st = m.stats();
+    assert!(st.rejections.is_empty(), "{:?}", st.rejections);
+    let serials = pass_serials(&st);
+    let of = |plate: &str, ps: &str| serials[&(plate.to_string(), ps.to_string())].clone();
+    assert_eq!(
+        cargo_serial(&st, "豫B30001", "20.000"),
+        Some(of("豫B30001", "A"))
+    );
+    assert_eq!(
+        cargo_serial(&st, "豫B30001", "31.000"),
+        Some(of("豫B30001", "B"))
+    );
+    assert_eq!(
+        cargo_serial(&st, "豫B30002", "32.000"),
+        Some(of("豫B30002", "B"))
+    );
+    assert_eq!(
+        cargo_serial(&st, "豫B30003", "33.000"),
+        Some(of("豫B30003", "A"))
+    );
+    assert_eq!(
+        cargo_serial(&st, "豫B30004", "34.000"),
+        Some(of("豫B30004", "B"))
+    );
+    let cargo_gate = |plate: &str, w: &str| {
+        st.cargo
+            .iter()
+            .find(|c| s(c, "license") == plate && s(c, "cargoWeight") == w)
+            .map(|c| s(c, "gateCode").to_string())
+    };
+    assert_eq!(
+        cargo_gate("豫B30001", "31.000").as_deref(),
+        Some("02"),
+        "the exit's gate"
+    );
+    assert_eq!(up.kpis().cargo_acknowledged, 5);
+
+    // `uplink resend` sends the cargo records again too, under the serials they went under
+    // (the mock counts a cargo record with a known serial and time as a duplicate; under any
+    // other serial it would be a new record).
+    up.stop().await.unwrap();
+    let dups = st.duplicate_records;
+    request_resend(
+        &ledger,
+        "prov",
+        t0 - CDuration::minutes(1),
+        Utc::now(),
+        "ops",
+        "lost",
+    )
+    .await
+    .unwrap();
+    let up = start(dir.path(), &ledger, &m, &p, "");
+    until("resend", &up, &m, |k, s| {
+        k.resent == 7 && k.backlog == 0 && s.duplicate_records >= dups + 12
+    })
+    .await;
+    let st2 = m.stats();
+    assert!(st2.rejections.is_empty(), "{:?}", st2.rejections);
+    assert_eq!(
+        st2.duplicate_records,
+        dups + 12,
+        "7 passes and 5 cargo records"
+    );
+    assert_eq!(st2.cargo.len(), 5, "no cargo record under a new serial");
+    assert_eq!(st2.issued_serials.len(), st.issued_serials.len());
+    assert_eq!(
+        up.kpis().cargo_acknowledged,
+        5,
+        "a resend is not a new record"
+    );
+    up.stop().await.unwrap();
+}

@@ -642,17 +642,26 @@ impl Validator<'_> {
         profile: Option<&crate::regulator::profile::PlatformProfile>,
     ) -> crate::regulator::downlink::DownlinkPlan {
         use crate::regulator::downlink::{DownlinkPlan, Fallback};
+        use crate::regulator::profile::Protocol;
         let mut d = DownlinkPlan {
             check: p.check,
             ..DownlinkPlan::default()
         };
         let shape = profile.and_then(|pr| pr.downlink.as_ref());
+        let protocol = profile.map(|pr| pr.protocol);
         if p.check && profile.is_some() && shape.and_then(|s| s.check.as_ref()).is_none() {
+            let message = match protocol {
+                Some(Protocol::Hebei) => format!(
+                    "platform profile `{}` is of the hebei shape: no vehicle check is described for that shape",
+                    p.profile
+                ),
+                _ => format!("platform profile `{}` has no [downlink.check]", p.profile),
+            };
             self.err(
                 &path!["uplinks", "platforms", i, "check"],
                 At::Value,
-                format!("platform profile `{}` has no [downlink.check]", p.profile),
-                "use a profile that describes the vehicle check (built in: transport-control), or set check = false",
+                message,
+                "use a profile that describes the vehicle check (built in: transport-control, kaifeng), or set check = false",
             );
         }
         if let Some(ms) = p.check_timeout_ms {
@@ -686,6 +695,30 @@ impl Validator<'_> {
                 Some(0) => *slot = None,
                 Some(n) => *slot = Some(Duration::from_secs(n)),
             }
+        }
+        // Heartbeats and policy polls are described for the transportControl shape only.
+        if let Some(proto @ (Protocol::Kaifeng | Protocol::Hebei)) = protocol {
+            let name = if proto == Protocol::Kaifeng {
+                "kaifeng"
+            } else {
+                "hebei"
+            };
+            for (key, v) in [
+                ("heartbeat_secs", p.heartbeat_secs),
+                ("policy_poll_secs", p.policy_poll_secs),
+            ] {
+                if v.is_some_and(|n| n > 0) {
+                    self.err(
+                        &path!["uplinks", "platforms", i, key],
+                        At::Value,
+                        format!("`{key}` is not supported for the {name} shape of profile `{}`: it describes no heartbeat or policy query", p.profile),
+                        format!("remove `{key}` (or set it to 0); only transportControl platforms have them"),
+                    );
+                }
+            }
+            d.heartbeat = None;
+            d.policy_poll = None;
+            return d;
         }
         if d.policy_poll.is_some()
             && profile.is_some()

@@ -162,6 +162,11 @@ pub struct PassCheck {
     /// Why no platform answer was used (timeout, HTTP error, garbled reply), per platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The serial the answering platform issued for this pass (kaifeng `/transport/check`);
+    /// the pass is uploaded to that platform under it. Absent otherwise, so older events hash
+    /// as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 /// A stable weight taken on a weighbridge.

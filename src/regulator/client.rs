@@ -27,11 +27,15 @@ pub struct Issued {
     /// hebei pairing id: on an entry, what the platform returned; on an exit, what was echoed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub through_id: Option<String>,
+    /// Cargo records: the gate (道闸编号) of the pass the cargo went under, so that an
+    /// `uplink resend` sends it again exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_gate: Option<String>,
 }
 
 impl Issued {
     pub fn is_empty(&self) -> bool {
-        self.serial.is_none() && self.through_id.is_none()
+        self.serial.is_none() && self.through_id.is_none() && self.pass_gate.is_none()
     }
 }
 
@@ -59,6 +63,13 @@ pub struct CargoRecord {
     pub name: String,
     /// Net weight (else gross) of the weighing.
     pub weight: Mass,
+    /// 进货 (in) / 出货 (out), when the weighbridge system said.
+    pub direction: Option<Direction>,
+    /// The pass the weighing belongs to, when the ledger says which (its `pass_ref`, or for
+    /// an 出货 weighing the vehicle's exit pass right after it); `serial` is the gate-made
+    /// one, replaced by a platform-issued serial at delivery. None: the vehicle's last
+    /// acknowledged pass before the weighing.
+    pub pass: Option<LinkedPass>,
 }
 
 impl CargoRecord {

@@ -10,12 +10,15 @@
 //! failure falls back to the local registry and policy; heartbeats and polls run in their own
 //! tasks and only count their failures.
 
-use super::profile::{FieldMap, PlatformProfile};
+use super::auth::Credentials;
+use super::kaifeng::KaifengClient;
+use super::profile::{FieldMap, PlatformProfile, Protocol};
 use super::transport_control::{local, SendError, TcClient};
 use super::RegulatorError;
 use crate::config::plan::{Plan, PlatformPlan};
 use crate::health::Alarm;
 use crate::lane::builtin::Role;
+use crate::ledger::Direction;
 use crate::ledger::{site_zone, EventBody, Ledger, MeasureChange};
 use crate::policy::{ControlMeasure, ListEntry, PolicyState, Strategy, WarningLevel};
 use crate::vehicle::{EmissionStage, Fuel};
@@ -44,13 +47,17 @@ pub struct DownlinkShape {
     pub white_list: Option<WhiteListShape>,
 }
 
-/// getCheckVehicle: request fields by logical name, reply field names.
+/// The vehicle check (transportControl getCheckVehicle, kaifeng `/transport/check`): request
+/// fields by logical name, reply field names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckShape {
     pub path: String,
+    /// The envelope's operation name (transportControl); kaifeng has none.
+    #[serde(default)]
     pub operation: String,
-    /// Logical request field → wire names: `plate`, `plate_color`, `enterprise`, `gate`.
+    /// Logical request field → wire names: `plate`, `plate_color`, `enterprise`, `gate`,
+    /// `direction` (the profile's `[codes.direction]` code of the lane).
     pub request: FieldMap,
     pub reply: CheckReply,
 }
@@ -78,6 +85,10 @@ pub struct CheckReply {
     pub vehicle_type: Vec<String>,
     #[serde(default)]
     pub use_character: Vec<String>,
+    /// Names of a platform-issued serial (kaifeng `serialNum`): the serial the pass is then
+    /// uploaded under. Platforms that leave numbering to the gate have none.
+    #[serde(default)]
+    pub serial: Vec<String>,
 }
 
 /// putdcstatus: one entry per barrier.
@@ -142,7 +153,7 @@ pub struct WhiteListShape {
     pub gates: String,
 }
 
-const CHECK_REQUEST: &[&str] = &["plate", "plate_color", "enterprise", "gate"];
+const CHECK_REQUEST: &[&str] = &["plate", "plate_color", "enterprise", "gate", "direction"];
 const HEARTBEAT_FIELDS: &[&str] = &["gate", "barrier", "camera"];
 const GATE_STATUS_FIELDS: &[&str] = &["enterprise", "gate", "status", "camera", "time"];
 const QUERY_REQUEST: &[&str] = &["enterprise"];
@@ -168,15 +179,55 @@ fn check_map(what: &str, map: &FieldMap, known: &[&str], need: &[&str]) -> Resul
 }
 
 impl DownlinkShape {
-    /// Checks the section; the profile loader calls it.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the section for a profile of `protocol`; the profile loader calls it. Only the
+    /// transportControl shape has heartbeats and policy queries; kaifeng has the vehicle check
+    /// (its `/transport/check`, without an envelope operation, issuing the pass's serial);
+    /// hebei has no downlink described.
+    pub fn check(&self, protocol: Protocol) -> Result<(), String> {
+        match protocol {
+            Protocol::TransportControl => {}
+            Protocol::Kaifeng => {
+                for (part, present) in [
+                    ("heartbeat", self.heartbeat.is_some()),
+                    ("gate_status", self.gate_status.is_some()),
+                    ("policy", self.policy.is_some()),
+                    ("white_list", self.white_list.is_some()),
+                ] {
+                    if present {
+                        return Err(format!(
+                            "[downlink.{part}] is not described for the kaifeng shape (only [downlink.check])"
+                        ));
+                    }
+                }
+            }
+            Protocol::Hebei => {
+                return Err(
+                    "[downlink] is not described for the hebei shape (no vehicle check, heartbeat or policy query)"
+                        .into(),
+                )
+            }
+        }
         if let Some(c) = &self.check {
-            check_map(
-                "downlink.check.request",
-                &c.request,
-                CHECK_REQUEST,
-                &["plate"],
-            )?;
+            let need: &[&str] = match protocol {
+                Protocol::Kaifeng => &["plate", "plate_color", "enterprise", "gate", "direction"],
+                _ => &["plate"],
+            };
+            check_map("downlink.check.request", &c.request, CHECK_REQUEST, need)?;
+            match protocol {
+                Protocol::Kaifeng if !c.operation.is_empty() => {
+                    return Err("[downlink.check] `operation` is for transportControl envelopes; a kaifeng check is its `path` alone".into())
+                }
+                Protocol::TransportControl if c.operation.is_empty() => {
+                    return Err("[downlink.check] needs `operation` (the envelope's ipctype, e.g. getCheckVehicle)".into())
+                }
+                Protocol::TransportControl if !c.reply.serial.is_empty() => {
+                    return Err("[downlink.check.reply] `serial` is for platforms that number passes (kaifeng); transportControl gates number their own".into())
+                }
+                _ => {}
+            }
+            if c.reply.serial.iter().any(|n| n.is_empty()) {
+                return Err("[downlink.check.reply] `serial` names must not be empty".into());
+            }
             if c.reply.allow.is_empty() || c.reply.deny.is_empty() {
                 return Err("[downlink.check.reply] needs `allow` and `deny` values".into());
             }
@@ -306,6 +357,9 @@ pub struct PlatformAnswer {
     pub fuel: Option<Fuel>,
     pub vehicle_type: Option<String>,
     pub use_character: Option<char>,
+    /// The serial the platform issued for this pass (kaifeng), recorded on the pass and used
+    /// by its upload.
+    pub serial: Option<String>,
 }
 
 /// The outcome of asking the checking platforms about one read.
@@ -347,6 +401,7 @@ pub fn parse_check_reply(shape: &CheckReply, v: &Value) -> Result<PlatformAnswer
         fuel,
         vehicle_type: first(obj, &shape.vehicle_type),
         use_character: first(obj, &shape.use_character).and_then(|s| s.chars().next()),
+        serial: first(obj, &shape.serial),
     })
 }
 
@@ -354,17 +409,69 @@ fn short(v: &Value) -> String {
     v.to_string().chars().take(120).collect()
 }
 
+/// The client a check goes through, per protocol shape.
+pub enum CheckClient {
+    /// getCheckVehicle in the transportControl envelope; the data is the reply's `value`.
+    TransportControl(TcClient),
+    /// `/transport/check`; the data is the reply's `data`.
+    Kaifeng(KaifengClient),
+}
+
+impl CheckClient {
+    fn profile(&self) -> &PlatformProfile {
+        match self {
+            CheckClient::TransportControl(c) => c.profile(),
+            CheckClient::Kaifeng(c) => c.profile(),
+        }
+    }
+}
+
 /// One platform the site checks vehicles with.
 pub struct CheckTarget {
     pub name: String,
-    pub client: Arc<TcClient>,
+    pub client: CheckClient,
+    /// The enterprise code the platform knows the site by (organ / companyCode).
+    pub organ: String,
     pub timeout: Duration,
 }
 
 impl CheckTarget {
+    /// The request body of a check of `plate` at barrier `gate` in `direction`.
+    pub fn request(
+        &self,
+        shape: &CheckShape,
+        gate: &str,
+        direction: Direction,
+        plate: &str,
+        color: PlateColor,
+    ) -> Value {
+        let p = self.client.profile();
+        let mut v = Map::new();
+        let code = |table: &BTreeMap<String, String>, key: &str| {
+            table.get(key).cloned().unwrap_or_default()
+        };
+        put(&mut v, &shape.request, "plate", plate);
+        put(
+            &mut v,
+            &shape.request,
+            "plate_color",
+            &code(&p.codes.plate_color, color.name()),
+        );
+        put(&mut v, &shape.request, "enterprise", &self.organ);
+        put(&mut v, &shape.request, "gate", gate);
+        put(
+            &mut v,
+            &shape.request,
+            "direction",
+            &code(&p.codes.direction, super::client::direction_key(direction)),
+        );
+        Value::Object(v)
+    }
+
     async fn ask(
         &self,
         gate: &str,
+        direction: Direction,
         plate: &str,
         color: PlateColor,
     ) -> Result<PlatformAnswer, String> {
@@ -372,20 +479,15 @@ impl CheckTarget {
         let Some(shape) = p.downlink.as_ref().and_then(|d| d.check.as_ref()) else {
             return Err("the profile has no [downlink.check]".into());
         };
-        let mut v = Map::new();
-        put(&mut v, &shape.request, "plate", plate);
-        let code = p
-            .codes
-            .plate_color
-            .get(color.name())
-            .map(String::as_str)
-            .unwrap_or("");
-        put(&mut v, &shape.request, "plate_color", code);
-        put(&mut v, &shape.request, "enterprise", self.client.organ());
-        put(&mut v, &shape.request, "gate", gate);
-        let call = self
-            .client
-            .query(&shape.path, &shape.operation, Value::Object(v));
+        let body = self.request(shape, gate, direction, plate, color);
+        let call = async {
+            match &self.client {
+                CheckClient::TransportControl(c) => {
+                    c.query(&shape.path, &shape.operation, body).await
+                }
+                CheckClient::Kaifeng(c) => c.query(&shape.path, &body).await,
+            }
+        };
         match tokio::time::timeout(self.timeout, call).await {
             Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
             Ok(Err(e)) => Err(e.to_string()),
@@ -401,15 +503,22 @@ pub struct VehicleChecker {
 }
 
 impl VehicleChecker {
-    /// Asks the platforms about `plate` at barrier `gate` (道闸编号). Bounded by the longest
-    /// platform timeout; never fails (a failure is an outcome the decider falls back on).
-    pub async fn check(&self, gate: &str, plate: &str, color: PlateColor) -> CheckOutcome {
+    /// Asks the platforms about `plate` at barrier `gate` (道闸编号) going `direction`. Bounded
+    /// by the longest platform timeout; never fails (a failure is an outcome the decider falls
+    /// back on).
+    pub async fn check(
+        &self,
+        gate: &str,
+        direction: Direction,
+        plate: &str,
+        color: PlateColor,
+    ) -> CheckOutcome {
         let mut set = tokio::task::JoinSet::new();
         for t in &self.targets {
             let t = Arc::clone(t);
             let (gate, plate) = (gate.to_string(), plate.to_string());
             set.spawn(async move {
-                let r = t.ask(&gate, &plate, color).await;
+                let r = t.ask(&gate, direction, &plate, color).await;
                 (t.name.clone(), r)
             });
         }
@@ -1048,22 +1157,38 @@ pub fn check_target(
     profile: Arc<PlatformProfile>,
     url: &str,
     organ: &str,
-    username: &str,
-    password: &str,
+    creds: Credentials,
     timeout: Duration,
 ) -> Result<CheckTarget, SendError> {
-    Ok(CheckTarget {
-        name: name.to_string(),
-        // The HTTP timeout a little past the check's own, so that a slow platform is reported
-        // as "no answer within …" rather than as reqwest's opaque send error.
-        client: Arc::new(TcClient::new(
+    // The HTTP timeout a little past the check's own, so that a slow platform is reported as
+    // "no answer within …" rather than as reqwest's opaque send error.
+    let http_timeout = timeout + Duration::from_millis(250);
+    let client = match profile.protocol {
+        Protocol::TransportControl => CheckClient::TransportControl(TcClient::new(
             url,
             profile,
             organ,
-            username,
-            password,
-            timeout + Duration::from_millis(250),
+            &creds.username,
+            &creds.password,
+            http_timeout,
         )?),
+        Protocol::Kaifeng => CheckClient::Kaifeng(KaifengClient::new(
+            url,
+            profile,
+            organ,
+            creds,
+            http_timeout,
+        )?),
+        Protocol::Hebei => {
+            return Err(SendError::Rejected(
+                "no vehicle check is described for the hebei shape".into(),
+            ))
+        }
+    };
+    Ok(CheckTarget {
+        name: name.to_string(),
+        client,
+        organ: organ.to_string(),
         timeout,
     })
 }
@@ -1071,15 +1196,19 @@ pub fn check_target(
 // ---------------------------------------------------------------------------------------------
 // Site wiring
 
-fn credentials(platform: &PlatformPlan) -> Result<(String, String), RegulatorError> {
-    let password = match &platform.password {
+fn credentials(platform: &PlatformPlan) -> Result<Credentials, RegulatorError> {
+    let secret_of = |s: &Option<crate::config::plan::Secret>| match s {
         Some(s) => super::read_secret(s).map_err(|message| RegulatorError::Config {
             platform: platform.name.clone(),
             message,
-        })?,
-        None => String::new(),
+        }),
+        None => Ok(String::new()),
     };
-    Ok((platform.username.clone().unwrap_or_default(), password))
+    Ok(Credentials {
+        username: platform.username.clone().unwrap_or_default(),
+        password: secret_of(&platform.password)?,
+        secret: secret_of(&platform.secret)?,
+    })
 }
 
 /// The vehicle checker of a site: every enabled platform with `check = true`, in site order.
@@ -1093,15 +1222,13 @@ pub fn checker_for(plan: &Plan) -> Result<Option<VehicleChecker>, RegulatorError
         .filter(|p| p.enabled && p.downlink.check)
     {
         let profile = PlatformProfile::load(&plan.site_file, &p.profile)?;
-        let (user, password) = credentials(p)?;
         fallback = p.downlink.fallback;
         let t = check_target(
             &p.name,
             Arc::new(profile),
             &p.url,
             &plan.enterprise.credit_code,
-            &user,
-            &password,
+            credentials(p)?,
             p.downlink.check_timeout,
         )
         .map_err(|e| RegulatorError::Config {
@@ -1123,16 +1250,18 @@ pub fn start_for(
     alarms: Option<mpsc::UnboundedSender<Alarm>>,
 ) -> Result<Option<Downlink>, RegulatorError> {
     let profile = PlatformProfile::load(&plan.site_file, &platform.profile)?;
-    if profile.downlink.is_none() {
+    // Heartbeats and policy polls are described for the transportControl shape only (the
+    // profile check refuses them elsewhere); the kaifeng check runs in the lanes.
+    if profile.downlink.is_none() || profile.protocol != Protocol::TransportControl {
         return Ok(None);
     }
-    let (user, password) = credentials(platform)?;
+    let creds = credentials(platform)?;
     let client = TcClient::new(
         &platform.url,
         Arc::new(profile),
         &plan.enterprise.credit_code,
-        &user,
-        &password,
+        &creds.username,
+        &creds.password,
         DOWNLINK_REQUEST_TIMEOUT,
     )
     .map_err(|e| RegulatorError::Config {
@@ -1204,6 +1333,55 @@ mod tests {
         ] {
             assert!(parse_check_reply(shape, &bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn kaifeng_check_reply_carries_the_issued_serial() {
+        let p = PlatformProfile::builtin("kaifeng").unwrap();
+        let shape = &p.downlink.as_ref().unwrap().check.as_ref().unwrap().reply;
+        let a = parse_check_reply(
+            shape,
+            &serde_json::json!({"isAllowPass": "1", "passReason": "", "serialNum": "KF7",
+                "fuelType": "B", "emissionStandard": "6"}),
+        )
+        .unwrap();
+        assert!(!a.control);
+        assert_eq!(a.serial.as_deref(), Some("KF7"));
+        assert_eq!(a.stage, Some(EmissionStage::China(6)));
+        let d = parse_check_reply(
+            shape,
+            &serde_json::json!({"isAllowPass": 0, "passReason": "超标车辆", "serialNum": ""}),
+        )
+        .unwrap();
+        assert!(d.control, "\"0\" is a deny for kaifeng");
+        assert_eq!(d.reason, "超标车辆");
+        assert_eq!(d.serial, None, "an empty serial is none");
+        assert!(parse_check_reply(shape, &serde_json::json!({"isAllowPass": "2"})).is_err());
+    }
+
+    #[test]
+    fn the_kaifeng_check_request_names_the_lane_direction() {
+        let p = Arc::new(PlatformProfile::builtin("kaifeng").unwrap());
+        let t = check_target(
+            "kf",
+            Arc::clone(&p),
+            "http://127.0.0.1:1",
+            "ORG",
+            Credentials {
+                username: "u".into(),
+                password: "p".into(),
+                secret: String::new(),
+            },
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let shape = p.downlink.as_ref().unwrap().check.as_ref().unwrap();
+        let v = t.request(shape, "02", Direction::Out, "豫A1", PlateColor::Yellow);
+        assert_eq!(
+            v,
+            serde_json::json!({"license": "豫A1", "licenseColor": "1", "companyCode": "ORG",
+                "gateCode": "02", "passStatus": "B"})
+        );
     }
 
     #[test]

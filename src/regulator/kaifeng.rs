@@ -65,6 +65,21 @@ impl KaifengClient {
         self.tokens.logins()
     }
 
+    pub fn profile(&self) -> &PlatformProfile {
+        &self.profile
+    }
+
+    /// A query (the vehicle check before opening): `body` to `path` with the auth headers;
+    /// the reply's `data`.
+    pub async fn query(&self, path: &str, body: &Value) -> Result<Value, SendError> {
+        match self.request(path, body).await? {
+            Some(v) => Ok(v.get("data").cloned().unwrap_or(Value::Null)),
+            None => Err(SendError::Rejected(format!(
+                "{path}: answered as a duplicate, not as a query"
+            ))),
+        }
+    }
+
     fn judge(&self, r: HttpReply, path: &str) -> Verdict {
         let k = self.shape();
         let message = r

@@ -166,7 +166,7 @@ pub(super) struct Inner {
     pub(super) arrivals: HashMap<String, Instant>,
     photo_keys: HashSet<(String, String)>,
     pub(super) stats: MockStats,
-    down: DownState,
+    pub(super) down: DownState,
     /// The secret a `static_token` / `signed` request or a hebei login must prove.
     pub(super) secret: Option<String>,
     pub(super) kaifeng: super::mock_kaifeng::KaifengState,
@@ -224,9 +224,9 @@ pub struct MockHeartbeat {
 }
 
 /// The downlink side of the mock: what it answers and what it was told.
-struct DownState {
-    vehicles: HashMap<String, MockVehicle>,
-    checks: Vec<MockCheck>,
+pub(super) struct DownState {
+    pub(super) vehicles: HashMap<String, MockVehicle>,
+    pub(super) checks: Vec<MockCheck>,
     heartbeats: HashMap<String, Vec<MockHeartbeat>>,
     gate_reports: Vec<Value>,
     policy: Value,

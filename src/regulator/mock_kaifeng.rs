@@ -1,5 +1,7 @@
 //! The strict mock of a 开封 中科九州 platform (reference §4.2), served by [`super::mock`]
-//! when the profile says `protocol = "kaifeng"`. It issues serials at `/transport/check` and
+//! when the profile says `protocol = "kaifeng"`. It issues serials at `/transport/check`
+//! (answering allow/deny from the vehicle table of `MockPlatform::set_vehicle`, each check
+//! recorded in `MockPlatform::checks`) and
 //! refuses a pass upload under a serial it did not issue (or issued for another vehicle or
 //! direction), cargo for a serial whose pass it has not accepted, codes outside the profile's
 //! tables, and requests without a valid token / signature.
@@ -272,14 +274,28 @@ fn process(
         in_table(&status, &p.codes.direction, "passStatus", path)?;
         g.kaifeng.next += 1;
         let serial = format!("KF{:012}", g.kaifeng.next);
+        g.down.checks.push(super::mock::MockCheck {
+            plate: license.clone(),
+            color: color.to_string(),
+            gate: gate.clone(),
+        });
+        // The vehicle table the tests set (`MockPlatform::set_vehicle`); an unknown plate is
+        // allowed with no stage or fuel. A controlled vehicle still gets a serial, as the
+        // reference's clients show (the platform numbers every check).
+        let v = g
+            .down
+            .vehicles
+            .get(&license)
+            .cloned()
+            .unwrap_or(super::mock::MockVehicle::allowed("", ""));
         g.kaifeng
             .issued
             .insert(serial.clone(), (license, status, gate));
         g.stats.issued_serials.push(serial.clone());
         return Ok((
             "ok".into(),
-            json!({"isAllowPass": "1", "passReason": "", "serialNum": serial,
-                   "fuelType": "", "emissionStandard": ""}),
+            json!({"isAllowPass": if v.control { "0" } else { "1" }, "passReason": v.reason,
+                   "serialNum": serial, "fuelType": v.fuel, "emissionStandard": v.stage}),
         ));
     }
     let serial = text(&v, "serialNum", path)?.to_string();

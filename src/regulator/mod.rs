@@ -270,8 +270,8 @@ pub fn parse_bound(s: &str, end: bool) -> Option<chrono::DateTime<chrono::Utc>> 
 }
 
 /// `ecogate uplink resend`: records an `uplink_resend` event asking `platform` to receive the
-/// passes of `[from, to)` again. The running uplink (or the next start) sends them with their
-/// original serials. The platform must have uplink state under `data_dir` (a typo in its name
+/// passes and cargo records of `[from, to)` again. The running uplink (or the next start) sends
+/// them with their original serials (a cargo record under the serial it first went under). The platform must have uplink state under `data_dir` (a typo in its name
 /// would otherwise be recorded and never acted on). Returns the event's seq.
 pub async fn request_resend(
     ledger: &Ledger,

@@ -16,7 +16,7 @@ use super::client::{CargoRecord, Issued, LinkedPass, PhotoSource, PlatformClient
 use super::transport_control::{serial_for, PassRecord, SendError, SiteFacts};
 use super::RegulatorError;
 use crate::ledger::{
-    local_day_start, parse_date, site_zone, EventBody, EventRecord, Ledger, LedgerReader,
+    local_day_start, parse_date, site_zone, Direction, EventBody, EventRecord, Ledger, LedgerReader,
 };
 use chrono::{DateTime, Utc};
 use ecogate_drivers::plate::PlateColor;
@@ -417,7 +417,72 @@ pub fn cargo_record(e: &EventRecord, lane_gates: &HashMap<String, String>) -> Op
             .unwrap_or_else(|| w.lane.clone()),
         name: name.to_string(),
         weight,
+        direction: w.direction,
+        pass: None,
     })
+}
+
+/// The serial platform `name` issued for the pass `e` at the vehicle check before opening.
+fn check_serial(e: &EventRecord, name: &str) -> Option<String> {
+    let EventBody::PassAttempt(p) = &e.body else {
+        return None;
+    };
+    let c = p.check.as_ref()?;
+    (c.platform.as_deref() == Some(name))
+        .then(|| c.serial.clone())
+        .flatten()
+}
+
+/// How long after an 出货 (outgoing goods) weighing its vehicle's exit pass is looked for: the
+/// cargo waits this long for the exit to be recorded before it falls back to the vehicle's
+/// last pass (the report's visit pairing uses the same span for a weighing before a lone exit).
+pub const EXIT_WAIT: Duration = Duration::from_secs(2 * 3600);
+
+/// The pass a cargo record goes under, when the ledger says which (docs/platforms.md, "Cargo
+/// records"): the pass its `pass_ref` names (same plate, a pass that is uploaded); else for
+/// an 出货 weighing the vehicle's first exit pass within [`EXIT_WAIT`] after it. `Ok(None)`:
+/// the vehicle's last acknowledged pass before the weighing decides. `Err(())`: an 出货
+/// weighing whose exit is not recorded yet but may still come.
+fn cargo_link(
+    w: &crate::ledger::Weighing,
+    at: DateTime<Utc>,
+    reader: &LedgerReader,
+    cfg: &OutboxConfig,
+    now: DateTime<Utc>,
+) -> Result<Result<Option<LinkedPass>, ()>, RegulatorError> {
+    let (enterprise, lane_gates) = (cfg.site.enterprise.as_str(), &cfg.lane_gates);
+    let linked = |e: &EventRecord, r: PassRecord| LinkedPass {
+        seq: r.seq,
+        direction: r.direction,
+        time: r.time,
+        gate: r.gate,
+        // The serial this platform issued at the check before opening, else the gate's.
+        serial: check_serial(e, &cfg.name).unwrap_or(r.serial),
+        through_id: None,
+    };
+    if let Some(id) = w.pass_ref.as_deref() {
+        if let Some(e) = reader.event_by_id(id)? {
+            if let Some(r) = pass_record(&e, enterprise, lane_gates).filter(|r| r.plate == w.plate)
+            {
+                return Ok(Ok(Some(linked(&e, r))));
+            }
+        }
+    }
+    if w.direction != Some(Direction::Out) {
+        return Ok(Ok(None));
+    }
+    let wait = chrono::Duration::from_std(EXIT_WAIT).unwrap_or(chrono::Duration::zero());
+    let exit = reader
+        .events_between(PASS_KINDS, at, at + wait)?
+        .into_iter()
+        .filter_map(|e| pass_record(&e, enterprise, lane_gates).map(|r| (e, r)))
+        .filter(|(_, r)| r.plate == w.plate && r.direction == Direction::Out && r.time >= at)
+        .min_by_key(|(_, r)| (r.time, r.seq));
+    match exit {
+        Some((e, r)) => Ok(Ok(Some(linked(&e, r)))),
+        None if now < at + wait => Ok(Err(())),
+        None => Ok(Ok(None)),
+    }
 }
 
 /// What waits in the outbox: a pass, or a cargo record that follows its vehicle's pass.
@@ -434,10 +499,16 @@ impl Item {
             Item::Cargo(c) => &c.plate,
         }
     }
+    /// The time the record is ordered by. A cargo record linked to a pass comes just after
+    /// that pass, also when the pass was recorded after the weighing (出货 on an exit
+    /// weighbridge): a vehicle's records go in this order, so its pass is acknowledged first.
     fn time(&self) -> DateTime<Utc> {
         match self {
             Item::Pass(r) => r.time,
-            Item::Cargo(c) => c.time,
+            Item::Cargo(c) => match &c.pass {
+                Some(p) if p.time >= c.time => p.time + chrono::Duration::milliseconds(1),
+                _ => c.time,
+            },
         }
     }
     fn seq(&self) -> i64 {
@@ -620,6 +691,10 @@ pub(crate) struct Outbox {
     last_pass: HashMap<String, LinkedPass>,
     /// Journal lines not yet on disk.
     journal_out: Vec<String>,
+    /// 出货 cargo records waiting for their vehicle's exit pass to be recorded, by seq, with
+    /// whether they are resends. Their seqs hold the cursor (in `fresh`) so a restart finds
+    /// them again.
+    awaiting_exit: BTreeMap<i64, (CargoRecord, bool)>,
 }
 
 const SCAN_BATCH: usize = 1000;
@@ -645,6 +720,7 @@ impl Outbox {
             issued,
             last_pass,
             journal_out: Vec::new(),
+            awaiting_exit: BTreeMap::new(),
             cfg,
             path,
             state,
@@ -747,9 +823,11 @@ impl Outbox {
             } else {
                 None
             };
+            let fresh = e.seq > self.state.cursor && !self.state.done.contains(&e.seq);
             match cargo {
-                Some(c) if e.seq > self.state.cursor && !self.state.done.contains(&e.seq) => {
-                    self.insert_pending(Item::Cargo(c), false);
+                Some(c) if fresh => self.queue_cargo(e, c, false, reader)?,
+                Some(c) if self.state.resend.contains(&e.seq) => {
+                    self.queue_cargo(e, c, true, reader)?
                 }
                 _ => {
                     // Nothing to send: settled (keeps the settled ranges whole).
@@ -760,6 +838,10 @@ impl Outbox {
             }
             return Ok(());
         };
+        self.note_check_serial(e);
+        if r.direction == Direction::Out {
+            self.exit_recorded(&r);
+        }
         if e.seq > self.state.scanned {
             self.state.kpi.captured += 1;
             self.day_mut(r.time).captured += 1;
@@ -774,7 +856,92 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues again every delivered pass of `[from, to)`; refused ones get another try.
+    /// A pass the site's vehicle check numbered with this platform's serial (kaifeng
+    /// `/transport/check` before opening, recorded as `check.serial`) is uploaded under it:
+    /// the platform is not asked for another.
+    fn note_check_serial(&mut self, e: &EventRecord) {
+        let Some(serial) = check_serial(e, &self.cfg.name) else {
+            return;
+        };
+        let issued = self.issued.entry(e.seq).or_default();
+        if issued.serial.is_none() {
+            issued.serial = Some(serial);
+        }
+    }
+
+    /// Queues a cargo record, linked to its pass when the ledger says which; an 出货 weighing
+    /// whose exit pass is not recorded yet waits for it (see [`cargo_link`]).
+    fn queue_cargo(
+        &mut self,
+        e: &EventRecord,
+        mut c: CargoRecord,
+        resend: bool,
+        reader: &LedgerReader,
+    ) -> Result<(), RegulatorError> {
+        let EventBody::Weighing(w) = &e.body else {
+            return Ok(());
+        };
+        match cargo_link(w, e.occurred_at, reader, &self.cfg, Utc::now())? {
+            Ok(link) => {
+                c.pass = link;
+                self.insert_pending(Item::Cargo(c), resend);
+            }
+            Err(()) => {
+                if !resend {
+                    self.fresh.insert(c.seq);
+                }
+                self.awaiting_exit.insert(c.seq, (c, resend));
+            }
+        }
+        Ok(())
+    }
+
+    /// An exit pass was recorded: the 出货 cargo records of its vehicle waiting for it go.
+    fn exit_recorded(&mut self, r: &PassRecord) {
+        let wait = chrono::Duration::from_std(EXIT_WAIT).unwrap_or(chrono::Duration::zero());
+        let due: Vec<i64> = self
+            .awaiting_exit
+            .iter()
+            .filter(|(_, (c, _))| c.plate == r.plate && c.time <= r.time && r.time <= c.time + wait)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            if let Some((mut c, resend)) = self.awaiting_exit.remove(&seq) {
+                c.pass = Some(LinkedPass {
+                    seq: r.seq,
+                    direction: r.direction,
+                    time: r.time,
+                    gate: r.gate.clone(),
+                    serial: r.serial.clone(),
+                    through_id: None,
+                });
+                self.insert_pending(Item::Cargo(c), resend);
+            }
+        }
+    }
+
+    /// 出货 cargo records whose exit pass did not come within [`EXIT_WAIT`] go under the
+    /// vehicle's last pass before the weighing.
+    pub(crate) fn expire_awaiting_exit(&mut self, now: DateTime<Utc>) {
+        let wait = chrono::Duration::from_std(EXIT_WAIT).unwrap_or(chrono::Duration::zero());
+        let due: Vec<i64> = self
+            .awaiting_exit
+            .iter()
+            .filter(|(_, (c, _))| now >= c.time + wait)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            if let Some((c, resend)) = self.awaiting_exit.remove(&seq) {
+                tracing::info!(destination = %self.cfg.name, plate = %c.plate, seq,
+                    "no exit pass after the 出货 weighing; its cargo goes under the last pass");
+                self.insert_pending(Item::Cargo(c), resend);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Queues again every delivered pass and cargo record of `[from, to)`; refused ones get
+    /// another try. Cargo records go again under the serial they were sent under.
     fn requeue(
         &mut self,
         from: DateTime<Utc>,
@@ -782,6 +949,7 @@ impl Outbox {
         reader: &LedgerReader,
     ) -> Result<(), RegulatorError> {
         let mut n = 0u64;
+        let mut cargo = 0u64;
         for e in reader.events_between(PASS_KINDS, from, to)? {
             let Some(r) = pass_record(&e, &self.cfg.site.enterprise, &self.cfg.lane_gates) else {
                 continue;
@@ -789,13 +957,27 @@ impl Outbox {
             self.parked.remove(&e.seq);
             let delivered = e.seq <= self.state.cursor || self.state.done.contains(&e.seq);
             if delivered && self.state.resend.insert(e.seq) {
+                self.note_check_serial(&e);
                 self.insert_pending(Item::Pass(r), true);
                 n += 1;
             }
         }
+        if self.cargo {
+            for e in reader.events_between(&["weighing"], from, to)? {
+                let Some(c) = cargo_record(&e, &self.cfg.lane_gates) else {
+                    continue;
+                };
+                self.parked.remove(&e.seq);
+                let delivered = e.seq <= self.state.cursor || self.state.done.contains(&e.seq);
+                if delivered && self.state.resend.insert(e.seq) {
+                    self.queue_cargo(&e, c, true, reader)?;
+                    cargo += 1;
+                }
+            }
+        }
         self.dirty = true;
         tracing::info!(destination = %self.cfg.name, from = %from, to = %to, records = n,
-            "passes queued again by uplink_resend");
+            cargo, "passes and cargo records queued again by uplink_resend");
         Ok(())
     }
 
@@ -861,7 +1043,15 @@ impl Outbox {
 
     fn take_job(&mut self, key: Key) -> Option<Job> {
         let p = self.pending.get(&key)?;
-        let rec = p.rec.clone();
+        let mut rec = p.rec.clone();
+        if let Item::Cargo(c) = &mut rec {
+            // The linked pass is known by the serial the platform issued for it, if any.
+            if let Some(lp) = &mut c.pass {
+                if let Some(s) = self.issued.get(&lp.seq).and_then(|i| i.serial.clone()) {
+                    lp.serial = s;
+                }
+            }
+        }
         self.busy.insert(key.1);
         self.busy_plates.insert(rec.plate().to_string());
         Some(Job {
@@ -890,7 +1080,8 @@ impl Outbox {
 
     fn publish(&mut self) {
         let k = &mut self.state.kpi;
-        k.backlog = self.pending.len() as u64;
+        // 出货 cargo records waiting for their exit pass are waiting too.
+        k.backlog = (self.pending.len() + self.awaiting_exit.len()) as u64;
         k.oldest_pending = self.pending.keys().next().map(|(t, _)| *t);
         k.rejected = self.state.rejected.len() as u64;
         for (day, d) in k.days.iter_mut() {
@@ -1021,9 +1212,13 @@ impl Outbox {
             Item::Cargo(c) => {
                 match &o.result {
                     Ok(()) => {
-                        self.state.kpi.cargo_acknowledged += 1;
+                        if resend {
+                            self.state.resend.remove(&seq);
+                        } else {
+                            self.state.kpi.cargo_acknowledged += 1;
+                            self.state.done.insert(seq);
+                        }
                         self.state.rejected.remove(&seq);
-                        self.state.done.insert(seq);
                         self.remove_pending(&o.key);
                     }
                     Err(e) => self.note_failure(&Item::Cargo(c), e),
@@ -1114,13 +1309,31 @@ async fn deliver(
     let r = match &job.rec {
         Item::Pass(r) => r,
         Item::Cargo(c) => {
-            // Its pass: the vehicle's last acknowledged pass before the weighing (the outbox
-            // sends a vehicle's records in time order, so that pass went first).
+            // Its pass: the serial it was sent under before (a resend), else the pass the
+            // ledger links it to, else the vehicle's last acknowledged pass before the
+            // weighing (the outbox sends a vehicle's records in time order, so that pass
+            // went first).
             out.attempted = true;
-            out.result = match job.last.as_ref().filter(|l| l.time <= c.time) {
+            let before = job.issued.serial.clone().map(|serial| LinkedPass {
+                seq: 0,
+                direction: c.direction.unwrap_or(Direction::In),
+                time: c.time,
+                gate: job
+                    .issued
+                    .pass_gate
+                    .clone()
+                    .unwrap_or_else(|| c.gate.clone()),
+                serial,
+                through_id: None,
+            });
+            let pass = before
+                .or_else(|| c.pass.clone())
+                .or_else(|| job.last.clone().filter(|l| l.time <= c.time));
+            out.result = match pass {
                 Some(pass) => {
                     out.issued.serial = Some(pass.serial.clone());
-                    client.send_cargo(&site, c, pass).await
+                    out.issued.pass_gate = Some(pass.gate.clone());
+                    client.send_cargo(&site, c, &pass).await
                 }
                 None => Err(SendError::Rejected(format!(
                     "no acknowledged pass of {} before this weighing to attach the cargo to",
@@ -1253,6 +1466,7 @@ pub(crate) async fn run(
         if *stop.borrow() {
             break;
         }
+        ob.expire_awaiting_exit(Utc::now());
         if ledger.head().seq > ob.state.scanned {
             if let Err(e) = ob.scan(&reader) {
                 // A ledger read error must not end the uplink quietly: count it, show it, and
@@ -1417,6 +1631,7 @@ mod tests {
             issued: Issued {
                 serial: Some("KF1".into()),
                 through_id: None,
+                pass_gate: None,
             },
             plate: None,
             acked: None,
@@ -1458,6 +1673,8 @@ mod tests {
             gate: "01".into(),
             name: "煤".into(),
             weight: ecogate_drivers::Mass::from_grams(32_505_000),
+            direction: None,
+            pass: None,
         };
         assert_eq!(c.tonnes(), "32.505");
         let c = CargoRecord {

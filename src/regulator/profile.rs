@@ -372,12 +372,8 @@ impl PlatformProfile {
                 }
             }
         }
-        match &self.downlink {
-            Some(_) if !tc => {
-                return Err("[downlink] is for transportControl profiles (the vehicle check of the other shapes is not built yet)".into())
-            }
-            Some(d) => d.check()?,
-            None => {}
+        if let Some(d) = &self.downlink {
+            d.check(self.protocol)?;
         }
         if self.cargo.is_some() && !tc {
             return Err("[cargo] is for transportControl profiles (the other shapes have their own cargo form)".into());
@@ -556,5 +552,43 @@ mod tests {
         assert!(e.contains("url"), "{e}");
         let e = err(&tc.replace("amount = [\"ysl\"]", "weight = [\"ysl\"]"));
         assert!(e.contains("`weight`"), "{e}");
+    }
+
+    #[test]
+    fn the_downlink_section_is_checked_per_shape() {
+        let k = PlatformProfile::builtin("kaifeng").unwrap();
+        let c = k.downlink.as_ref().and_then(|d| d.check.as_ref()).unwrap();
+        assert_eq!(c.path, "/transport/check");
+        assert_eq!(c.request["direction"], vec!["passStatus"]);
+        assert_eq!(c.reply.serial, vec!["serialNum"]);
+        let err = |t: &str| PlatformProfile::parse(t, "k.toml").unwrap_err().to_string();
+        let kt = include_str!("../../profiles/platform/kaifeng.toml");
+        // kaifeng: the check only, without an envelope operation, naming the direction.
+        let e = err(&format!(
+            "{kt}\n[downlink.heartbeat]\npath = \"/x\"\noperation = \"hb\"\nok = \"0\"\nfault = \"1\"\n[downlink.heartbeat.fields]\ngate = [\"g\"]\n"
+        ));
+        assert!(
+            e.contains("[downlink.heartbeat] is not described for the kaifeng shape"),
+            "{e}"
+        );
+        let e = err(&kt.replace(
+            "path = \"/transport/check\"\n[downlink",
+            "path = \"/transport/check\"\noperation = \"check\"\n[downlink",
+        ));
+        assert!(e.contains("`operation`"), "{e}");
+        let e = err(&kt.replace("direction = [\"passStatus\"]", ""));
+        assert!(e.contains("`direction`"), "{e}");
+        // hebei: no downlink at all.
+        let ht = include_str!("../../profiles/platform/hebei.toml");
+        let check = &kt[kt.find("[downlink.check]").unwrap()..];
+        let e = err(&format!("{ht}\n{check}"));
+        assert!(e.contains("not described for the hebei shape"), "{e}");
+        // transportControl numbers its own passes: no serial in its check reply.
+        let tc = include_str!("../../profiles/platform/transport-control.toml");
+        let e = err(&tc.replace(
+            "control = \"isControl\"",
+            "control = \"isControl\"\nserial = [\"lsh\"]",
+        ));
+        assert!(e.contains("`serial`"), "{e}");
     }
 }
