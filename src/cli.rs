@@ -165,7 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &ledger, &platform, f, t, &operator, &reason,
             ))?;
             println!(
-                "resend of {} – {} to `{platform}` recorded as ledger event {seq}; the uplink sends those passes again with their serials",
+                "resend of {} – {} to `{platform}` recorded as ledger event {seq}; the uplink sends those passes and their cargo records again with their serials",
                 crate::ledger::local_time(f),
                 crate::ledger::local_time(t)
             );
