@@ -113,7 +113,12 @@ listen = "127.0.0.1:0"
         status.borrow().state == "power_loss"
     })
     .await;
-    assert!(alarms(dir.path()).contains(&("device:ups".into(), "ups_battery_low".into(), true)));
+    // The lane reacts to the UPS event directly; the alarm reaches the ledger through the alarm
+    // board's own task, so it may land a moment later.
+    wait("ups_battery_low raised", 10, || {
+        alarms(dir.path()).contains(&("device:ups".into(), "ups_battery_low".into(), true))
+    })
+    .await;
     assert!(ecogate::ledger::verify::verify(&dir.path().join("ledger"))
         .unwrap()
         .ok());
