@@ -46,6 +46,21 @@ fn lane_machine_errors() {
 }
 
 #[test]
+fn undefined_texts_and_unknown_keys_in_machine_and_profile_files() {
+    check_one("texts");
+}
+
+#[test]
+fn policy_errors_point_into_the_site_file() {
+    check_one("policy");
+}
+
+#[test]
+fn type_errors_are_all_reported_with_the_other_errors() {
+    check_one("types");
+}
+
+#[test]
 fn shipped_configs_validate() {
     let mut files = vec!["config/site.example.toml".to_string()];
     for dir in ["examples"] {
@@ -90,4 +105,43 @@ fn health_and_mqtt_settings() {
 #[test]
 fn platform_outbox_and_auth_keys() {
     check_one("platforms");
+}
+
+/// Every shipped profile, used by a shipped site or not, loads through the gateway's own loader
+/// without unknown keys; platform profiles through theirs.
+#[test]
+fn every_shipped_profile_loads() {
+    let site = Path::new("config/site.example.toml");
+    let lib = ecogate::config::profile::Library::for_site(site, None, None);
+    let mut seen = 0;
+    for kind in std::fs::read_dir("profiles").unwrap().flatten() {
+        let kind_name = kind.file_name().to_string_lossy().to_string();
+        for e in std::fs::read_dir(kind.path()).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+            let name = format!("{kind_name}/{stem}");
+            seen += 1;
+            if kind_name == "platform" {
+                if let Err(e) = ecogate::regulator::profile::PlatformProfile::load(site, &stem) {
+                    panic!("{name}: {e}");
+                }
+                continue;
+            }
+            let found = lib
+                .find_profile(&name)
+                .unwrap_or_else(|| panic!("{name} not found"));
+            assert_eq!(
+                std::fs::canonicalize(&found.file.path).unwrap(),
+                std::fs::canonicalize(&p).unwrap(),
+                "{name} resolved to another file"
+            );
+            if let Err(d) = lib.load_profile(&found) {
+                panic!("{name}: {}", ecogate::config::Diagnostics(d));
+            }
+        }
+    }
+    assert!(seen >= 18, "only {seen} profiles found");
 }

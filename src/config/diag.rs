@@ -48,6 +48,7 @@ impl SourceFile {
             col,
             message: message.into(),
             help: None,
+            stand_in: false,
         }
     }
 }
@@ -61,6 +62,9 @@ pub struct Diagnostic {
     pub message: String,
     /// How to fix it.
     pub help: Option<String>,
+    /// A type error whose value was replaced by a stand-in so that reading could go on: other
+    /// errors at the same position are its consequences and are not reported.
+    pub stand_in: bool,
 }
 
 impl Diagnostic {
@@ -77,6 +81,7 @@ impl Diagnostic {
             col: 1,
             message: message.into(),
             help: None,
+            stand_in: false,
         }
     }
 }
@@ -108,6 +113,18 @@ impl Diagnostics {
             (&a.file, a.line, a.col, &a.message).cmp(&(&b.file, b.line, b.col, &b.message))
         });
         self.0.dedup();
+        let stand_ins: Vec<(PathBuf, usize, usize)> = self
+            .0
+            .iter()
+            .filter(|d| d.stand_in)
+            .map(|d| (d.file.clone(), d.line, d.col))
+            .collect();
+        self.0.retain(|d| {
+            d.stand_in
+                || !stand_ins
+                    .iter()
+                    .any(|(f, l, c)| *f == d.file && *l == d.line && *c == d.col)
+        });
         self
     }
 }

@@ -371,7 +371,7 @@ pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
     })?;
     let file = SourceFile::new(path, text);
     let (raw, mut diags): (RawSite, _) =
-        document::parse(&file).map_err(|d| Diagnostics(vec![d]))?;
+        document::parse(&file).map_err(|d| Diagnostics(d).sorted())?;
     let plan = Validator {
         file: &file,
         diags: &mut diags,
@@ -1254,8 +1254,9 @@ impl Validator<'_> {
                     );
                     return None;
                 };
-                match self.lib.load_profile(&found) {
-                    Ok(pr) => {
+                match self.lib.load_profile_usable(&found) {
+                    Ok((pr, unknown_keys)) => {
+                        self.diags.extend(unknown_keys);
                         let pr = Arc::new(pr);
                         profiles.insert(d.profile.clone(), Arc::clone(&pr));
                         pr
@@ -1408,8 +1409,9 @@ impl Validator<'_> {
                     );
                     continue;
                 };
-                match machine::load(&l.machine, &found.file) {
-                    Ok(m) => {
+                match machine::load_usable(&l.machine, &found.file) {
+                    Ok((m, unknown_keys)) => {
+                        self.diags.extend(unknown_keys);
                         out.insert(l.machine.clone(), Arc::new(m));
                     }
                     Err(errs) => {

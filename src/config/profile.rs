@@ -144,8 +144,21 @@ impl Library {
 
     /// Loads a profile and checks its header.
     pub fn load_profile(&self, found: &Found) -> Result<Profile, Vec<Diagnostic>> {
+        match self.load_profile_usable(found)? {
+            (p, unknown) if unknown.is_empty() => Ok(p),
+            (_, unknown) => Err(unknown),
+        }
+    }
+
+    /// Like [`Library::load_profile`], but a profile whose only faults are unknown keys comes
+    /// back with those errors beside it, so the devices using it are still checked.
+    pub fn load_profile_usable(
+        &self,
+        found: &Found,
+    ) -> Result<(Profile, Vec<Diagnostic>), Vec<Diagnostic>> {
         let file = &found.file;
-        let (mut p, mut diags): (Profile, _) = document::parse(file).map_err(|d| vec![d])?;
+        let (mut p, unknown): (Profile, _) = document::parse(file)?;
+        let mut diags = Vec::new();
         p.source = file.path.clone();
         for (i, t) in p.transports.iter().enumerate() {
             if !ecogate_drivers::Address::SCHEMES.contains(&t.as_str()) {
@@ -175,8 +188,9 @@ impl Library {
             }
         }
         if diags.is_empty() {
-            Ok(p)
+            Ok((p, unknown))
         } else {
+            diags.extend(unknown);
             Err(diags)
         }
     }

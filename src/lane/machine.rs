@@ -256,15 +256,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Loads and validates a machine file. All errors are returned, each at its position.
 pub fn load(name: &str, file: &SourceFile) -> Result<Machine, Vec<Diagnostic>> {
-    let (raw, mut diags) = match document::parse::<RawMachine>(file) {
+    match load_usable(name, file)? {
+        (m, unknown) if unknown.is_empty() => Ok(m),
+        (_, unknown) => Err(unknown),
+    }
+}
+
+/// Like [`load`], but a machine whose only faults are unknown keys still comes back, with those
+/// errors beside it: the site check can then go on to check the lanes that use it, so that one
+/// misspelt key does not hide every other error.
+pub fn load_usable(
+    name: &str,
+    file: &SourceFile,
+) -> Result<(Machine, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let (raw, unknown) = match document::parse::<RawMachine>(file) {
         Ok(v) => v,
-        Err(d) => return Err(vec![d]),
+        Err(d) => return Err(d),
     };
+    let mut diags = Vec::new();
     let machine = compile(name, &raw, file, &mut diags);
-    diags.sort_by_key(|d| (d.line, d.col));
     match machine {
-        Some(m) if diags.is_empty() => Ok(m),
-        _ => Err(diags),
+        Some(m) if diags.is_empty() => Ok((m, unknown)),
+        _ => {
+            diags.extend(unknown);
+            diags.sort_by_key(|d| (d.line, d.col));
+            Err(diags)
+        }
     }
 }
 

@@ -57,6 +57,7 @@ pub fn parse_script(
             col: col_of(raw_line, tok),
             message: msg,
             help: Some(help.to_string()),
+            stand_in: false,
         };
         let at = match super::machine::parse_duration(toks[0]).or_else(|e| {
             if toks[0] == "0" || toks[0] == "0s" {
