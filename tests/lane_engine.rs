@@ -396,12 +396,27 @@ proptest! {
         let mut unrecorded_decision = false;
         for (gap_ms, input) in steps {
             now += chrono::Duration::milliseconds(gap_ms);
+            let due = lane.next_deadline();
             lane.advance(now, &OddDenied, &mut out);
-            // Timers always fire or are cancelled: none is left overdue after advance.
+            // A timer that came due fired at its own deadline (the shipped machines guard no
+            // timer, so firing always shows as a transition)…
+            if let Some(d) = due.filter(|d| *d <= now) {
+                prop_assert!(
+                    out.iter().any(|o| matches!(o, Output::Transition(t) if t.at == d && t.event.starts_with("after "))),
+                    "timer due at {d} did not fire by {now}: {out:#?}"
+                );
+            }
+            // …none is left overdue after advance…
             if let Some(d) = lane.next_deadline() {
                 prop_assert!(d > now, "timer due at {d} still pending at {now}");
             }
+            // …and a pending timer goes away only with a transition that leaves its state.
+            let pending = lane.next_deadline();
+            let mark = out.len();
             lane.handle(input, now, &OddDenied, &mut out);
+            if !out[mark..].iter().any(|o| matches!(o, Output::Transition(_))) {
+                prop_assert_eq!(lane.next_deadline(), pending, "a timer changed without a transition");
+            }
             prop_assert!(states.iter().any(|s| s == lane.state_name()));
             for o in &out {
                 match o {
