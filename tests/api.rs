@@ -217,6 +217,7 @@ async fn an_inspector_gets_403_on_every_write() {
             "/api/v1/alarms/ack" => json!({"source": "s", "code": "c"}),
             "/api/v1/releases" => json!({"lane": "1-in", "reason_code": "visitor"}),
             "/api/v1/lanes/{lane}/correct-plate" => json!({"plate": "豫A1", "color": "yellow"}),
+            "/api/v1/corrections" => json!({"refs": "x", "reason": "r", "void": true}),
             "/api/v1/transport-tonnage" => {
                 json!({"date": "2026-11-01", "mode": "rail", "cargo": "铁矿石", "tonnes": 100.0})
             }
@@ -926,6 +927,141 @@ async fn a_corrected_plate_is_decided_again() {
     let del = s.kinds("registry_change").pop().unwrap();
     assert_eq!(body(&del)["op"], "delete");
     assert_eq!(body(&del)["source"], "api:envmgr");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_change_the_search_and_are_for_supervisors_only() {
+    let s = start("").await;
+    let guard = s.login("guard").await;
+    let sup = s.login("supervisor").await;
+    let pass = denied_vehicle(&s, "豫A13579", 21).await;
+    let post = |tok: String, b: Value| {
+        let s = &s;
+        async move {
+            s.call(Method::POST, "/api/v1/corrections", Some(&tok), Some(b))
+                .await
+        }
+    };
+    // The guard corrects plates at the lane only.
+    let (st, v) = post(
+        guard.clone(),
+        json!({"refs": pass.id, "plate": "豫A24680", "reason": "识别错误"}),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = post(
+        sup.clone(),
+        json!({"refs": pass.id, "plate": "豫A24680", "color": "yellow", "direction": "in",
+               "reason": "识别错误"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let c = s.kinds("correction").pop().unwrap();
+    assert_eq!(c.id, v["id"].as_str().unwrap());
+    assert_eq!(body(&c)["refs"], pass.id.as_str());
+    assert_eq!(body(&c)["operator"], "supervisor");
+    assert_eq!(body(&c)["plate"], "豫A24680");
+    // The search finds the record under its corrected plate, flagged corrected.
+    let (_, found) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/passes?plate={}", urlencode("豫A24680")),
+            Some(&sup),
+            None,
+        )
+        .await;
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["items"][0]["id"], pass.id.as_str());
+    assert_eq!(found["items"][0]["corrected"], true, "{found}");
+
+    // Refusals name what is wrong and write nothing.
+    let before = s.gw.ledger.head().seq;
+    let alarm_or_other = s
+        .events()
+        .into_iter()
+        .find(|e| {
+            !["pass_attempt", "manual_release", "backfill", "weighing"].contains(&e.kind.as_str())
+        })
+        .unwrap();
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({"refs": "no-such-id", "void": true, "reason": "r"}),
+            404,
+            "no-such-id",
+        ),
+        (
+            json!({"refs": pass.id, "reason": "r"}),
+            422,
+            "nothing to correct",
+        ),
+        (
+            json!({"refs": pass.id, "void": true, "plate": "豫A11111", "reason": "r"}),
+            422,
+            "void",
+        ),
+        (
+            json!({"refs": pass.id, "net_kg": "900000", "reason": "r"}),
+            422,
+            "net",
+        ),
+        (
+            json!({"refs": pass.id, "plate": "A1", "reason": "r"}),
+            422,
+            "plate",
+        ),
+        (
+            json!({"refs": pass.id, "void": true, "reason": " "}),
+            422,
+            "reason",
+        ),
+        (
+            json!({"refs": pass.id, "net_kg": "12.3456", "reason": "r"}),
+            400,
+            "net_kg",
+        ),
+        (
+            json!({"refs": pass.id, "color": "pink", "reason": "r"}),
+            400,
+            "color",
+        ),
+        (
+            json!({"refs": pass.id, "void": true, "reason": "r", "extra": 1}),
+            400,
+            "extra",
+        ),
+        (
+            json!({"refs": alarm_or_other.id, "void": true, "reason": "r"}),
+            422,
+            alarm_or_other.kind.as_str(),
+        ),
+    ];
+    for (b, want, names) in cases {
+        let (st, v) = post(sup.clone(), b.clone()).await;
+        assert_eq!(st, want, "{b}: {v}");
+        let m = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains(names), "{b}: `{m}` should name `{names}`");
+    }
+    assert_eq!(
+        s.gw.ledger.head().seq,
+        before,
+        "a refused correction was recorded"
+    );
+
+    // Voiding once works; voiding again is a conflict.
+    let void = json!({"refs": pass.id, "void": true, "reason": "测试车辆"});
+    let (st, v) = post(sup.clone(), void.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = post(sup.clone(), void).await;
+    assert_eq!(st, 409, "{v}");
+    let (_, found) = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/passes?plate={}", urlencode("豫A24680")),
+            Some(&sup),
+            None,
+        )
+        .await;
+    assert_eq!(found["items"][0]["voided"], true, "{found}");
 }
 
 fn urlencode(s: &str) -> String {

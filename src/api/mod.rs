@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod cli;
 pub mod console;
+mod corrections;
 pub mod error;
 pub mod ingest;
 mod ledger_api;
@@ -292,6 +293,7 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
             "/api/v1/lanes/{lane}/correct-plate",
             post(release::correct_plate),
         ),
+        ("post", "/api/v1/corrections", post(corrections::create)),
         ("get", "/api/v1/reports/releases", get(release::report)),
         ("get", "/api/v1/reports/summary", get(reports::summary)),
         ("get", "/api/v1/inspection", get(reports::inspection)),

@@ -156,7 +156,7 @@ pub fn parse<T: DeserializeOwned>(
         };
         if !type_errors.is_empty() {
             // A syntax error now is one our patching made; a missing field is a key we blanked.
-            let ours = syntax || missing_field(&e).is_some_and(|k| blanked.iter().any(|b| *b == k));
+            let ours = syntax || missing_field(&e).is_some_and(|k| blanked.contains(&k));
             if ours {
                 return Err(type_errors);
             }

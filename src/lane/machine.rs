@@ -269,10 +269,7 @@ pub fn load_usable(
     name: &str,
     file: &SourceFile,
 ) -> Result<(Machine, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let (raw, unknown) = match document::parse::<RawMachine>(file) {
-        Ok(v) => v,
-        Err(d) => return Err(d),
-    };
+    let (raw, unknown) = document::parse::<RawMachine>(file)?;
     let mut diags = Vec::new();
     let machine = compile(name, &raw, file, &mut diags);
     match machine {

@@ -65,6 +65,35 @@ pub enum LedgerCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Correct an earlier pass, manual release, backfill or weighing (更正): a new event that
+    /// references it. Fields left out stay as they were; --void withdraws the record.
+    Correct {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Event id of the record to correct (as shown by the console or the API).
+        #[arg(long = "ref")]
+        refs: String,
+        #[arg(long)]
+        plate: Option<String>,
+        /// Plate colour: blue, yellow, green, yellow_green, white, black, other (or 蓝/黄/…).
+        #[arg(long)]
+        color: Option<String>,
+        /// in / out (进 / 出).
+        #[arg(long)]
+        direction: Option<String>,
+        #[arg(long)]
+        cargo: Option<String>,
+        /// Net weight in kg.
+        #[arg(long)]
+        net_kg: Option<String>,
+        /// Withdraw the record from the ledgers (it stays in the log).
+        #[arg(long)]
+        void: bool,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// Print the chain head `SEQ:HASH`.
     Head {
         #[arg(long)]
@@ -166,6 +195,61 @@ impl LedgerCommand {
                     r.recorded,
                     r.first_seq.unwrap_or(0),
                     r.last_seq.unwrap_or(0)
+                );
+                Ok(())
+            }
+            LedgerCommand::Correct {
+                data_dir,
+                refs,
+                plate,
+                color,
+                direction,
+                cargo,
+                net_kg,
+                void,
+                operator,
+                reason,
+            } => {
+                let color = match color {
+                    Some(c) => Some(
+                        c.parse::<crate::vehicle::PlateColor>()
+                            .map_err(|_| anyhow!("--color `{c}` is not a plate colour"))?,
+                    ),
+                    None => None,
+                };
+                let direction = match direction {
+                    Some(d) => Some(
+                        crate::vehicle::Direction::parse(&d)
+                            .ok_or_else(|| anyhow!("--direction `{d}` is neither in nor out"))?,
+                    ),
+                    None => None,
+                };
+                let net = match net_kg {
+                    Some(n) => Some(
+                        n.parse::<ecogate_drivers::Mass>()
+                            .map_err(|e| anyhow!("--net-kg: {e}"))?,
+                    ),
+                    None => None,
+                };
+                let c = super::events::Correction {
+                    refs,
+                    operator,
+                    reason,
+                    void,
+                    plate: plate.map(|p| p.trim().to_string()),
+                    color,
+                    direction,
+                    cargo: cargo.map(|c| c.trim().to_string()),
+                    net,
+                };
+                let ledger = Ledger::open(&data_dir)?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let receipt = rt.block_on(super::correct::record(&ledger, c))?;
+                println!(
+                    "correction recorded as ledger event {} ({}); the ledgers and reports show the corrected record",
+                    receipt.seq, receipt.id
                 );
                 Ok(())
             }

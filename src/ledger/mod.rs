@@ -9,6 +9,7 @@
 pub mod backfill;
 pub mod chain;
 pub mod cli;
+pub mod correct;
 pub mod events;
 pub mod export;
 pub mod photos;
