@@ -122,6 +122,7 @@ export const ROLE_NAMES = {
 const RIGHTS = {
   release: ["guard", "supervisor", "admin"],
   correct: ["guard", "supervisor", "admin"],
+  amend: ["supervisor", "env_manager", "admin"],
   approve: ["supervisor", "admin"],
   ack: ["supervisor", "env_manager", "admin"],
   registry: ["env_manager", "admin"],

@@ -168,17 +168,62 @@ function eventBlock(e) {
   );
 }
 
+const AMENDABLE = ["pass_attempt", "manual_release", "backfill", "weighing"];
+
+// 更正: a correction event naming the record (POST /api/v1/corrections); empty fields stay as
+// they were. Plate colour and direction belong to the pass, so a weighing offers cargo and net.
+function amendForm(e) {
+  const weighing = e.kind === "weighing";
+  return dialog({
+    title: `更正${KIND[e.kind] || ""} #${e.seq}`,
+    testid: "amend-form",
+    build: () => [
+      h("p", { class: "hint" }, "留空的项保持不变；作废后该记录不再计入台账和报表（原记录保留）。"),
+      weighing ? null : field("车牌", input("plate", { testid: "amend-plate", maxlength: 16 })),
+      weighing ? null : field("车牌颜色", select("color", [["", "不变"], ...Object.entries(COLORS)], "", { testid: "amend-color" })),
+      weighing ? null : field("方向", select("direction", [["", "不变"], ["in", "进厂"], ["out", "出厂"]], "", { testid: "amend-direction" })),
+      field("货物", input("cargo", { testid: "amend-cargo", maxlength: 64 })),
+      field("净重 (kg)", input("net_kg", { testid: "amend-net", inputmode: "decimal" })),
+      h("label", { class: "field field-check" }, h("input", { type: "checkbox", name: "void", value: "1", testid: "amend-void" }), " 作废此记录"),
+      field("更正原因", input("reason", { testid: "amend-reason", required: true, maxlength: 200 })),
+    ].filter(Boolean),
+    submit: async (form) => {
+      const f = formValues(form);
+      if (!f.reason) throw new Error("请填写更正原因");
+      const body = { refs: e.id, reason: f.reason, void: f.void === "1" };
+      for (const k of ["plate", "color", "direction", "cargo", "net_kg"]) if (f[k]) body[k] = f[k];
+      const r = await post("/api/v1/corrections", body);
+      toast(body.void ? "记录已作废" : "更正已记录", "ok");
+      return r;
+    },
+  });
+}
+
+function amendButton(e, reload) {
+  if (!can("amend") || !AMENDABLE.includes(e.kind)) return null;
+  return h("button", {
+    class: "btn", type: "button", testid: `amend-${e.kind}`,
+    onclick: async () => { if (await amendForm(e)) reload(); },
+  }, "更正");
+}
+
 export function passView(el, [seq]) {
   const box = h("div", { id: "pass-detail", testid: "pass-detail" });
   el.append(
     h("div", { class: "view-head" }, h("a", { href: "#/search", class: "btn" }, "← 返回查询"), h("h1", {}, `通行详情 #${seq}`)),
     box,
   );
-  loadInto(box, async () => {
+  const load = () => loadInto(box, async () => {
     const d = await get(`/api/v1/passes/${encodeURIComponent(seq)}`);
+    const withAmend = (e) => {
+      const b = eventBlock(e);
+      const btn = amendButton(e, load);
+      if (btn) b.appendChild(btn);
+      return b;
+    };
     clear(
       box,
-      section("记录", eventBlock(d.event)),
+      section("记录", withAmend(d.event)),
       section(
         "照片",
         h("div", { class: "photos" },
@@ -186,10 +231,11 @@ export function passView(el, [seq]) {
             ? d.photos.map((p) => h("figure", {}, photo(p.url, p.kind), h("figcaption", {}, `${{ scene: "场景", plate: "车牌", head: "车头", body: "车身" }[p.kind] || p.kind || ""}`)))
             : h("p", { class: "empty" }, "无照片")),
       ),
-      section("关联记录", (d.related || []).length ? d.related.map(eventBlock) : h("p", { class: "empty" }, "无")),
+      section("关联记录", (d.related || []).length ? d.related.map(withAmend) : h("p", { class: "empty" }, "无")),
       h("p", { class: "muted" }, `事件编号 ${d.event.id || ""}`),
     );
   });
+  load();
 }
 
 // ---- 台账 ----

@@ -663,6 +663,25 @@ async fn env_manager_registers_searches_reports_and_inspects() {
     let text = s.text(&detail).await;
     assert!(text.contains("国六"), "the detail shows no stage: {text}");
 
+    // 更正: the cargo was not keyed at the gate; the env manager adds it from the detail. The
+    // record stays as it was and a correction naming it joins the related records.
+    s.click(&s.wait("[data-testid=amend-pass_attempt]").await)
+        .await;
+    let cargo = s.wait("[data-testid=amend-cargo]").await;
+    s.type_into(&cargo, "焦炭").await;
+    let reason = s.wait("[data-testid=amend-reason]").await;
+    s.type_into(&reason, "门岗漏记货物").await;
+    s.click(&s.wait("[data-testid=dialog-submit]").await).await;
+    s.wait_text("[data-testid=pass-detail] [data-testid=event-correction]", "焦炭")
+        .await;
+    let fix = events(dir.path())
+        .into_iter()
+        .rfind(|(k, _)| k == "correction")
+        .expect("a correction event");
+    assert_eq!(fix.1["cargo"], "焦炭", "{}", fix.1);
+    assert_eq!(fix.1["operator"], "envmgr", "{}", fix.1);
+    assert_eq!(fix.1["reason"], "门岗漏记货物", "{}", fix.1);
+
     // The report for the last days counts one entry, in the hour chart too.
     s.goto(&format!("{base}/#/reports")).await;
     s.click(&s.wait("[data-testid=report-submit]").await).await;
