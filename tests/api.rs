@@ -1064,6 +1064,128 @@ async fn corrections_change_the_search_and_are_for_supervisors_only() {
     assert_eq!(found["items"][0]["voided"], true, "{found}");
 }
 
+/// Every file below `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_writes_refuse_photo_fields_under_every_name() {
+    let s = start("").await;
+    let env = s.login("envmgr").await;
+    let secret = s.dir.path().join("secret.txt");
+    std::fs::write(&secret, b"a server file that must never be served").unwrap();
+    let secret_s = secret.to_str().unwrap().to_string();
+    let transport = json!({
+        "plate": "豫A54321", "color": "yellow", "vin": "LZZ1CLVB7KA999999", "engine_no": "-",
+        "vehicle_type": "Q11", "fuel": "B", "stage": "国Ⅵ", "registered_on": "2023-07-01",
+        "fleet": "自有车队"});
+    let in_plant = json!({"code": "CN-1", "vin": "LZZ1CLVB7KA000001", "fuel": "C", "stage": "D"});
+    let machinery = json!({"reg_code": "HB-1", "model": "ZL50", "fuel": "B", "stage": "4"});
+    let cases = [
+        (
+            "transport",
+            &transport,
+            &["license_photo", "行驶证", "list_photo", "随车清单"][..],
+        ),
+        (
+            "in_plant",
+            &in_plant,
+            &["license_photo", "行驶证", "list_photo", "随车清单"][..],
+        ),
+        (
+            "machinery",
+            &machinery,
+            &[
+                "engine_plate_photo",
+                "发动机铭牌",
+                "machine_plate_photo",
+                "机械铭牌",
+                "label_photo",
+                "环保信息标签",
+            ][..],
+        ),
+    ];
+    let before = s.kinds("registry_change").len();
+    for (kind, base, names) in cases {
+        for name in names {
+            for value in [json!(secret_s), json!("../../secret.txt"), json!(null)] {
+                let mut rec = base.clone();
+                rec[*name] = value.clone();
+                let (st, v) = s
+                    .call(
+                        Method::POST,
+                        &format!("/api/v1/registries/{kind}"),
+                        Some(&env),
+                        Some(rec),
+                    )
+                    .await;
+                assert_eq!(st, 400, "{kind} `{name}` = {value}: {v}");
+                assert_eq!(v["error"]["code"], "bad_request", "{v}");
+                let msg = v["error"]["message"].as_str().unwrap();
+                assert!(msg.contains(&format!("`{name}`")), "{msg}");
+            }
+        }
+    }
+    assert_eq!(s.kinds("registry_change").len(), before, "nothing recorded");
+    let photos = s.dir.path().join("ledger").join("photos");
+    for f in files_under(&photos) {
+        assert_ne!(
+            std::fs::read(&f).unwrap(),
+            std::fs::read(&secret).unwrap(),
+            "{} holds the server file",
+            f.display()
+        );
+    }
+    for kind in ["transport", "in_plant", "machinery"] {
+        let (_, list) = s
+            .call(
+                Method::GET,
+                &format!("/api/v1/registries/{kind}"),
+                Some(&env),
+                None,
+            )
+            .await;
+        assert_eq!(list["total"], 0, "{kind}: {list}");
+    }
+
+    // Without photos the records are written; a vehicle without 行驶证 / 随车清单 is flagged.
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/v1/registries/transport",
+            Some(&env),
+            Some(transport.clone()),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let w = v["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "{v}");
+    assert!(w[0].as_str().unwrap().contains("行驶证"), "{v}");
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/api/v1/registries/machinery",
+            Some(&env),
+            Some(machinery.clone()),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["warnings"], json!([]));
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {

@@ -423,3 +423,128 @@ data_dir = "ledger"
     assert!(alarms.iter().any(|c| c == "ups_battery_low"), "{alarms:?}");
     drop(ups);
 }
+
+#[test]
+fn ledger_backfill_records_flagged_rows_and_refuses_a_bad_file_whole() {
+    use ecogate::ledger::{EventBody, LedgerReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    std::fs::write(dir.path().join("sheet.jpg"), b"paper sheet").unwrap();
+    let good = dir.path().join("paper.csv");
+    std::fs::write(
+        &good,
+        "通行时间,进出类型,车牌号码,车牌颜色,车道,运输货物名称,运输量(吨),纸质台账照片\n\
+         2026-03-01 08:10:00,进,豫A77777,黄,1-in,焦炭,30.25,sheet.jpg\n\
+         2026-03-01 09:40:00,出,豫A77777,黄,1-out,,,sheet.jpg\n",
+    )
+    .unwrap();
+    let run = |file: &std::path::Path| {
+        ecogate()
+            .args(["ledger", "backfill", "--data-dir", data_s])
+            .arg(file)
+            .args(["--operator", "王五", "--reason", "网关停电 08:00-10:00"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&good);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("2 paper-log rows recorded as 补录"),
+        "{stdout}"
+    );
+
+    let reader = LedgerReader::open(&data).unwrap();
+    let events = reader.events_after(0, 100).unwrap();
+    assert_eq!(events.len(), 2);
+    let times: Vec<String> = events
+        .iter()
+        .map(|e| ecogate::ledger::local_time(e.occurred_at))
+        .collect();
+    assert_eq!(times, ["2026-03-01 08:10:00", "2026-03-01 09:40:00"]);
+    for (e, line) in events.iter().zip([2, 3]) {
+        assert_eq!(e.kind, "backfill");
+        let EventBody::Backfill(b) = &e.body else {
+            panic!("{:?}", e.body)
+        };
+        assert_eq!(b.operator, "王五");
+        assert_eq!(b.reason, "网关停电 08:00-10:00");
+        assert_eq!((b.source.as_str(), b.line), ("paper.csv", line));
+        assert!(e.recorded_at > e.occurred_at, "recorded now, dated then");
+        assert_eq!(e.photos.len(), 1);
+    }
+    drop(reader);
+
+    // The transport ledger shows the visit flagged 补录.
+    let export = dir.path().join("t.csv");
+    let out = ecogate()
+        .args([
+            "ledger",
+            "export",
+            "--data-dir",
+            data_s,
+            "--ledger",
+            "transport",
+            "--from",
+            "2026-03-01",
+            "--to",
+            "2026-03-01",
+            "--out",
+        ])
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&export).unwrap();
+    let rows: Vec<Vec<String>> = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.trim_start_matches('\u{feff}').as_bytes())
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    let col = |n: &str| rows[0].iter().position(|c| c == n).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1][col("备注")], "补录");
+    assert_eq!(rows[1][col("进厂时间")], "2026-03-01 08:10:00");
+    assert_eq!(rows[1][col("运输量(吨)")], "30.3");
+
+    // One bad row (an absurd load; a photo outside the folder): named by line and column,
+    // and the good rows around it are not recorded either.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let bad = sub.join("bad.csv");
+    std::fs::write(
+        &bad,
+        "time,direction,plate,color,lane,net_t,sheet_photo\n\
+         2026-03-02 08:00:00,in,豫A88888,黄,1-in,31,\n\
+         2026-03-02 08:05:00,in,豫A88889,黄,1-in,922337203685477,\n\
+         2026-03-02 08:06:00,in,豫A88890,黄,1-in,0,\n\
+         2026-03-02 08:07:00,in,豫A88891,黄,1-in,,../sheet.jpg\n",
+    )
+    .unwrap();
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("3 bad row(s), nothing imported"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 3, column `net_t`"), "{stderr}");
+    assert!(stderr.contains("line 4, column `net_t`"), "{stderr}");
+    assert!(stderr.contains("line 5, column `sheet_photo`"), "{stderr}");
+    assert!(!stderr.contains("line 2"), "{stderr}");
+    let head = ecogate()
+        .args(["ledger", "head", "--data-dir", data_s])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&head.stdout).starts_with("2:"));
+}

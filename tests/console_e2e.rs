@@ -672,8 +672,11 @@ async fn env_manager_registers_searches_reports_and_inspects() {
     let reason = s.wait("[data-testid=amend-reason]").await;
     s.type_into(&reason, "门岗漏记货物").await;
     s.click(&s.wait("[data-testid=dialog-submit]").await).await;
-    s.wait_text("[data-testid=pass-detail] [data-testid=event-correction]", "焦炭")
-        .await;
+    s.wait_text(
+        "[data-testid=pass-detail] [data-testid=event-correction]",
+        "焦炭",
+    )
+    .await;
     let fix = events(dir.path())
         .into_iter()
         .rfind(|(k, _)| k == "correction")

@@ -6,16 +6,19 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, Months, NaiveDate, Utc};
 use clap::Parser;
 use ecogate::ledger::cli::{LedgerCommand, RegistryCommand};
-use ecogate::ledger::export::{IN_PLANT_COLUMNS, NON_ROAD_COLUMNS, TRANSPORT_COLUMNS};
-use ecogate::ledger::registry::ImportError;
+use ecogate::ledger::export::{
+    table, LedgerKind, IN_PLANT_COLUMNS, NON_ROAD_COLUMNS, TRANSPORT_COLUMNS,
+};
+use ecogate::ledger::registry::{self, ImportError};
 use ecogate::ledger::views::VisitFlag;
 use ecogate::ledger::{
     backfill::backfill_csv, local_day_start, retention, verify, BreakKind, Direction, EventBody,
     Ledger, LedgerReader, Weighing,
 };
-use ecogate::vehicle::PlateColor;
+use ecogate::vehicle::{PlateColor, RegistryKind};
 use ecogate_drivers::Mass;
 use ledger_support::pass;
+use std::io::Read;
 use std::path::Path;
 
 #[derive(Parser)]
@@ -184,8 +187,33 @@ fn transport_ledger_export_has_national_columns_and_gmt8_times() {
         xlsx.to_str().unwrap(),
     ])
     .unwrap();
-    let bytes = std::fs::read(&xlsx).unwrap();
-    assert_eq!(&bytes[..2], b"PK");
+    // Opened as a workbook: one sheet named after the ledger, the national header row, and
+    // the very cells of the CSV (times as `yyyy-MM-dd HH:mm:ss` GMT+8 text).
+    let book = Xlsx::open(&std::fs::read(&xlsx).unwrap());
+    assert_eq!(book.names, vec!["进出厂运输车辆电子台账"]);
+    let sheet = &book.sheets[0];
+    assert_eq!(sheet[0], TRANSPORT_COLUMNS);
+    let x = &sheet[2];
+    assert_eq!(x[col("进厂时间")], "2026-03-01 23:50:00");
+    assert_eq!(x[col("出厂时间")], "2026-03-02 00:20:00");
+    assert_eq!(x[col("车牌号码")], "豫A12345");
+    assert_eq!(x[col("运输量(吨)")], "32.5");
+    assert_eq!(x[col("车队名称")], "某运输公司");
+    assert_eq!(x[col("进厂记录编号")], entry.id);
+    assert_eq!(sheet[1][col("出厂时间")], "2026-03-01 12:00:00");
+    for row in &sheet[1..] {
+        for c in ["进厂时间", "出厂时间"] {
+            let t = &row[col(c)];
+            assert!(t.is_empty() || is_local_time(t), "{c} `{t}`");
+        }
+    }
+    // Cell for cell the CSV (trailing empty cells are absent from the sheet XML).
+    let pad = |mut r: Vec<String>| {
+        r.resize(TRANSPORT_COLUMNS.len(), String::new());
+        r
+    };
+    let from_xlsx: Vec<Vec<String>> = sheet.iter().cloned().map(pad).collect();
+    assert_eq!(from_xlsx, rows);
 
     // The next day holds nothing: the visit is filed under its entry.
     let out2 = tmp.path().join("t2.csv");
@@ -426,4 +454,301 @@ fn purge_refuses_young_evidence_records_itself_and_keeps_the_chain_verifiable() 
     let b = verify(&data).unwrap().broken.unwrap();
     assert_eq!(b.seq, r_young.seq);
     assert!(matches!(b.what, BreakKind::PhotoMissing { .. }));
+}
+
+/// `yyyy-MM-dd HH:mm:ss`, digits where digits go.
+fn is_local_time(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 19
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b' ',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// Just enough of an XLSX reader (zip + the sheet XML): sheet names, cell text by row.
+struct Xlsx {
+    names: Vec<String>,
+    sheets: Vec<Vec<Vec<String>>>,
+}
+
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=\"");
+    let i = tag.find(&key)? + key.len();
+    let j = tag[i..].find('"')? + i;
+    Some(&tag[i..j])
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// Text of every `<t>` / `<t …>` element inside `xml`.
+fn texts(xml: &str) -> String {
+    let mut out = String::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("<t") {
+        let after = &rest[i + 2..];
+        if !(after.starts_with('>') || after.starts_with(' ')) {
+            rest = after;
+            continue;
+        }
+        let body = &after[after.find('>').unwrap() + 1..];
+        let close = body.find("</t>").unwrap();
+        out.push_str(&unescape(&body[..close]));
+        rest = &body[close..];
+    }
+    out
+}
+
+fn col_index(r: &str) -> usize {
+    r.chars()
+        .take_while(char::is_ascii_alphabetic)
+        .fold(0, |n, ch| n * 26 + (ch as usize - 'A' as usize + 1))
+        - 1
+}
+
+impl Xlsx {
+    fn open(bytes: &[u8]) -> Xlsx {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut read = |name: &str| -> Option<String> {
+            let mut f = zip.by_name(name).ok()?;
+            let mut s = String::new();
+            f.read_to_string(&mut s).unwrap();
+            Some(s)
+        };
+        let shared: Vec<String> = read("xl/sharedStrings.xml")
+            .map(|x| x.split("<si>").skip(1).map(texts).collect())
+            .unwrap_or_default();
+        let names: Vec<String> = read("xl/workbook.xml")
+            .unwrap()
+            .split("<sheet ")
+            .skip(1)
+            .map(|t| unescape(attr(&format!(" {t}"), "name").unwrap()))
+            .collect();
+        let mut sheets = Vec::new();
+        for i in 1..=names.len() {
+            let xml = read(&format!("xl/worksheets/sheet{i}.xml")).unwrap();
+            let mut rows = Vec::new();
+            for row in xml.split("<row ").skip(1) {
+                let mut cells: Vec<String> = Vec::new();
+                for c in row.split("<c ").skip(1) {
+                    let head = format!(" {}", &c[..c.find('>').unwrap()]);
+                    let col = col_index(attr(&head, "r").unwrap());
+                    let value = if head.trim_end().ends_with('/') {
+                        String::new()
+                    } else {
+                        let v = c.find("<v>").map(|a| {
+                            let b = c[a..].find("</v>").unwrap() + a;
+                            c[a + 3..b].to_string()
+                        });
+                        match attr(&head, "t") {
+                            Some("s") => shared[v.unwrap().parse::<usize>().unwrap()].clone(),
+                            Some("inlineStr") | Some("str") => texts(c),
+                            _ => v.unwrap_or_default(),
+                        }
+                    };
+                    if cells.len() <= col {
+                        cells.resize(col + 1, String::new());
+                    }
+                    cells[col] = value;
+                }
+                rows.push(cells);
+            }
+            sheets.push(rows);
+        }
+        Xlsx { names, sheets }
+    }
+}
+
+/// An instant after every event recorded so far; the next event is recorded after it.
+fn after_everything(data: &Path) -> DateTime<Utc> {
+    let r = LedgerReader::open(data).unwrap();
+    let last = r.event(r.head().unwrap().seq).unwrap().unwrap();
+    let t = last.occurred_at + Duration::microseconds(1);
+    // Stored times have microseconds: wait out the one that `t` falls in.
+    while Utc::now() <= t + Duration::microseconds(1) {
+        std::hint::spin_loop();
+    }
+    t
+}
+
+#[test]
+fn registry_ledgers_show_each_record_as_it_stood_at_the_end_of_the_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::write(
+        tmp.path().join("ip.csv"),
+        "code,vin,fuel,stage,owner\n\
+         NB-01,LZZ1CLVB7KA000001,B,5,甲公司\n\
+         NB-02,LZZ1CLVB7KA000002,C,D,乙公司\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("nr.csv"),
+        "reg_code,model,fuel,stage\nHB-1,ZL50,B,3\n",
+    )
+    .unwrap();
+    let l = Ledger::open(&data).unwrap();
+    registry::import_csv(&l, RegistryKind::InPlant, &tmp.path().join("ip.csv"), false).unwrap();
+    registry::import_csv(&l, RegistryKind::NonRoad, &tmp.path().join("nr.csv"), false).unwrap();
+    let first = LedgerReader::open(&data)
+        .unwrap()
+        .event(1)
+        .unwrap()
+        .unwrap()
+        .occurred_at;
+    let to = after_everything(&data);
+
+    // After the range: NB-01 edited, NB-02 removed, NB-03 added, HB-1 upgraded.
+    registry::upsert(
+        &l,
+        RegistryKind::InPlant,
+        &[
+            ("code", "NB-01"),
+            ("vin", "LZZ1CLVB7KA000001"),
+            ("fuel", "C"),
+            ("stage", "D"),
+            ("owner", "丙公司"),
+        ],
+        "api",
+    )
+    .unwrap();
+    assert!(registry::remove(&l, RegistryKind::InPlant, vec!["NB-02".into()]).unwrap());
+    registry::upsert(
+        &l,
+        RegistryKind::InPlant,
+        &[
+            ("code", "NB-03"),
+            ("vin", "LZZ1CLVB7KA000003"),
+            ("fuel", "C"),
+            ("stage", "D"),
+        ],
+        "api",
+    )
+    .unwrap();
+    registry::upsert(
+        &l,
+        RegistryKind::NonRoad,
+        &[
+            ("reg_code", "HB-1"),
+            ("model", "ZL50"),
+            ("fuel", "B"),
+            ("stage", "4"),
+        ],
+        "api",
+    )
+    .unwrap();
+
+    let reader = LedgerReader::open(&data).unwrap();
+    let from = local(1, 0, 0);
+    let col = |name: &str| IN_PLANT_COLUMNS.iter().position(|c| *c == name).unwrap();
+    let cells = |rows: &[Vec<String>], names: &[&str]| -> Vec<Vec<String>> {
+        rows.iter()
+            .map(|r| names.iter().map(|n| r[col(n)].clone()).collect())
+            .collect()
+    };
+    let keys = ["登记编码或内部管理号牌", "排放阶段", "燃料类型", "所有人"];
+    let then = table(&reader, LedgerKind::InPlant, from, to).unwrap();
+    assert_eq!(
+        cells(&then.rows, &keys),
+        vec![
+            vec!["NB-01", "5", "柴油", "甲公司"],
+            vec!["NB-02", "D", "电", "乙公司"],
+        ]
+    );
+    // Its time is the change that made that version, in GMT+8.
+    assert_eq!(
+        then.rows[0][col("更新时间")],
+        ecogate::ledger::local_time(first)
+    );
+    let now = table(
+        &reader,
+        LedgerKind::InPlant,
+        from,
+        Utc::now() + Duration::days(1),
+    )
+    .unwrap();
+    assert_eq!(
+        cells(&now.rows, &["登记编码或内部管理号牌", "所有人"]),
+        vec![vec!["NB-01", "丙公司"], vec!["NB-03", ""]]
+    );
+    assert_eq!(now.rows[1][col("序号")], "2");
+    let stage = |t: &ecogate::ledger::export::Table| -> Vec<String> {
+        t.rows.iter().map(|r| r[3].clone()).collect()
+    };
+    assert_eq!(NON_ROAD_COLUMNS[3], "排放阶段");
+    assert_eq!(
+        stage(&table(&reader, LedgerKind::NonRoad, from, to).unwrap()),
+        vec!["3"]
+    );
+    assert_eq!(
+        stage(
+            &table(
+                &reader,
+                LedgerKind::NonRoad,
+                from,
+                Utc::now() + Duration::days(1)
+            )
+            .unwrap()
+        ),
+        vec!["4"]
+    );
+}
+
+#[test]
+fn absurd_weights_do_not_overflow_the_transport_ledger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let l = Ledger::open(&data).unwrap();
+    let entry = l
+        .append_blocking(
+            pass("1-in", "豫A12345", Direction::In),
+            vec![],
+            local(1, 8, 0),
+        )
+        .unwrap();
+    // Two weighings (of different cargo, so the day totals stay apart) whose nets sum past i64.
+    let huge = Mass::from_grams(i64::MAX - 10);
+    for (i, cargo) in ["煤", "焦炭"].into_iter().enumerate() {
+        l.append_blocking(
+            EventBody::Weighing(Weighing {
+                lane: "1-in".into(),
+                scale: "scale1".into(),
+                plate: "豫A12345".into(),
+                color: PlateColor::Yellow,
+                gross: None,
+                tare: None,
+                net: Some(huge),
+                cargo: Some(cargo.into()),
+                direction: Some(Direction::In),
+                pass_ref: Some(entry.id.clone()),
+            }),
+            vec![],
+            local(1, 8, 1 + i as u32),
+        )
+        .unwrap();
+    }
+    let reader = LedgerReader::open(&data).unwrap();
+    let v = reader.visits(local(1, 0, 0), local(2, 0, 0)).unwrap();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].net(), Some(Mass::from_grams(i64::MAX)), "saturates");
+    let t = table(
+        &reader,
+        LedgerKind::Transport,
+        local(1, 0, 0),
+        local(2, 0, 0),
+    )
+    .unwrap();
+    let col = TRANSPORT_COLUMNS
+        .iter()
+        .position(|c| *c == "运输量(吨)")
+        .unwrap();
+    assert_eq!(t.rows[0][col], "9223372036854.8");
 }

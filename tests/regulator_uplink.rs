@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use chrono::{DateTime, Duration as CDuration, Utc};
 use ecogate::ledger::{
-    BarrierMode, Decision, Direction, EventBody, Ledger, ManualRelease, PassAttempt,
+    Backfill, BarrierMode, Decision, Direction, EventBody, Ledger, ManualRelease, PassAttempt,
 };
 use ecogate::regulator::mock::{MockPlatform, MockStats};
 use ecogate::regulator::profile::PlatformProfile;
@@ -227,6 +227,95 @@ async fn opened_passes_reach_the_mock_once_with_fields_codes_and_photos() {
     let text = status(dir.path());
     assert!(text.contains("city: captured 2 acknowledged 2"), "{text}");
     assert!(text.contains("completeness 100.0%"), "{text}");
+}
+
+/// The built-in transportControl profile with a 补录 flag field `sfbl` (是否补录), as a city
+/// platform that has one would map it (the reference shapes have none).
+fn profile_with_backfill_flag() -> PlatformProfile {
+    let text = include_str!("../profiles/platform/transport-control.toml");
+    let mapped = text.replacen(
+        "fuel = [\"fuelType\"]\n",
+        "fuel = [\"fuelType\"]\nbackfill = [\"sfbl\"]\n",
+        1,
+    );
+    assert_ne!(mapped, text);
+    let e = PlatformProfile::parse(&mapped, "no-codes.toml").unwrap_err();
+    assert!(e.to_string().contains("[codes.backfill]"), "{e}");
+    PlatformProfile::parse(
+        &format!("{mapped}\n[codes.backfill]\nyes = \"1\"\nno = \"0\"\n"),
+        "sfbl.toml",
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilled_pass_reaches_the_platform_with_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let p = profile_with_backfill_flag();
+    let m = MockPlatform::start(p.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    m.require_credentials("gate", "s3cret");
+    m.require_organ(ORGAN);
+    let t0 = Utc::now() - CDuration::hours(3);
+    ledger
+        .append(pass("豫A12345", Direction::In, true), vec![], t0)
+        .await
+        .unwrap();
+    let EventBody::PassAttempt(mut paper) = pass("豫A77777", Direction::In, true) else {
+        unreachable!()
+    };
+    paper.barrier = BarrierMode::Manual;
+    paper.reason = "paper_log".into();
+    let written_at = t0 + CDuration::minutes(5);
+    ledger
+        .append(
+            EventBody::Backfill(Backfill {
+                operator: "王五".into(),
+                reason: "gateway down".into(),
+                source: "paper.csv".into(),
+                line: 2,
+                pass: paper,
+                cargo: None,
+                net: None,
+                note: String::new(),
+            }),
+            vec![],
+            written_at,
+        )
+        .await
+        .unwrap();
+    let up = RegulatorUplink::start_with(
+        cfg(dir.path()),
+        p,
+        &m.url(),
+        "gate",
+        "s3cret",
+        ledger.clone(),
+    )
+    .unwrap();
+    until("delivery", &up, &m, |k, _| drained(k)).await;
+    let s = m.stats();
+    assert!(s.rejections.is_empty(), "{:?}", s.rejections);
+    assert_eq!(s.records.len(), 2);
+    let by_plate = |plate: &str| {
+        s.records
+            .iter()
+            .find(|r| field(r, "cphm") == plate)
+            .unwrap()
+    };
+    let live = by_plate("豫A12345");
+    let backfilled = by_plate("豫A77777");
+    assert_eq!(field(live, "sfbl"), "0");
+    assert_eq!(field(backfilled, "sfbl"), "1");
+    // Sent with the time written on paper, as a manual opening.
+    assert_eq!(
+        field(backfilled, "date"),
+        ecogate::ledger::local_time(written_at)
+    );
+    assert_eq!(field(backfilled, "bgzt"), "1");
+    up.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,6 +668,7 @@ async fn the_strict_mock_names_what_is_wrong() {
         stage: None,
         fuel: None,
         photos: vec![],
+        backfill: false,
     };
     let good = ecogate::regulator::transport_control::record_value(&p, &site, &rec);
     let env = |v: Value, tok: &str| {

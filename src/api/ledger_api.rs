@@ -387,6 +387,15 @@ pub async fn registry_upsert(
     let kind = registry_kind(&kind)?;
     let mut pairs = Vec::new();
     for (k, v) in body {
+        // A photo field's value would be a path on the gateway's disk (the CSV import's
+        // meaning): over HTTP that reads any file into the photo store. Decided by the field's
+        // type, so the Chinese column names are caught too; refused whatever the value.
+        if let Some(name) = registry::photo_column(kind, &k) {
+            return Err(ApiError::bad_request(format!(
+                "`{k}`: photo field ({name}) not accepted over the API; {}",
+                registry::PHOTO_REFUSED
+            )));
+        }
         let text = match v {
             Value::String(t) => t,
             Value::Number(n) => n.to_string(),
@@ -397,18 +406,11 @@ pub async fn registry_upsert(
                 )))
             }
         };
-        // Photo columns take a path on the gateway's disk in the CSV import; over HTTP that
-        // would let a caller read any file, so they are refused here.
-        if k.ends_with("_photo") {
-            return Err(ApiError::invalid(format!(
-                "`{k}`: photos are attached by CSV import, not over the API"
-            )));
-        }
         pairs.push((k, text));
     }
     let ledger = s.inner.ledger.clone();
     let source = format!("api:{}", u.user.username);
-    let seq = tokio::task::spawn_blocking(move || {
+    let done = tokio::task::spawn_blocking(move || {
         let refs: Vec<(&str, &str)> = pairs
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -418,12 +420,19 @@ pub async fn registry_upsert(
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(import_error)?;
-    let ev = s
+    let seq = done.seq;
+    let mut ev = s
         .read(move |r| Ok(r.event(seq)?))
         .await?
         .map(|e| event_json(&e))
         .unwrap_or(json!({"seq": seq}));
-    tracing::info!(user = %u.user.username, registry = kind.name(), seq, "registry record written");
+    // Advisory gaps of the record as stored (no 行驶证 / 随车清单): written, but flagged.
+    ev["warnings"] = json!(done
+        .warnings
+        .iter()
+        .map(|w| format!("`{}`: {}", w.column, w.reason))
+        .collect::<Vec<_>>());
+    tracing::info!(user = %u.user.username, registry = kind.name(), seq, warnings = done.warnings.len(), "registry record written");
     Ok((StatusCode::OK, Json(ev)))
 }
 

@@ -4,7 +4,7 @@
 //! original time.
 
 use super::events::{Backfill, BarrierMode, Decision, Direction, EventBody, PassAttempt};
-use super::registry::{ImportError, RowError};
+use super::registry::{photo_root, read_confined, ImportError, RowError};
 use super::store::Ledger;
 use super::{parse_local_time, LedgerError};
 use crate::vehicle::{EmissionStage, Fuel, PlateColor};
@@ -43,6 +43,11 @@ struct Row {
     photo: Option<Vec<u8>>,
 }
 
+/// The largest load a paper row may give, in tonnes. A road vehicle's whole gross mass is far
+/// below it (the heaviest Chinese trucks are 49 t), and it fits the national 运输量 column
+/// number(4,1) (reference §3.1); a bigger figure is a slip of the pen, not a load.
+pub const MAX_NET_T: i64 = 200;
+
 /// Tonnes as written on paper (`32.5`) to an exact mass.
 fn parse_tonnes(s: &str) -> Option<Mass> {
     // A tonne value with up to three decimals is a whole number of kg: parse it with the kg
@@ -51,13 +56,25 @@ fn parse_tonnes(s: &str) -> Option<Mass> {
     m.grams.checked_mul(1000).map(Mass::from_grams)
 }
 
+/// A paper row's load: a number of tonnes with `0 < t ≤ MAX_NET_T`.
+fn check_net(s: &str) -> Result<Mass, String> {
+    let m = parse_tonnes(s).ok_or_else(|| {
+        format!("`{s}` is not a weight in tonnes (a decimal with up to 3 places)")
+    })?;
+    if m.grams <= 0 || m.grams > MAX_NET_T * 1_000_000 {
+        return Err(format!(
+            "`{s}` t is out of range: a load is more than 0 and at most {MAX_NET_T} t"
+        ));
+    }
+    Ok(m)
+}
+
 fn validate(
     file: &Path,
     operator: &str,
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Row>, Vec<RowError>), LedgerError> {
-    let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -95,6 +112,7 @@ fn validate(
     if !errors.is_empty() {
         return Ok((Vec::new(), errors));
     }
+    let root = photo_root(file)?;
     let source = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -209,20 +227,20 @@ fn validate(
         };
         let net = match get("net_t") {
             "" => None,
-            s => match parse_tonnes(s) {
-                Some(m) => Some(m),
-                None => {
-                    err("net_t", format!("`{s}` is not a weight in tonnes"));
+            s => match check_net(s) {
+                Ok(m) => Some(m),
+                Err(reason) => {
+                    err("net_t", reason);
                     None
                 }
             },
         };
         let photo = match get("sheet_photo") {
             "" => None,
-            s => match std::fs::read(base.join(s)) {
+            s => match read_confined(&root, s) {
                 Ok(b) => Some(b),
-                Err(e) => {
-                    err("sheet_photo", format!("cannot read {s}: {e}"));
+                Err(reason) => {
+                    err("sheet_photo", reason);
                     None
                 }
             },
@@ -317,4 +335,19 @@ pub fn backfill_csv(
         first_seq: first,
         last_seq: last,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_loads_are_bounded() {
+        assert_eq!(check_net("32.5"), Ok(Mass::from_kg(32_500)));
+        assert_eq!(check_net("200"), Ok(Mass::from_kg(200_000)));
+        assert_eq!(check_net("0.001"), Ok(Mass::from_kg(1)));
+        for bad in ["0", "0.000", "-1", "200.001", "1e9", "9223372036854775"] {
+            assert!(check_net(bad).is_err(), "{bad} must be refused");
+        }
+    }
 }

@@ -357,7 +357,20 @@ impl RegistryCommand {
                 for e in &r.errors {
                     eprintln!("skipped: {e}");
                 }
-                println!("{} rows imported, {} skipped", r.imported, r.skipped);
+                // A first import of a fleet without scans warns on every row: show a sample.
+                const SHOWN: usize = 20;
+                for w in r.warnings.iter().take(SHOWN) {
+                    eprintln!("warning: {w}");
+                }
+                if r.warnings.len() > SHOWN {
+                    eprintln!("warning: … and {} more rows", r.warnings.len() - SHOWN);
+                }
+                println!(
+                    "{} rows imported, {} skipped, {} flagged for review",
+                    r.imported,
+                    r.skipped,
+                    r.warnings.len()
+                );
                 Ok(())
             }
             RegistryCommand::List { kind, data_dir } => {

@@ -126,10 +126,11 @@ fn photo_paths(hashes: &[String]) -> String {
         .join(";")
 }
 
-/// Tonnes with one decimal (national number(4,1)), rounded half away from zero.
+/// Tonnes with one decimal (national number(4,1)), rounded half away from zero. Any mass,
+/// however absurd, formats (unsigned arithmetic: no overflow at the i64 ends).
 pub fn tonnes(m: Mass) -> String {
     let g = m.grams;
-    let tenths = (g.abs() + 50_000) / 100_000;
+    let tenths = g.unsigned_abs() / 100_000 + u64::from(g.unsigned_abs() % 100_000 >= 50_000);
     let sign = if g < 0 { "-" } else { "" };
     format!("{sign}{}.{}", tenths / 10, tenths % 10)
 }
@@ -213,18 +214,16 @@ fn registry_rows(
     to: DateTime<Utc>,
     order: &[&str],
 ) -> Result<Vec<Vec<String>>, LedgerError> {
-    let to_text = super::db_time(to);
     let mut rows = Vec::new();
-    for rec in registry::list(reader.conn(), kind)? {
+    // The version of each record valid at `to`, from the chain: the table holds only the
+    // latest, and a record edited after `to` must still show as it stood then.
+    for rec in registry::as_of(reader.conn(), kind, to)? {
         let get = |c: &str| {
             rec.iter()
                 .find(|(k, _)| k == c)
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default()
         };
-        if get("updated_at") >= to_text {
-            continue;
-        }
         let mut row = vec![(rows.len() + 1).to_string()];
         for c in order {
             let v = get(c);
@@ -255,8 +254,9 @@ fn registry_rows(
 }
 
 /// Build the ledger table for `[from, to)`. Transport rows are visits filed by entry time; the
-/// in-plant and non-road ledgers list the registry as it stood at `to` (records last changed
-/// before `to`).
+/// in-plant and non-road ledgers list the registry as it stood at `to` (each record in the
+/// version its last change before `to` made, rebuilt from the chain; records deleted before
+/// `to` left out).
 pub fn table(
     reader: &LedgerReader,
     kind: LedgerKind,
@@ -398,6 +398,9 @@ mod tests {
         assert_eq!(tonnes(Mass::from_kg(32_450)), "32.5");
         assert_eq!(tonnes(Mass::from_kg(40)), "0.0");
         assert_eq!(tonnes(Mass::from_kg(-1_250)), "-1.3");
+        // The i64 ends: formatted, not an overflow panic.
+        assert_eq!(tonnes(Mass::from_grams(i64::MAX)), "9223372036854.8");
+        assert_eq!(tonnes(Mass::from_grams(i64::MIN)), "-9223372036854.8");
     }
 
     #[test]

@@ -8,11 +8,12 @@ use super::store::{open_ro, Ledger};
 use super::{chain, db_time, parse_date, LedgerError};
 use crate::registry::VehicleRegistry;
 use crate::vehicle::{EmissionStage, Fuel, PlateColor, RegistryKind, VehicleFacts};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ecogate_drivers::Mass;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
 pub const SCHEMA: &str = r#"
@@ -56,7 +57,8 @@ enum Check {
     Bool01,
     Letter,
     Kw,
-    /// A path (relative to the CSV file) of a photo to store.
+    /// A photo to store. Only a CSV import fills one: a path relative to the CSV file,
+    /// inside the CSV's folder ([`read_confined`]). A single-record upsert refuses it.
     Photo,
 }
 
@@ -191,8 +193,20 @@ pub struct ImportReport {
     /// Rows left out (only with `skip_bad`).
     pub skipped: usize,
     pub errors: Vec<RowError>,
+    /// Imported rows that break an advisory rule (no 行驶证 / 随车清单 photo): kept, flagged
+    /// for review.
+    pub warnings: Vec<RowError>,
     /// Seq of the last registry_change event written.
     pub last_seq: Option<i64>,
+}
+
+/// What a single-record write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upserted {
+    /// Seq of its registry_change event.
+    pub seq: i64,
+    /// Advisory gaps of the record as stored (line 0), as in [`ImportReport::warnings`].
+    pub warnings: Vec<RowError>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +232,24 @@ struct GoodRow {
     photos: Vec<(usize, Vec<u8>)>,
 }
 
-fn check_value(check: Check, raw: &str, base: &Path) -> Result<(String, Option<Vec<u8>>), String> {
+/// Where the file named by a photo cell may come from.
+#[derive(Debug, Clone, Copy)]
+enum PhotoSource<'a> {
+    /// A CSV import: the canonical folder of the CSV file; cells are paths inside it.
+    Dir(&'a Path),
+    /// A single-record upsert (HTTP API, platform download): no file is ever read.
+    Refused,
+}
+
+/// Why a single-record upsert does not take a photo cell.
+pub const PHOTO_REFUSED: &str = "photos are attached by `ecogate registry import` (a CSV next to \
+     the photo files), not by a single-record write; leave this field out";
+
+fn check_value(
+    check: Check,
+    raw: &str,
+    photos: PhotoSource<'_>,
+) -> Result<(String, Option<Vec<u8>>), String> {
     let v = raw.trim();
     let ok = |s: String| Ok((s, None));
     match check {
@@ -288,13 +319,92 @@ fn check_value(check: Check, raw: &str, base: &Path) -> Result<(String, Option<V
             .parse::<Mass>()
             .map(|m| (m.to_string(), None))
             .map_err(|_| format!("`{v}` is not a power in kW (a decimal number)")),
-        Check::Photo => {
-            let p = base.join(v);
-            std::fs::read(&p)
-                .map(|bytes| (String::new(), Some(bytes)))
-                .map_err(|e| format!("cannot read photo {}: {e}", p.display()))
-        }
+        Check::Photo => match photos {
+            PhotoSource::Dir(root) => {
+                read_confined(root, v).map(|bytes| (String::new(), Some(bytes)))
+            }
+            PhotoSource::Refused => Err(PHOTO_REFUSED.into()),
+        },
     }
+}
+
+/// The canonical folder of a CSV file: photo cells are read from inside it only.
+pub(crate) fn photo_root(file: &Path) -> Result<PathBuf, LedgerError> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    dir.canonicalize().map_err(|e| LedgerError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Read the photo a CSV cell names: a path relative to the CSV's folder `root` (canonical)
+/// that stays inside it. The operator runs the import on the gateway, but the CSV itself may
+/// come from a fleet's spreadsheet; a cell must not pull any other file of the machine into
+/// the photo store, from where the photo endpoint would serve it. Symbolic links are followed
+/// and then judged by where they lead.
+pub(crate) fn read_confined(root: &Path, cell: &str) -> Result<Vec<u8>, String> {
+    let rel = Path::new(cell);
+    if rel.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!(
+            "`{cell}`: `..` is not allowed, a photo path stays inside the CSV's folder"
+        ));
+    }
+    let full = root.join(rel);
+    let real = full
+        .canonicalize()
+        .map_err(|e| format!("cannot read photo `{cell}`: {e}"))?;
+    if !real.starts_with(root) {
+        return Err(format!(
+            "`{cell}` is outside the CSV's folder {}",
+            root.display()
+        ));
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read photo `{cell}`: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("`{cell}` is not a regular file"));
+    }
+    std::fs::read(&real).map_err(|e| format!("cannot read photo `{cell}`: {e}"))
+}
+
+/// The canonical name of `column` (English or Chinese) when it is a photo field of `kind`.
+/// Decided by the field's type, so every spelling of a photo column is caught.
+pub fn photo_column(kind: RegistryKind, column: &str) -> Option<&'static str> {
+    spec(kind)
+        .1
+        .iter()
+        .find(|f| f.name == column || f.chinese == column)
+        .filter(|f| f.check == Check::Photo)
+        .map(|f| f.name)
+}
+
+/// The national ledger tables (reference §3.1, Tables 3 and 4) want at least one of 行驶证 /
+/// 随车清单 for a transport or in-plant vehicle. Advisory: the documents may follow later
+/// (补录, §6.4), so a record without them is kept and flagged, not refused.
+fn documents_warning(kind: RegistryKind, values: &[Option<String>], line: u64) -> Option<RowError> {
+    if kind == RegistryKind::NonRoad {
+        return None;
+    }
+    let (_, fields, _) = spec(kind);
+    let has = |name: &str| {
+        fields
+            .iter()
+            .position(|f| f.name == name)
+            .and_then(|i| values.get(i))
+            .is_some_and(|v| v.is_some())
+    };
+    if has("license_photo") || has("list_photo") {
+        return None;
+    }
+    Some(RowError {
+        line,
+        column: "license_photo/list_photo".into(),
+        reason: "no 行驶证 or 随车清单 photo: the national ledger needs at least one \
+                 (attach it with `ecogate registry import`)"
+            .into(),
+    })
 }
 
 /// Validate a CSV file against the spec; returns good rows and row errors.
@@ -303,7 +413,6 @@ fn validate(
     file: &Path,
 ) -> Result<(Vec<GoodRow>, Vec<RowError>, usize), LedgerError> {
     let (_, fields, key) = spec(kind);
-    let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -347,6 +456,7 @@ fn validate(
     if !errors.is_empty() {
         return Ok((Vec::new(), errors, 0));
     }
+    let root = photo_root(file)?;
     let key_idx: Vec<usize> = key
         .iter()
         .filter_map(|k| fields.iter().position(|f| f.name == *k))
@@ -400,7 +510,7 @@ fn validate(
                 }
                 continue;
             }
-            match check_value(f.check, raw, &base) {
+            match check_value(f.check, raw, PhotoSource::Dir(&root)) {
                 Ok((v, bytes)) => {
                     if let Some(b) = bytes {
                         photos.push((fi, b));
@@ -476,28 +586,32 @@ pub fn import_csv(
             .unwrap_or_default()
     );
     let imported = good.len();
-    let last_seq = write_rows(ledger, kind, good, source, true)?;
+    let (last_seq, warnings) = write_rows(ledger, kind, good, source, true, false)?;
     Ok(ImportReport {
         imported,
         skipped: total - imported,
         errors,
+        warnings,
         last_seq,
     })
 }
 
 /// Add or replace one registry record given as `(column, value)` pairs (English or Chinese
-/// column names, as in the CSV). Photo columns take a path. For the HTTP API and platform
-/// registry downloads; recorded as a `registry_change` event with `source`.
+/// column names, as in the CSV). For the HTTP API and platform registry downloads; recorded as
+/// a `registry_change` event with `source`.
+///
+/// Photo fields (every spelling: the check is by field type) are refused: a value here comes
+/// from a remote caller, and reading it as a path would copy any file of the gateway into the
+/// photo store. A replaced record keeps the photos it had (attached by a CSV import).
 pub fn upsert(
     ledger: &Ledger,
     kind: RegistryKind,
     record: &[(&str, &str)],
     source: &str,
-) -> Result<i64, ImportError> {
+) -> Result<Upserted, ImportError> {
     let (_, fields, _) = spec(kind);
     let mut errors = Vec::new();
     let mut values = vec![None; fields.len()];
-    let mut photos = Vec::new();
     for (name, raw) in record {
         let Some(fi) = fields
             .iter()
@@ -510,12 +624,20 @@ pub fn upsert(
             });
             continue;
         };
+        // Refused even when empty: the caller must not believe an empty value clears it.
+        if fields[fi].check == Check::Photo {
+            errors.push(RowError {
+                line: 0,
+                column: fields[fi].name.into(),
+                reason: PHOTO_REFUSED.into(),
+            });
+            continue;
+        }
         if raw.trim().is_empty() {
             continue;
         }
-        match check_value(fields[fi].check, raw, Path::new(".")) {
-            Ok((_, Some(bytes))) => photos.push((fi, bytes)),
-            Ok((v, None)) => values[fi] = Some(v),
+        match check_value(fields[fi].check, raw, PhotoSource::Refused) {
+            Ok((v, _)) => values[fi] = Some(v),
             Err(reason) => errors.push(RowError {
                 line: 0,
                 column: fields[fi].name.into(),
@@ -525,8 +647,7 @@ pub fn upsert(
     }
     for (fi, f) in fields.iter().enumerate() {
         let reported = errors.iter().any(|e| e.column == f.name);
-        if f.required && !reported && values[fi].is_none() && !photos.iter().any(|(p, _)| *p == fi)
-        {
+        if f.required && !reported && values[fi].is_none() {
             errors.push(RowError {
                 line: 0,
                 column: f.name.into(),
@@ -544,28 +665,38 @@ pub fn upsert(
     if !errors.is_empty() {
         return Err(ImportError::BadRows(errors));
     }
-    for (fi, bytes) in photos {
-        values[fi] = Some(ledger.photos().put(&bytes)?);
-    }
     let row = GoodRow {
         line: 0,
         values,
         photos: Vec::new(),
     };
-    let seq = write_rows(ledger, kind, vec![row], source.to_string(), false)?;
-    seq.ok_or_else(|| ImportError::Ledger(LedgerError::Write("nothing written".into())))
+    let (seq, warnings) = write_rows(ledger, kind, vec![row], source.to_string(), false, true)?;
+    let seq =
+        seq.ok_or_else(|| ImportError::Ledger(LedgerError::Write("nothing written".into())))?;
+    Ok(Upserted { seq, warnings })
 }
 
 /// Upsert validated rows and append one `registry_change` event per row, in one transaction.
+/// With `keep_photos`, photo fields a row leaves empty take the stored record's values (read in
+/// the same transaction), and the event records the record as stored. Returns the last seq
+/// and the rows' advisory warnings.
 fn write_rows(
     ledger: &Ledger,
     kind: RegistryKind,
-    good: Vec<GoodRow>,
+    mut good: Vec<GoodRow>,
     source: String,
     with_line: bool,
-) -> Result<Option<i64>, LedgerError> {
+    keep_photos: bool,
+) -> Result<(Option<i64>, Vec<RowError>), LedgerError> {
     ledger.transaction_blocking(move |txn| {
         let (table, fields, key) = spec(kind);
+        if keep_photos {
+            keep_stored_photos(txn.conn(), kind, &mut good)?;
+        }
+        let warnings: Vec<RowError> = good
+            .iter()
+            .filter_map(|r| documents_warning(kind, &r.values, r.line))
+            .collect();
         let cols: Vec<&str> = fields.iter().map(|f| f.name).collect();
         let sql = format!(
             "INSERT OR REPLACE INTO {table}({}, updated_at, event_seq) VALUES ({})",
@@ -638,8 +769,59 @@ fn write_rows(
             stmt.execute(params.as_slice())?;
             last = Some(r.seq);
         }
-        Ok(last)
+        Ok((last, warnings))
     })
+}
+
+/// Fill the photo fields `rows` leave empty from the records already stored under their keys.
+fn keep_stored_photos(
+    conn: &Connection,
+    kind: RegistryKind,
+    rows: &mut [GoodRow],
+) -> Result<(), LedgerError> {
+    let (table, fields, key) = spec(kind);
+    let photo_idx: Vec<usize> = (0..fields.len())
+        .filter(|i| fields[*i].check == Check::Photo)
+        .collect();
+    let key_idx: Vec<usize> = key
+        .iter()
+        .filter_map(|k| fields.iter().position(|f| f.name == *k))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {table} WHERE {}",
+        photo_idx
+            .iter()
+            .map(|i| fields[*i].name)
+            .collect::<Vec<_>>()
+            .join(", "),
+        key.iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ?{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    for row in rows {
+        if photo_idx.iter().all(|i| row.values[*i].is_some()) {
+            continue;
+        }
+        let k: Vec<Option<String>> = key_idx.iter().map(|i| row.values[*i].clone()).collect();
+        let stored = stmt
+            .query_row(params_from_iter(&k), |r| {
+                (0..photo_idx.len())
+                    .map(|j| r.get::<_, Option<String>>(j))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .optional()?;
+        if let Some(stored) = stored {
+            for (j, i) in photo_idx.iter().enumerate() {
+                if row.values[*i].is_none() {
+                    row.values[*i] = stored[j].clone();
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Remove a registry record (recorded as a `registry_change` delete event).
@@ -714,6 +896,62 @@ pub fn list(
         Ok(out)
     })?;
     rows.collect::<Result<_, _>>().map_err(Into::into)
+}
+
+/// Every record of a registry as it stood just before `at`, rebuilt from the chain's
+/// `registry_change` events (the tables hold only the latest version of each record), in the
+/// shape of [`list`]: `(column, value)` lists ordered by key, `updated_at` being the time of the
+/// change that made that version.
+pub fn as_of(
+    conn: &Connection,
+    kind: RegistryKind,
+    at: DateTime<Utc>,
+) -> Result<Vec<Vec<(String, String)>>, LedgerError> {
+    let (_, fields, _) = spec(kind);
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, occurred_at, body FROM events
+         WHERE kind = 'registry_change' AND occurred_at < ?1
+           AND json_extract(body, '$.registry') = ?2
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![db_time(at), kind.name()], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    // Keyed like the table's primary key, so the order is the order of `list`.
+    let mut records: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for row in rows {
+        let (seq, occurred_at, body) = row?;
+        let malformed = |reason: String| LedgerError::Malformed { seq, reason };
+        let EventBody::RegistryChange(rc) =
+            serde_json::from_str(&body).map_err(|e| malformed(e.to_string()))?
+        else {
+            return Err(malformed("not a registry change".into()));
+        };
+        match (rc.op, rc.record) {
+            (RegistryOp::Delete, _) => {
+                records.remove(&rc.key);
+            }
+            (RegistryOp::Upsert, Some(serde_json::Value::Object(rec))) => {
+                let mut out: Vec<(String, String)> = fields
+                    .iter()
+                    .map(|f| {
+                        let v = rec.get(f.name).and_then(|v| v.as_str()).unwrap_or("");
+                        (f.name.to_string(), v.to_string())
+                    })
+                    .collect();
+                out.push(("updated_at".into(), occurred_at));
+                records.insert(rc.key, out);
+            }
+            (RegistryOp::Upsert, _) => {
+                return Err(malformed("an upsert without its record".into()))
+            }
+        }
+    }
+    Ok(records.into_values().collect())
 }
 
 /// Registry attributes a transport-ledger row shows next to the passes.

@@ -154,7 +154,10 @@ impl Visit {
         if nets.is_empty() {
             None
         } else {
-            Some(Mass::from_grams(nets.iter().map(|m| m.grams.abs()).sum()))
+            // Saturating: a corrupt or absurd weight must not panic an export or a report.
+            Some(Mass::from_grams(nets.iter().fold(0i64, |sum, m| {
+                sum.saturating_add(m.grams.saturating_abs())
+            })))
         }
     }
 
@@ -432,7 +435,7 @@ impl LedgerReader {
                     color: w.color,
                     cargo: w.cargo,
                     net: w.net.or_else(|| match (w.gross, w.tare) {
-                        (Some(g), Some(t)) => Some(g - t),
+                        (Some(g), Some(t)) => g.grams.checked_sub(t.grams).map(Mass::from_grams),
                         _ => None,
                     }),
                     pass_ref: w.pass_ref,

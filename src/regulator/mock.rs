@@ -970,6 +970,9 @@ fn check_record(p: &PlatformProfile, v: &Map<String, Value>, organ: &str) -> Res
     if let Some(c) = get("barrier") {
         in_table(c, &p.codes.barrier, "barrier", what)?;
     }
+    if let Some(c) = get("backfill") {
+        in_table(c, &p.codes.backfill, "backfill", what)?;
+    }
     if let Some(s) = get("stage") {
         if !["0", "1", "2", "3", "4", "5", "6", "7", "D", "X"].contains(&s) {
             return Err((

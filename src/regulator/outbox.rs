@@ -389,6 +389,7 @@ pub fn pass_record(
         stage,
         fuel,
         photos,
+        backfill: matches!(e.body, EventBody::Backfill(_)),
     })
 }
 

@@ -199,6 +199,10 @@ pub struct Codes {
     pub barrier: BTreeMap<String, String>,
     #[serde(default)]
     pub photo_kind: BTreeMap<String, String>,
+    /// `yes`, `no` → the value of the record's `backfill` field (补录 flag), when the profile
+    /// maps one (transport_control).
+    #[serde(default)]
+    pub backfill: BTreeMap<String, String>,
 }
 
 /// transportControl shareGoodsRecord (§4.1).
@@ -275,6 +279,7 @@ pub const RECORD_FIELDS: &[&str] = &[
     "direction",
     "stage",
     "fuel",
+    "backfill",
 ];
 
 /// The logical cargo fields the transportControl shareGoodsRecord fills.
@@ -427,6 +432,15 @@ impl PlatformProfile {
             }
             if !self.codes.photo_kind.contains_key("other") {
                 return Err("[codes.photo_kind] needs an `other` code".into());
+            }
+            if self.record.fields.contains_key("backfill") {
+                for b in ["yes", "no"] {
+                    if !self.codes.backfill.contains_key(b) {
+                        return Err(format!(
+                            "[record.fields] maps `backfill`: [codes.backfill] needs a code for `{b}`"
+                        ));
+                    }
+                }
             }
         }
         // A bad strftime string would only show at the first upload; catch it now.

@@ -37,6 +37,9 @@ pub struct PassRecord {
     pub fuel: Option<Fuel>,
     /// (role, sha256) of each photo, in recorded order.
     pub photos: Vec<(String, String)>,
+    /// Entered later from the paper log (补录, a `backfill` event): sent where the profile
+    /// maps a `backfill` field.
+    pub backfill: bool,
 }
 
 /// 流水号: enterprise + gate + A|B + yyMMddHHmmss (§4.8), plus the last four digits of the ledger
@@ -174,6 +177,8 @@ pub fn record_value(p: &PlatformProfile, site: &SiteFacts, r: &PassRecord) -> Va
     put(&mut v, f, "stage", &stage);
     let fuel = r.fuel.unwrap_or(Fuel::Other).code().to_string();
     put(&mut v, f, "fuel", &fuel);
+    let backfill = if r.backfill { "yes" } else { "no" };
+    put(&mut v, f, "backfill", code(&p.codes.backfill, backfill));
     for (k, c) in &p.record.constants {
         v.insert(k.clone(), c.clone());
     }
