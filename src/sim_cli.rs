@@ -20,7 +20,7 @@ use ecogate_drivers::scale::codec::ScaleFormat;
 use ecogate_drivers::sim::camera::fake_jpeg;
 use ecogate_drivers::sim::camera::{hik_anpr_xml, multipart_body, CameraSim, Reply, VzPlate};
 use ecogate_drivers::sim::led::{LedSim, LedSimConfig, SignReceived};
-use ecogate_drivers::sim::modbus::{BarrierModel, Fault, Framing, RelaySim, SimConfig};
+use ecogate_drivers::sim::modbus::{BarrierModel, Fault, Framing, RelaySim, SimConfig, WireFaults};
 use ecogate_drivers::sim::scale::{ScaleSim, ScaleSimConfig, Segment};
 use ecogate_drivers::sim::stream_faults::Faults;
 use ecogate_drivers::sim::ups::UpsSim;
@@ -394,7 +394,17 @@ pub struct IoArgs {
     /// Exception code for `--exception-every` (4 = slave device failure).
     #[arg(long, default_value_t = 4)]
     pub exception_code: u8,
+    /// Write random bytes before each reply (8 if no count is given): line noise.
+    #[arg(long, value_name = "BYTES", num_args = 0..=1, default_missing_value = "8",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_IO_GARBAGE))]
+    pub garbage: Option<u64>,
+    /// Write each reply in random pieces 1–3 ms apart, as a serial server may packetise it.
+    #[arg(long)]
+    pub split: bool,
 }
+
+/// Noise before one reply is bounded so a typo cannot flood the gateway.
+const MAX_IO_GARBAGE: u64 = 4096;
 
 impl IoArgs {
     fn sim_config(&self) -> anyhow::Result<SimConfig> {
@@ -430,6 +440,13 @@ impl IoArgs {
             barrier,
             ..SimConfig::default()
         })
+    }
+
+    fn wire_faults(&self) -> WireFaults {
+        WireFaults {
+            garbage: self.garbage.unwrap_or(0) as usize,
+            split: self.split,
+        }
     }
 
     fn fault(&self) -> Fault {
@@ -550,7 +567,8 @@ impl Console for IoConsole {
   loop on|off        vehicle on / off the loop detector (honours --loop-nc)
   in N on|off        set input N's raw level
   status             print relays and inputs
-  fault none | silent | late MS | exception-every N"
+  fault none | silent | late MS | exception-every N | garbage N | split [on|off]
+  disconnect         close every client connection now"
     }
 
     fn command(&mut self, line: &str) -> Vec<String> {
@@ -583,8 +601,43 @@ impl Console for IoConsole {
             ["status"] => return self.status(),
             ["fault", "none"] => {
                 self.sim.set_fault(Fault::None);
+                self.sim.set_wire_faults(WireFaults::default());
                 Ok("fault: none".into())
             }
+            ["fault", "garbage", n] => match n.parse::<u64>() {
+                Ok(n) if n <= MAX_IO_GARBAGE => {
+                    let wire = WireFaults {
+                        garbage: n as usize,
+                        ..self.sim.wire_faults()
+                    };
+                    self.sim.set_wire_faults(wire);
+                    Ok(format!("fault: {n} random bytes before each reply"))
+                }
+                _ => Err(format!(
+                    "`{n}` is not a whole number up to {MAX_IO_GARBAGE}"
+                )),
+            },
+            ["fault", "split", rest @ ..] => {
+                on_off(rest.first().copied().or(Some("on"))).map(|split| {
+                    let wire = WireFaults {
+                        split,
+                        ..self.sim.wire_faults()
+                    };
+                    self.sim.set_wire_faults(wire);
+                    format!(
+                        "fault: replies {}",
+                        if split {
+                            "split into random pieces"
+                        } else {
+                            "written whole"
+                        }
+                    )
+                })
+            }
+            ["disconnect"] => Ok(format!(
+                "disconnected {} client connection(s)",
+                self.sim.disconnect_all()
+            )),
             ["fault", "silent"] => {
                 self.sim.set_fault(Fault::Silent);
                 Ok("fault: silent".into())
@@ -658,6 +711,7 @@ where
         .await
         .with_context(|| format!("binding the io simulator to {addr}"))?;
     sim.set_fault(args.fault());
+    sim.set_wire_faults(args.wire_faults());
     if args.loop_nc {
         // NC contact: closed (high) while the lane is empty.
         sim.set_input(args.loop_di, true);
@@ -692,6 +746,14 @@ where
             )
         }
     )];
+    let wire = c.args.wire_faults();
+    if wire != WireFaults::default() {
+        intro.push(format!(
+            "wire faults: {} random bytes before each reply, split replies {}",
+            wire.garbage,
+            if wire.split { "on" } else { "off" }
+        ));
+    }
     intro.extend(c.status());
     emit(&mut out, &intro).await?;
     drive(&mut c, &stop, &mut out, input).await

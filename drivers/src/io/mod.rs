@@ -334,12 +334,9 @@ async fn switch_off(dev: &ModbusDevice, coil: u16, retries: u32) -> Result<(), M
             }
             Err(e) => {
                 tracing::warn!(coil, attempt, error = %e, "relay OFF failed; retrying");
-                let wait = match &e {
-                    ModbusError::Offline { retry_in_ms, .. } => {
-                        Duration::from_millis(*retry_in_ms).max(delay)
-                    }
-                    _ => delay,
-                };
+                // An offline bus or unit refuses until its next attempt is due; retrying
+                // earlier would only spend the retries.
+                let wait = e.retry_in().map_or(delay, |r| r.max(delay));
                 tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
                 attempt += 1;

@@ -1,8 +1,10 @@
 //! A Modbus register-table simulator: a weighbridge indicator's weight and status words, or a
 //! PLC-style LED sign's text blocks. Tests (and `ecogate sim`) set registers the driver reads and
 //! read back the blocks it writes, with the relay simulator's faults (silent, late, exception,
-//! exception every n-th request, disconnect). Served on 127.0.0.1 as Modbus TCP or RTU framing
-//! over TCP.
+//! exception every n-th request, disconnect on request) and wire faults (garbage before replies,
+//! split replies, dropping every connection now). Served on 127.0.0.1 as Modbus TCP or RTU framing
+//! over TCP; RTU over TCP behaves like a serial device server (a late reply goes to the
+//! connection that is current when it is sent).
 //!
 //! FC03 and FC04 read the same table: indicators differ in which one they answer, and a test
 //! chooses the function in the driver's settings, not in the simulator.
@@ -15,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::address::Address;
-use crate::sim::modbus::{serve_conn, Fault, Framing, SimSlave};
+use crate::sim::modbus::{spawn_listener, Fault, Framing, SimSlave, Slaves, Wire, WireFaults};
 
 #[derive(Debug, Clone)]
 pub struct RegSimConfig {
@@ -49,6 +51,7 @@ struct State {
     fault: Fault,
     writes: Vec<RegWriteLog>,
     requests: u64,
+    replies: u64,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -57,17 +60,19 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A running register simulator. Dropping it stops the listener.
+/// A running register simulator. Dropping it stops the listener and closes its connections.
 pub struct RegSim {
     addr: SocketAddr,
     framing: Framing,
     state: Shared,
+    wire: Arc<Wire>,
     task: JoinHandle<()>,
 }
 
 impl Drop for RegSim {
     fn drop(&mut self) {
         self.task.abort();
+        self.wire.disconnect_all();
     }
 }
 
@@ -82,18 +87,16 @@ impl RegSim {
             fault: Fault::None,
             writes: Vec::new(),
             requests: 0,
+            replies: 0,
         }));
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let _ = sock.set_nodelay(true);
-                tokio::spawn(serve_conn(sock, framing, st.clone()));
-            }
-        });
+        let slaves: Slaves = vec![Arc::new(state.clone()) as Arc<dyn SimSlave>].into();
+        let wire = Wire::new(framing);
+        let task = spawn_listener(listener, framing, slaves, wire.clone());
         Ok(RegSim {
             addr,
             framing,
             state,
+            wire,
             task,
         })
     }
@@ -114,6 +117,16 @@ impl RegSim {
 
     pub fn set_fault(&self, fault: Fault) {
         lock(&self.state).fault = fault;
+    }
+
+    pub fn set_wire_faults(&self, faults: WireFaults) {
+        self.wire.set_faults(faults);
+    }
+
+    /// Closes every open client connection now (new ones are still accepted); returns how many
+    /// were open.
+    pub fn disconnect_all(&self) -> usize {
+        self.wire.disconnect_all()
     }
 
     /// Sets consecutive registers from `start` in one step, so a poll never sees half of a
@@ -168,20 +181,36 @@ impl RegSim {
         lock(&self.state).writes.clear();
     }
 
+    /// Requests addressed to this simulator's unit, answered or not.
     pub fn requests(&self) -> u64 {
         lock(&self.state).requests
+    }
+
+    /// Replies (answers and exceptions) sent.
+    pub fn replies(&self) -> u64 {
+        lock(&self.state).replies
     }
 }
 
 impl SimSlave for Shared {
-    fn request(&self, _raw: Vec<u8>) -> (Fault, u8, u64) {
+    fn unit(&self) -> u8 {
+        lock(self).cfg.unit
+    }
+
+    fn heard(&self, _raw: &[u8]) {}
+
+    fn request(&self) -> (Fault, u64) {
         let mut s = lock(self);
         s.requests += 1;
-        (s.fault, s.cfg.unit, s.requests)
+        (s.fault, s.requests)
     }
 
     fn process(&self, pdu: &[u8]) -> Vec<u8> {
         process(self, pdu)
+    }
+
+    fn answered(&self) {
+        lock(self).replies += 1;
     }
 }
 
