@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::digest::{DigestClient, HttpError};
 use super::{
-    bad_request, secs_setting, ingest_id, register_until_closed, CameraCore, CameraRead, Direction, DriverError,
-    Endpoint, IngestRegistry, PushError, MAX_PUSH_BYTES,
+    bad_request, ingest_id, register_until_closed, secs_setting, CameraCore, CameraRead, Direction,
+    DriverError, Endpoint, IngestRegistry, PushError, MAX_PUSH_BYTES,
 };
 use crate::address::Address;
 use crate::command::Command;

@@ -503,10 +503,7 @@ mod tests {
             assert!(e.to_string().contains("debounce_s"), "{bad}: {e}");
         }
         assert_eq!(secs_setting("x", 0.0).unwrap(), Duration::ZERO);
-        assert_eq!(
-            secs_setting("x", 2.5).unwrap(),
-            Duration::from_millis(2500)
-        );
+        assert_eq!(secs_setting("x", 2.5).unwrap(), Duration::from_millis(2500));
         assert_eq!(
             secs_setting("x", MAX_SETTING_SECS).unwrap(),
             Duration::from_secs(86_400)

@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::{
-    bad_request, secs_setting, decode_base64, ingest_id, register_until_closed, CameraCore, CameraRead,
-    Direction, DriverError, Endpoint, IngestRegistry, PushError,
+    bad_request, decode_base64, ingest_id, register_until_closed, secs_setting, CameraCore,
+    CameraRead, Direction, DriverError, Endpoint, IngestRegistry, PushError,
 };
 use crate::address::Address;
 use crate::command::Command;

@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use base64::Engine;
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, Offset, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::camera::digest;
@@ -186,11 +186,7 @@ pub enum JsonBodyError {
 
 /// Sets `value` at RFC 6901 `pointer` in `root`, creating objects (and arrays where the next
 /// token is a number) on the way.
-pub fn set_pointer(
-    root: &mut Value,
-    pointer: &str,
-    value: Value,
-) -> Result<(), JsonBodyError> {
+pub fn set_pointer(root: &mut Value, pointer: &str, value: Value) -> Result<(), JsonBodyError> {
     let rest = pointer
         .strip_prefix('/')
         .ok_or_else(|| JsonBodyError::NotPointer(pointer.to_string()))?;
@@ -271,8 +267,8 @@ pub fn json_push_body(s: &JsonSettings, p: &JsonPlate) -> Result<Vec<u8>, JsonBo
         set_pointer(&mut doc, ptr, json!(p.id))?;
     }
     if let Some(ptr) = &s.time {
-        let offset = FixedOffset::east_opt(s.utc_offset_hours.clamp(-23, 23) * 3600)
-            .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset is valid"));
+        let offset =
+            FixedOffset::east_opt(s.utc_offset_hours.clamp(-23, 23) * 3600).unwrap_or(Utc.fix());
         let t = p.captured_at;
         let v = match s.time_format.as_str() {
             "unix" => json!(t.timestamp()),
