@@ -72,9 +72,21 @@ fn parse(d: &DevicePlan) -> Result<Parsed, String> {
         ),
         "sign-stream" => Parsed::Sign(led::SignSettings::from_toml(&v).map_err(|e| e.to_string())?),
         "ups-megatec" => Parsed::Ups(ups::UpsSettings::from_toml(&v).map_err(|e| e.to_string())?),
-        "vz-push" => Parsed::Vz(v.try_into().map_err(de)?),
-        "hik-isapi" => Parsed::Hik(v.try_into().map_err(de)?),
-        "json-push" => Parsed::Json(v.try_into().map_err(de)?),
+        "vz-push" => {
+            let s: camera::vz::VzSettings = v.try_into().map_err(de)?;
+            s.validate().map_err(|e| e.to_string())?;
+            Parsed::Vz(s)
+        }
+        "hik-isapi" => {
+            let s: camera::hik::HikSettings = v.try_into().map_err(de)?;
+            s.validate().map_err(|e| e.to_string())?;
+            Parsed::Hik(s)
+        }
+        "json-push" => {
+            let s: camera::generic::JsonSettings = v.try_into().map_err(de)?;
+            s.validate().map_err(|e| e.to_string())?;
+            Parsed::Json(s)
+        }
         other => {
             return Err(format!(
                 "no driver `{other}`; drivers are: {}",

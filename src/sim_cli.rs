@@ -762,14 +762,70 @@ where
 // ---------------------------------------------------------------------------------------------
 // scale
 
+use ecogate_drivers::scale::modbus::ModbusScaleSettings;
+use ecogate_drivers::sim::scale::{RegScaleSim, RegScaleSimConfig};
+
+/// `[settings]` of profile `name` (`./profiles/NAME.toml` in this directory or up to three
+/// levels above it, else the built-in copy), refused unless the profile is for `driver`.
+fn profile_settings(name: &str, driver: &str) -> anyhow::Result<toml::Value> {
+    use crate::config::profile::Library;
+    let lib = Library::for_site(std::path::Path::new("./site.toml"), None, None);
+    let found = lib
+        .find_profile(name)
+        .ok_or_else(|| anyhow!("no profile `{name}` in ./profiles or among the built-in ones"))?;
+    let p = lib.load_profile(&found).map_err(|d| {
+        anyhow!(
+            "profile `{name}`: {}",
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    if p.driver != driver {
+        bail!(
+            "profile `{name}` is for driver `{}`; this simulator speaks `{driver}`",
+            p.driver
+        );
+    }
+    Ok(toml::Value::Table(p.settings))
+}
+
+/// What `ecogate sim scale --format` plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleOutput {
+    /// Continuous-output frames (`scale-stream` profiles).
+    Stream(ScaleFormat),
+    /// Weight and status words in Modbus registers (`scale-modbus` profiles).
+    ModbusIndicator,
+}
+
+fn parse_scale_output(s: &str) -> Result<ScaleOutput, String> {
+    if s.trim() == "modbus-indicator" {
+        return Ok(ScaleOutput::ModbusIndicator);
+    }
+    s.trim()
+        .parse::<ScaleFormat>()
+        .map(ScaleOutput::Stream)
+        .map_err(|e| format!("{e}, or modbus-indicator"))
+}
+
 /// `ecogate sim scale`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ScaleArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// Output format: a9, a12, reversed, st-gs, toledo.
+    /// Output format: a9, a12, reversed, st-gs, toledo (streamed frames), or modbus-indicator
+    /// (weight and status registers polled over Modbus).
+    #[arg(long, value_parser = parse_scale_output)]
+    pub format: ScaleOutput,
+    /// modbus-indicator: the profile whose register map to serve (default
+    /// scale/modbus-indicator).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// modbus-indicator: RTU frames over TCP (a serial device server) instead of Modbus TCP.
     #[arg(long)]
-    pub format: ScaleFormat,
+    pub rtu_over_tcp: bool,
     /// Play a vehicle of this gross weight (kg) at start: ramp up, hold, ramp down.
     #[arg(long, value_name = "KG")]
     pub vehicle: Option<Mass>,
@@ -782,7 +838,7 @@ pub struct ScaleArgs {
     /// Replay `--vehicle` endlessly.
     #[arg(long, requires = "vehicle")]
     pub repeat: bool,
-    /// Time between frames.
+    /// Time between frames (modbus-indicator: between register updates).
     #[arg(long, value_name = "MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub interval_ms: u64,
@@ -799,8 +855,106 @@ fn parse_kg(s: Option<&str>) -> Result<Mass, String> {
     Ok(m)
 }
 
+/// The indicator behind `ecogate sim scale`: frames on a stream, or Modbus registers.
+enum Bridge {
+    Stream(ScaleSim),
+    Regs(RegScaleSim),
+}
+
+impl Bridge {
+    fn play(&self, segments: Vec<Segment>) {
+        match self {
+            Bridge::Stream(s) => s.play(segments),
+            Bridge::Regs(s) => s.play(segments),
+        }
+    }
+    fn set_repeat(&self, repeat: bool) {
+        match self {
+            Bridge::Stream(s) => s.set_repeat(repeat),
+            Bridge::Regs(s) => s.set_repeat(repeat),
+        }
+    }
+    fn set_weight(&self, m: Mass) {
+        match self {
+            Bridge::Stream(s) => s.set_weight(m),
+            Bridge::Regs(s) => s.set_weight(m),
+        }
+    }
+    fn weight(&self) -> Mass {
+        match self {
+            Bridge::Stream(s) => s.weight(),
+            Bridge::Regs(s) => s.weight(),
+        }
+    }
+    fn idle(&self) -> bool {
+        match self {
+            Bridge::Stream(s) => s.idle(),
+            Bridge::Regs(s) => s.idle(),
+        }
+    }
+    fn set_faults(&self, f: Faults) {
+        match self {
+            Bridge::Stream(s) => s.set_faults(f),
+            Bridge::Regs(s) => s.set_faults(f),
+        }
+    }
+    fn disconnect(&self) {
+        match self {
+            Bridge::Stream(s) => s.disconnect(),
+            Bridge::Regs(s) => s.disconnect(),
+        }
+    }
+    fn connections(&self) -> u64 {
+        match self {
+            Bridge::Stream(s) => s.connections(),
+            Bridge::Regs(s) => s.connections(),
+        }
+    }
+}
+
+/// `fault exception-every N|off` of the Modbus register simulators; `None` when the line is not
+/// one.
+fn exception_command(line: &str) -> Option<Result<Option<u64>, String>> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    match w.as_slice() {
+        ["fault", "exception-every", "off" | "0"] => Some(Ok(None)),
+        ["fault", "exception-every", n] => Some(
+            n.parse::<u64>()
+                .map(Some)
+                .map_err(|_| format!("`{n}` is not a positive whole number (or off)")),
+        ),
+        ["fault", "exception-every"] => Some(Err("missing N (or off)".into())),
+        _ => None,
+    }
+}
+
+fn describe_reg_faults(f: &Faults, exception_every: Option<u64>) -> String {
+    match exception_every {
+        None => describe_faults(f),
+        Some(n) => format!("{}; exception 04 on every {n}. request", describe_faults(f)),
+    }
+}
+
+/// The register spans a master polls, as `start: hex words`.
+fn describe_registers(sim: &RegScaleSim) -> String {
+    let spans: Vec<String> = sim
+        .settings()
+        .read_plan()
+        .iter()
+        .map(|(start, n)| {
+            let words: Vec<String> = sim
+                .registers(*start, *n)
+                .iter()
+                .map(|w| format!("{w:04X}"))
+                .collect();
+            format!("{start}: {}", words.join(" "))
+        })
+        .collect();
+    format!("registers {}", spans.join("; "))
+}
+
 struct ScaleConsole {
-    sim: ScaleSim,
+    sim: Bridge,
     ramp: Duration,
     connections: u64,
     idle: bool,
@@ -813,7 +967,7 @@ impl ScaleConsole {
         let now = self.sim.weight();
         self.sim.set_repeat(false);
         self.sim.set_weight(now);
-        self.sim.play([Segment::Ramp {
+        self.sim.play(vec![Segment::Ramp {
             to,
             over: self.ramp,
         }]);
@@ -823,22 +977,60 @@ impl ScaleConsole {
 
 impl Console for ScaleConsole {
     fn help(&self) -> &'static str {
-        "commands:
+        match self.sim {
+            Bridge::Stream(_) => {
+                "commands:
   load KG            a vehicle drives on (ramps to KG over --ramp-ms)
   unload             the vehicle drives off
   set KG             show KG at once, steady
   weight             print the weight shown now
   fault none | silent [on|off] | split [on|off] | delay MS | garbage N
   disconnect         drop every open connection"
+            }
+            Bridge::Regs(_) => {
+                "commands:
+  load KG            a vehicle drives on (ramps to KG over --ramp-ms)
+  unload             the vehicle drives off
+  set KG             show KG at once, steady
+  weight             print the weight shown now
+  registers          print the polled registers (hex)
+  fault none | silent [on|off] | split [on|off] | delay MS | garbage N
+  fault exception-every N|off   answer every N-th request with exception 04
+  disconnect         drop every open connection"
+            }
+        }
     }
 
     fn command(&mut self, line: &str) -> Vec<String> {
+        if let Bridge::Regs(r) = &self.sim {
+            if let Some(e) = exception_command(line) {
+                return vec![match e {
+                    Ok(every) => {
+                        r.set_exception_every(every);
+                        describe_reg_faults(&self.faults, r.exception_every())
+                    }
+                    Err(e) => format!("error: {e}"),
+                }];
+            }
+            if line == "registers" {
+                return vec![describe_registers(r)];
+            }
+        }
         if let Some(r) = stream_fault_command(&self.faults, line) {
             return vec![match r {
                 Ok(f) => {
+                    let none = line.split_whitespace().nth(1) == Some("none");
                     self.sim.set_faults(f.clone());
                     self.faults = f;
-                    describe_faults(&self.faults)
+                    match &self.sim {
+                        Bridge::Regs(r) => {
+                            if none {
+                                r.set_exception_every(None);
+                            }
+                            describe_reg_faults(&self.faults, r.exception_every())
+                        }
+                        Bridge::Stream(_) => describe_faults(&self.faults),
+                    }
                 }
                 Err(e) => format!("error: {e}"),
             }];
@@ -896,23 +1088,94 @@ where
             bail!("--vehicle {v}: the gross weight must be more than 0 kg");
         }
     }
-    let cfg = ScaleSimConfig {
-        interval: Duration::from_millis(args.interval_ms),
-        ..ScaleSimConfig::new(args.format)
-    };
-    let (sim, local) = ScaleSim::bind(&addr.to_string(), cfg)
-        .await
-        .with_context(|| format!("binding the scale simulator to {addr}"))?;
     let faults = args.faults.faults();
+    let interval = Duration::from_millis(args.interval_ms);
+    let (sim, local, mut intro) = match args.format {
+        ScaleOutput::Stream(format) => {
+            if args.profile.is_some() || args.rtu_over_tcp {
+                bail!("--profile and --rtu-over-tcp apply to --format modbus-indicator only");
+            }
+            let cfg = ScaleSimConfig {
+                interval,
+                ..ScaleSimConfig::new(format)
+            };
+            let (sim, local) = ScaleSim::bind(&addr.to_string(), cfg)
+                .await
+                .with_context(|| format!("binding the scale simulator to {addr}"))?;
+            let intro = format!(
+                "scale format {} every {} ms; {}",
+                format.name(),
+                args.interval_ms,
+                describe_faults(&faults)
+            );
+            (Bridge::Stream(sim), local, intro)
+        }
+        ScaleOutput::ModbusIndicator => {
+            let name = args.profile.as_deref().unwrap_or("scale/modbus-indicator");
+            let settings = ModbusScaleSettings::from_toml(&profile_settings(name, "scale-modbus")?)
+                .map_err(|e| anyhow!("profile `{name}`: {e}"))?;
+            let framing = if args.rtu_over_tcp {
+                Framing::RtuOverTcp
+            } else {
+                Framing::Tcp
+            };
+            let cfg = RegScaleSimConfig {
+                interval,
+                ..RegScaleSimConfig::default()
+            };
+            let (sim, local) = RegScaleSim::bind(&addr.to_string(), framing, &settings, cfg)
+                .await
+                .with_context(|| format!("binding the scale simulator to {addr}"))?;
+            let s = &settings;
+            let status = match s.status.register {
+                Some(r) => format!(
+                    ", status register {r}{}{}",
+                    s.status
+                        .stable_bit
+                        .map(|b| format!(" stable bit {b}"))
+                        .unwrap_or_default(),
+                    s.status
+                        .motion_bit
+                        .map(|b| format!(" motion bit {b}"))
+                        .unwrap_or_default()
+                ),
+                None => String::new(),
+            };
+            use ecogate_drivers::scale::codec::Unit;
+            use ecogate_drivers::scale::modbus::{WeightType, WordOrder};
+            let ty = match s.weight_type {
+                WeightType::I32 => "i32",
+                WeightType::U32 => "u32",
+                WeightType::I16 => "i16",
+                WeightType::U16 => "u16",
+                WeightType::F32 => "f32",
+            };
+            let order = match (s.weight_type.words(), s.word_order) {
+                (1, _) => "",
+                (_, WordOrder::HiLo) => " hi-lo",
+                (_, WordOrder::LoHi) => " lo-hi",
+            };
+            let unit = match s.weight_unit {
+                Unit::G => "g",
+                Unit::Kg => "kg",
+                Unit::T => "t",
+            };
+            let intro = format!(
+                "modbus-indicator ({name}) {} unit {}: weight {ty}{order} at register {}, {} decimals in {unit}{status}; refreshed every {} ms; {}",
+                if args.rtu_over_tcp { "RTU over TCP" } else { "TCP" },
+                s.unit,
+                s.weight_register,
+                s.decimals,
+                args.interval_ms,
+                describe_faults(&faults)
+            );
+            (Bridge::Regs(sim), local, intro)
+        }
+    };
     sim.set_faults(faults.clone());
     first_line(&mut out, format!("listening on {local}")).await?;
     let ramp = Duration::from_millis(args.ramp_ms);
-    let mut intro = vec![format!(
-        "scale format {} every {} ms; {}",
-        args.format.name(),
-        args.interval_ms,
-        describe_faults(&faults)
-    )];
+    let mut lines = vec![std::mem::take(&mut intro)];
     if let Some(v) = args.vehicle {
         sim.play(Segment::vehicle(
             v,
@@ -920,14 +1183,14 @@ where
             Duration::from_millis(args.hold_ms),
         ));
         sim.set_repeat(args.repeat);
-        intro.push(format!(
+        lines.push(format!(
             "vehicle {v} kg: ramp {} ms, hold {} ms{}",
             args.ramp_ms,
             args.hold_ms,
             if args.repeat { ", repeating" } else { "" }
         ));
     }
-    emit(&mut out, &intro).await?;
+    emit(&mut out, &lines).await?;
     let mut c = ScaleConsole {
         idle: sim.idle(),
         sim,
@@ -941,6 +1204,9 @@ where
 // ---------------------------------------------------------------------------------------------
 // led
 
+use ecogate_drivers::led::modbus::ModbusSignSettings;
+use ecogate_drivers::sim::led::{RegSignShown, RegSignSim};
+
 /// Sign protocol for `ecogate sim led`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedProtocol {
@@ -948,6 +1214,8 @@ pub enum LedProtocol {
     P64,
     /// Onbon BX-5K/6K.
     Bx,
+    /// PLC-style text sign: GBK text in Modbus holding registers (`sign-modbus` profiles).
+    ModbusText,
 }
 
 /// `ecogate sim led`.
@@ -963,6 +1231,12 @@ pub struct LedArgs {
     /// BX: refuse every frame with this error code instead of ACKing.
     #[arg(long, value_name = "CODE")]
     pub nack: Option<u8>,
+    /// modbus-text: the profile whose register layout to serve (default led/modbus-text).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// modbus-text: RTU frames over TCP (a serial device server) instead of Modbus TCP.
+    #[arg(long)]
+    pub rtu_over_tcp: bool,
     #[command(flatten)]
     pub faults: StreamFaultArgs,
 }
@@ -1087,7 +1361,11 @@ where
     let protocol = match args.protocol {
         LedProtocol::P64 => SignProtocol::P64,
         LedProtocol::Bx => SignProtocol::Bx,
+        LedProtocol::ModbusText => return run_reg_sign(args, out, input).await,
     };
+    if args.profile.is_some() || args.rtu_over_tcp {
+        bail!("--profile and --rtu-over-tcp apply to --protocol modbus-text only");
+    }
     if args.no_ack && protocol != SignProtocol::P64 {
         bail!("--no-ack applies to --protocol p64 only");
     }
@@ -1120,6 +1398,150 @@ where
         rx,
         connections: 0,
         rejected: 0,
+        faults,
+    };
+    drive(&mut c, &args.serve.stop, &mut out, input).await
+}
+
+/// One line per line block or voice text a Modbus text sign took.
+pub fn describe_reg_sign(r: &RegSignShown) -> Vec<String> {
+    let line = |i: usize, t: &str| {
+        if t.is_empty() {
+            format!("line {}: (blank)", i + 1)
+        } else {
+            format!("line {}: {}", i + 1, printable(t))
+        }
+    };
+    match r {
+        RegSignShown::Lines(lines) => lines.iter().enumerate().map(|(i, t)| line(i, t)).collect(),
+        RegSignShown::Line { index, text } => vec![line(*index, text)],
+        RegSignShown::Voice(t) => vec![format!("voice: {}", printable(t))],
+    }
+}
+
+struct RegSignConsole {
+    sim: RegSignSim,
+    rx: tokio::sync::broadcast::Receiver<RegSignShown>,
+    connections: u64,
+    faults: Faults,
+}
+
+impl Console for RegSignConsole {
+    fn help(&self) -> &'static str {
+        "commands:
+  fault none | silent [on|off] | split [on|off] | delay MS | garbage N
+  fault exception-every N|off   answer every N-th request with exception 04
+  disconnect         drop every open connection"
+    }
+
+    fn command(&mut self, line: &str) -> Vec<String> {
+        if line == "disconnect" {
+            self.sim.disconnect();
+            return vec!["dropped every connection".into()];
+        }
+        if let Some(e) = exception_command(line) {
+            return vec![match e {
+                Ok(every) => {
+                    self.sim.set_exception_every(every);
+                    describe_reg_faults(&self.faults, self.sim.exception_every())
+                }
+                Err(e) => format!("error: {e}"),
+            }];
+        }
+        vec![match stream_fault_command(&self.faults, line) {
+            Some(Ok(f)) => {
+                if line.split_whitespace().nth(1) == Some("none") {
+                    self.sim.set_exception_every(None);
+                }
+                self.sim.set_faults(f.clone());
+                self.faults = f;
+                describe_reg_faults(&self.faults, self.sim.exception_every())
+            }
+            Some(Err(e)) => format!("error: {e}"),
+            None => format!("error: unknown command `{line}` (try `help`)"),
+        }]
+    }
+
+    fn poll(&mut self) -> Vec<String> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut lines = Vec::new();
+        let n = self.sim.connections();
+        if n > self.connections {
+            self.connections = n;
+            lines.push(format!("client connected ({n} so far)"));
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => lines.extend(describe_reg_sign(&r)),
+                Err(TryRecvError::Lagged(k)) => {
+                    lines.push(format!("({k} updates arrived too fast to print)"))
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        lines
+    }
+}
+
+/// `ecogate sim led --protocol modbus-text`.
+async fn run_reg_sign<W, R>(args: LedArgs, mut out: W, input: R) -> anyhow::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncBufRead + Unpin,
+{
+    let addr = args.serve.socket_addr()?;
+    if args.no_ack || args.nack.is_some() {
+        bail!("--no-ack and --nack apply to --protocol p64 / bx only");
+    }
+    let name = args.profile.as_deref().unwrap_or("led/modbus-text");
+    let settings = ModbusSignSettings::from_toml(&profile_settings(name, "sign-modbus")?)
+        .map_err(|e| anyhow!("profile `{name}`: {e}"))?;
+    let framing = if args.rtu_over_tcp {
+        Framing::RtuOverTcp
+    } else {
+        Framing::Tcp
+    };
+    let (sim, local) = RegSignSim::bind(&addr.to_string(), framing, &settings)
+        .await
+        .with_context(|| format!("binding the LED simulator to {addr}"))?;
+    let faults = args.faults.faults();
+    sim.set_faults(faults.clone());
+    let rx = sim.subscribe();
+    first_line(&mut out, format!("listening on {local}")).await?;
+    let blocks: Vec<String> = settings
+        .lines
+        .iter()
+        .map(|b| format!("{}+{}", b.register, b.registers()))
+        .collect();
+    let trigger = |c: Option<ecogate_drivers::led::modbus::CommitRegister>| match c {
+        Some(c) => format!("register {} = {}", c.register, c.value),
+        None => "each write".into(),
+    };
+    let voice = match &settings.voice {
+        Some(v) => format!(
+            "; voice block {}+{}, spoken on {}",
+            v.register,
+            v.registers(),
+            trigger(settings.voice_commit)
+        ),
+        None => String::new(),
+    };
+    emit(
+        &mut out,
+        &[format!(
+            "sign protocol modbus-text ({name}) {} unit {}: line blocks {} (start+registers), shown on {}{voice}; {}",
+            if args.rtu_over_tcp { "RTU over TCP" } else { "TCP" },
+            settings.unit,
+            blocks.join(", "),
+            trigger(settings.commit),
+            describe_faults(&faults)
+        )],
+    )
+    .await?;
+    let mut c = RegSignConsole {
+        sim,
+        rx,
+        connections: 0,
         faults,
     };
     drive(&mut c, &args.serve.stop, &mut out, input).await
@@ -1261,6 +1683,11 @@ where
 // ---------------------------------------------------------------------------------------------
 // camera
 
+use ecogate_drivers::camera::generic::JsonSettings;
+use ecogate_drivers::sim::camera::{
+    json_push_body, IsapiFaults, IsapiLogEntry, IsapiOutcome, IsapiSim, JsonPlate,
+};
+
 /// Push format for `ecogate sim camera`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CameraKind {
@@ -1268,16 +1695,23 @@ pub enum CameraKind {
     Vz,
     /// Hikvision listening-mode multipart `anpr.xml` + JPEGs.
     Hik,
+    /// Any JSON camera described by a `json-push` profile's JSON pointers.
+    #[value(alias = "generic-json")]
+    Json,
 }
 
 /// `ecogate sim camera`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CameraArgs {
     /// The gateway's ingest URL, e.g. http://127.0.0.1:8080/ingest/vz/cam1 (loopback only).
-    #[arg(long)]
-    pub url: String,
+    /// May be left out with --isapi (the camera then only serves control requests).
+    #[arg(long, required_unless_present = "isapi")]
+    pub url: Option<String>,
     #[arg(long, value_enum, default_value = "vz")]
     pub kind: CameraKind,
+    /// --kind json: the profile whose JSON pointers shape the push (default camera/generic-json).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Plate text to read.
     #[arg(long, default_value = "豫A12345")]
     pub plate: String,
@@ -1298,10 +1732,24 @@ pub struct CameraArgs {
     #[arg(long)]
     pub duplicate: bool,
     /// Mark reads as offline replays: VZ `isoffline=1` captured 10 minutes ago, Hikvision
-    /// `isDataRetransmission=true`.
+    /// `isDataRetransmission=true`, JSON captured 10 minutes ago.
     #[arg(long)]
     pub offline_replay: bool,
-    /// After the scripted reads, post a read for each stdin line `PLATE [COLOR]` until EOF.
+    /// --kind hik: also serve the camera's ISAPI control endpoint (barrier, IO outputs) with
+    /// HTTP Digest on 127.0.0.1, printing every request.
+    #[arg(long, requires = "password")]
+    pub isapi: bool,
+    /// Port of the ISAPI endpoint; 0 picks a free one (read it from the first output line).
+    #[arg(long, default_value_t = 0)]
+    pub isapi_port: u16,
+    /// ISAPI Digest user name.
+    #[arg(long, default_value = "admin")]
+    pub username: String,
+    /// ISAPI Digest password (what the gateway's `password_env` variable must hold).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Read stdin until EOF: `PLATE [COLOR]` lines post a read, `fault …` lines change the
+    /// faults; the camera stops at EOF once the scripted reads are posted.
     #[arg(long)]
     pub until_eof: bool,
     /// Stop by itself after this many seconds.
@@ -1330,33 +1778,219 @@ pub fn check_loopback_url(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Faults of the pushing side of the camera.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PushFaults {
+    duplicate: bool,
+    offline: bool,
+}
+
 struct CameraRun {
-    sim: CameraSim,
+    sim: Option<CameraSim>,
     args: CameraArgs,
+    json: Option<JsonSettings>,
+    isapi: Option<IsapiSim>,
+    push: PushFaults,
     next_id: u64,
     posted: u64,
     failed: u64,
+    isapi_accepted: u64,
+    isapi_refused: u64,
+    isapi_unauthorized: u64,
+}
+
+/// `<tag>value</tag>` from a small ISAPI body.
+fn xml_value<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find('<')? + start;
+    Some(body[start..end].trim())
+}
+
+/// What an ISAPI control request asks for, in words.
+fn describe_isapi(e: &IsapiLogEntry) -> String {
+    let r = &e.request;
+    let what = if let Some(mode) = xml_value(&r.body, "ctrlMode") {
+        format!("barrier {mode}")
+    } else if let Some(state) = xml_value(&r.body, "outputState") {
+        let n = r
+            .path
+            .split("/outputs/")
+            .nth(1)
+            .and_then(|t| t.split('/').next())
+            .unwrap_or("?");
+        format!("output {n} {state}")
+    } else if r.body.trim().is_empty() {
+        "no body".to_string()
+    } else {
+        let b: String = r.body.trim().chars().take(80).collect();
+        printable(&b)
+    };
+    let head = format!("ISAPI {} {}: {what}", r.method, printable(&r.path));
+    match e.outcome {
+        IsapiOutcome::Accepted => head,
+        IsapiOutcome::Refused => format!("{head} → refused (statusCode 4)"),
+        IsapiOutcome::Unauthorized => {
+            format!("{head} → 401, Digest challenge sent (no or wrong credentials)")
+        }
+    }
 }
 
 impl CameraRun {
-    async fn post_once(&self, plate: &str, color: PlateColor, id: u64) -> anyhow::Result<Reply> {
+    fn help(&self) -> String {
+        let mut h = String::from(
+            "commands:
+  PLATE [COLOR]             post a read of PLATE (colour: --color)
+  status                    reads posted, failures, faults
+  fault none                clear every fault
+  fault duplicate [on|off]  post every read twice with the same id
+  fault offline [on|off]    mark reads as offline replays",
+        );
+        if self.isapi.is_some() {
+            h.push_str(
+                "
+  fault silent [on|off]     ISAPI control never answers
+  fault delay MS            ISAPI control answers MS late
+  fault refuse [on|off]     ISAPI control answers statusCode 4 (refused)",
+            );
+        }
+        h
+    }
+
+    fn describe_faults(&self) -> String {
+        let p = self.push;
+        let mut s = format!("faults: duplicate={} offline={}", p.duplicate, p.offline);
+        if let Some(i) = &self.isapi {
+            let f = i.faults();
+            s.push_str(&format!(
+                "; isapi silent={} delay={}ms refuse={}",
+                f.silent,
+                f.delay.as_millis(),
+                f.refuse
+            ));
+        }
+        s
+    }
+
+    fn status(&self) -> String {
+        let mut s = format!(
+            "status: {} posted, {} failed; {}",
+            self.posted,
+            self.failed,
+            self.describe_faults()
+        );
+        if self.isapi.is_some() {
+            s.push_str(&format!(
+                "; isapi {} accepted, {} refused, {} unauthorized",
+                self.isapi_accepted, self.isapi_refused, self.isapi_unauthorized
+            ));
+        }
+        s
+    }
+
+    /// `fault …`: `None` when the line is not a fault command.
+    fn fault_command(&mut self, line: &str) -> Option<Result<String, String>> {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.first() != Some(&"fault") {
+            return None;
+        }
+        let flag = |i: usize| on_off(w.get(i).copied().or(Some("on")));
+        let isapi = self.isapi.as_ref();
+        let need_isapi = || "only with --isapi".to_string();
+        let set_isapi = |f: &dyn Fn(&mut IsapiFaults)| -> Result<(), String> {
+            let i = isapi.ok_or_else(need_isapi)?;
+            let mut cur = i.faults();
+            f(&mut cur);
+            i.set_faults(cur);
+            Ok(())
+        };
+        let r = match w.get(1).copied() {
+            Some("none") => {
+                self.push = PushFaults::default();
+                if let Some(i) = isapi {
+                    i.set_faults(IsapiFaults::default());
+                }
+                Ok(())
+            }
+            Some("duplicate") => flag(2).map(|v| self.push.duplicate = v),
+            Some("offline") => flag(2).map(|v| self.push.offline = v),
+            Some("silent") => flag(2).and_then(|v| set_isapi(&|f| f.silent = v)),
+            Some("refuse") => flag(2).and_then(|v| set_isapi(&|f| f.refuse = v)),
+            Some("delay") => w
+                .get(2)
+                .ok_or_else(|| "missing MS".to_string())
+                .and_then(|ms| {
+                    ms.parse::<u64>()
+                        .map_err(|_| format!("`{ms}` is not a whole number of ms"))
+                })
+                .and_then(|ms| set_isapi(&|f| f.delay = Duration::from_millis(ms))),
+            _ => Err(format!(
+                "`{line}`: expected fault none | duplicate [on|off] | offline [on|off]{}",
+                if isapi.is_some() {
+                    " | silent [on|off] | delay MS | refuse [on|off]"
+                } else {
+                    ""
+                }
+            )),
+        };
+        Some(r.map(|()| self.describe_faults()))
+    }
+
+    /// New ISAPI requests, one line each.
+    fn poll_isapi(&mut self) -> Vec<String> {
+        let Some(i) = &self.isapi else {
+            return Vec::new();
+        };
+        let log = i.take_log();
+        for e in &log {
+            match e.outcome {
+                IsapiOutcome::Accepted => self.isapi_accepted += 1,
+                IsapiOutcome::Refused => self.isapi_refused += 1,
+                IsapiOutcome::Unauthorized => self.isapi_unauthorized += 1,
+            }
+        }
+        log.iter().map(describe_isapi).collect()
+    }
+
+    async fn post_once(
+        &self,
+        sim: &CameraSim,
+        plate: &str,
+        color: PlateColor,
+        id: u64,
+    ) -> anyhow::Result<Reply> {
         let a = &self.args;
         let image = a.image_kb as usize * 1024;
+        let offline = self.push.offline;
         match a.kind {
             CameraKind::Vz => {
                 let mut p = VzPlate::new(plate, id);
                 p.color = ecogate_drivers::camera::vz::color_code(color);
                 p.image_bytes = image;
-                if a.offline_replay {
+                if offline {
                     p.offline = true;
                     p.sec -= 600;
                 }
-                Ok(self.sim.vz_plate(&p).await?)
+                Ok(sim.vz_plate(&p).await?)
+            }
+            CameraKind::Json => {
+                let s = self
+                    .json
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("no json-push profile loaded"))?;
+                let mut p = JsonPlate::new(plate, id.to_string());
+                p.color = color;
+                p.image_bytes = image;
+                if offline {
+                    p.captured_at -= chrono::Duration::minutes(10);
+                }
+                let body = json_push_body(s, &p)?;
+                Ok(sim.post_raw("application/json", body).await?)
             }
             CameraKind::Hik => {
                 let uuid = format!("ecogate-sim-{id}");
                 let mut xml = hik_anpr_xml(plate, &uuid, color.name(), false);
-                if a.offline_replay {
+                if offline {
                     xml = xml.replace("<isDataRetransmission>false", "<isDataRetransmission>true");
                 }
                 let crop = fake_jpeg(image / 20 + 64);
@@ -1385,24 +2019,30 @@ impl CameraRun {
                         ),
                     ],
                 );
-                Ok(self
-                    .sim
+                Ok(sim
                     .post_raw(&format!("multipart/form-data; boundary={b}"), body)
                     .await?)
             }
         }
     }
 
-    /// One read (twice with `--duplicate`), each reply printed.
+    /// One read (twice with the duplicate fault), each reply printed.
     async fn read<W: AsyncWrite + Unpin>(
         &mut self,
         out: &mut W,
         plate: &str,
         color: PlateColor,
     ) -> anyhow::Result<()> {
+        let Some(sim) = self.sim.clone() else {
+            return emit(
+                out,
+                &["error: no --url: this camera only serves ISAPI control".to_string()],
+            )
+            .await;
+        };
         let id = self.next_id;
         self.next_id += 1;
-        let times = if self.args.duplicate { 2 } else { 1 };
+        let times = if self.push.duplicate { 2 } else { 1 };
         for k in 0..times {
             self.posted += 1;
             let tag = format!(
@@ -1410,7 +2050,7 @@ impl CameraRun {
                 color.name(),
                 if k > 0 { " (duplicate)" } else { "" }
             );
-            let line = match self.post_once(plate, color, id).await {
+            let line = match self.post_once(&sim, plate, color, id).await {
                 Ok(r) => format!(
                     "{tag} → {} {}",
                     r.status,
@@ -1425,6 +2065,45 @@ impl CameraRun {
         }
         Ok(())
     }
+
+    /// One stdin line: a command or `PLATE [COLOR]`.
+    async fn line<W: AsyncWrite + Unpin>(&mut self, out: &mut W, line: &str) -> anyhow::Result<()> {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            return Ok(());
+        }
+        let mut before = self.poll_isapi();
+        if t == "help" {
+            before.extend(self.help().lines().map(str::to_string));
+            return emit(out, &before).await;
+        }
+        if t == "status" {
+            before.push(self.status());
+            return emit(out, &before).await;
+        }
+        if let Some(r) = self.fault_command(t) {
+            before.push(r.unwrap_or_else(|e| format!("error: {e}")));
+            return emit(out, &before).await;
+        }
+        emit(out, &before).await?;
+        let w: Vec<&str> = t.split_whitespace().collect();
+        match w.as_slice() {
+            [p] => self.read(out, p, self.args.color).await,
+            [p, c] => match c.parse::<PlateColor>() {
+                Ok(c) => self.read(out, p, c).await,
+                Err(e) => emit(out, &[format!("error: {e}")]).await,
+            },
+            _ => {
+                emit(
+                    out,
+                    &[format!(
+                        "error: `{t}`: expected `PLATE [COLOR]` or a command (try `help`)"
+                    )],
+                )
+                .await
+            }
+        }
+    }
 }
 
 /// `ecogate sim camera`: see [`CameraArgs`].
@@ -1433,62 +2112,131 @@ where
     W: AsyncWrite + Unpin,
     R: AsyncBufRead + Unpin,
 {
-    check_loopback_url(&args.url)?;
+    if let Some(url) = &args.url {
+        check_loopback_url(url)?;
+    }
     let plate = args.plate.trim().to_string();
     if plate.is_empty() {
         bail!("--plate must not be empty");
     }
+    if args.isapi && args.kind != CameraKind::Hik {
+        bail!("--isapi is the Hikvision control endpoint: use it with --kind hik");
+    }
+    if args.profile.is_some() && args.kind != CameraKind::Json {
+        bail!("--profile applies to --kind json only");
+    }
+    let json = match args.kind {
+        CameraKind::Json => {
+            let name = args.profile.as_deref().unwrap_or("camera/generic-json");
+            let s: JsonSettings = profile_settings(name, "json-push")?
+                .try_into()
+                .map_err(|e: toml::de::Error| anyhow!("profile `{name}`: {}", e.message()))?;
+            // A profile whose pointers cannot all be set is refused before anything is posted.
+            json_push_body(&s, &JsonPlate::new(&plate, "0"))
+                .map_err(|e| anyhow!("profile `{name}`: {e}"))?;
+            Some(s)
+        }
+        _ => None,
+    };
+    let isapi = if args.isapi {
+        let pass = args.password.clone().unwrap_or_default();
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.isapi_port);
+        Some(
+            IsapiSim::bind(&addr.to_string(), &args.username, &pass)
+                .await
+                .with_context(|| format!("binding the ISAPI endpoint to {addr}"))?,
+        )
+    } else {
+        None
+    };
     let deadline = args.duration.map(|d| Instant::now() + d);
-    first_line(&mut out, format!("posting to {}", args.url)).await?;
+    match (&isapi, &args.url) {
+        (Some(i), url) => {
+            first_line(&mut out, format!("listening on {}", i.addr())).await?;
+            emit(
+                &mut out,
+                &[format!(
+                    "Hikvision ISAPI control, Digest user `{}`; {}",
+                    args.username,
+                    match url {
+                        Some(u) => format!("posting to {u}"),
+                        None => "no --url: control only".to_string(),
+                    }
+                )],
+            )
+            .await?;
+        }
+        (None, Some(url)) => first_line(&mut out, format!("posting to {url}")).await?,
+        (None, None) => bail!("--url is needed unless --isapi is given"),
+    }
+    let push = PushFaults {
+        duplicate: args.duplicate,
+        offline: args.offline_replay,
+    };
     let mut run = CameraRun {
-        sim: CameraSim::new(args.url.clone()),
+        sim: args.url.clone().map(CameraSim::new),
         // Ids from the clock so reads of successive runs are not taken for replays.
         next_id: u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(1) * 10,
-        args,
+        json,
+        isapi,
+        push,
         posted: 0,
         failed: 0,
+        isapi_accepted: 0,
+        isapi_refused: 0,
+        isapi_unauthorized: 0,
+        args,
     };
     let color = run.args.color;
-    let scripted = async {
-        for i in 0..run.args.count {
-            if i > 0 {
-                tokio::time::sleep(Duration::from_millis(run.args.interval_ms)).await;
+    let interval = Duration::from_millis(run.args.interval_ms);
+    let serving = run.isapi.is_some();
+    let until_eof = run.args.until_eof;
+    let mut left = if run.sim.is_some() { run.args.count } else { 0 };
+    let mut next_read = Instant::now();
+    // Stdin is read with --until-eof, or while the ISAPI endpoint keeps the camera running.
+    let mut stdin_open = until_eof || serving;
+    let mut lines = input.lines();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        // Done once the scripted reads are posted and stdin (if read at all) has ended; an
+        // ISAPI endpoint keeps serving past EOF unless --until-eof says otherwise.
+        if left == 0 && !stdin_open && (!serving || until_eof) {
+            if until_eof {
+                let mut l = run.poll_isapi();
+                l.push("stopping: end of input".to_string());
+                emit(&mut out, &l).await?;
             }
-            run.read(&mut out, &plate, color).await?;
+            break;
         }
-        if run.args.until_eof {
-            let mut lines = input.lines();
-            while let Some(l) = lines
-                .next_line()
-                .await
-                .context("reading plates from stdin")?
-            {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                match w.as_slice() {
-                    [] => {}
-                    [p] => run.read(&mut out, p, color).await?,
-                    [p, c] => match c.parse::<PlateColor>() {
-                        Ok(c) => run.read(&mut out, p, c).await?,
-                        Err(e) => emit(&mut out, &[format!("error: {e}")]).await?,
-                    },
-                    _ => {
-                        emit(
-                            &mut out,
-                            &[format!("error: `{l}`: expected `PLATE [COLOR]`")],
-                        )
-                        .await?
+        tokio::select! {
+            _ = sleep_until_opt(deadline) => {
+                let mut l = run.poll_isapi();
+                l.push("stopping: duration elapsed".to_string());
+                emit(&mut out, &l).await?;
+                break;
+            }
+            _ = tokio::time::sleep_until(next_read), if left > 0 => {
+                run.read(&mut out, &plate, color).await?;
+                left -= 1;
+                next_read = Instant::now() + interval;
+            }
+            l = lines.next_line(), if stdin_open => match l {
+                Ok(Some(l)) => run.line(&mut out, &l).await?,
+                Ok(None) => stdin_open = false,
+                Err(e) => {
+                    if until_eof {
+                        return Err(anyhow!(e).context("reading commands from stdin"));
                     }
+                    emit(&mut out, &[format!("error: reading stdin: {e}; commands disabled")]).await?;
+                    stdin_open = false;
                 }
+            },
+            _ = tick.tick(), if serving => {
+                let l = run.poll_isapi();
+                emit(&mut out, &l).await?;
             }
         }
-        anyhow::Ok(())
-    };
-    let timed_out = tokio::select! {
-        r = scripted => { r?; false }
-        _ = sleep_until_opt(deadline) => true,
-    };
-    if timed_out {
-        emit(&mut out, &["stopping: duration elapsed".to_string()]).await?;
     }
     if run.failed > 0 {
         bail!("{} of {} posts failed", run.failed, run.posted);

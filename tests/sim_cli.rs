@@ -149,6 +149,9 @@ fn bad_arguments_are_clap_errors_not_panics() {
             "purple",
         ],
         &["teleport"],
+        &["camera", "--kind", "hik", "--isapi"],
+        &["camera", "--kind", "json"],
+        &["led", "--protocol", "modbus"],
     ] {
         assert!(parse(args).is_err(), "{args:?} was accepted");
     }
@@ -170,6 +173,91 @@ fn bad_arguments_are_clap_errors_not_panics() {
         "--repeat"
     ])
     .is_ok());
+    for ok in [
+        &["scale", "--format", "modbus-indicator", "--rtu-over-tcp"][..],
+        &[
+            "led",
+            "--protocol",
+            "modbus-text",
+            "--profile",
+            "led/modbus-text",
+        ],
+        &["camera", "--kind", "hik", "--isapi", "--password", "p"],
+        &[
+            "camera",
+            "--kind",
+            "generic-json",
+            "--url",
+            "http://127.0.0.1:1/x",
+        ],
+    ] {
+        if let Err(e) = parse(ok) {
+            panic!("{ok:?} refused: {e}");
+        }
+    }
+}
+
+/// Options that parse but do not fit together stop the simulator before it listens.
+#[tokio::test]
+async fn mismatched_mode_options_are_refused_at_start() {
+    for (args, says) in [
+        (
+            &["scale", "--format", "a9", "--rtu-over-tcp"][..],
+            "modbus-indicator only",
+        ),
+        (
+            &[
+                "scale",
+                "--format",
+                "modbus-indicator",
+                "--profile",
+                "scale/yaohua-xk3190-a9",
+            ],
+            "is for driver `scale-stream`",
+        ),
+        (
+            &[
+                "scale",
+                "--format",
+                "modbus-indicator",
+                "--profile",
+                "scale/no-such",
+            ],
+            "no profile `scale/no-such`",
+        ),
+        (
+            &["led", "--protocol", "bx", "--profile", "led/modbus-text"],
+            "modbus-text only",
+        ),
+        (
+            &["led", "--protocol", "modbus-text", "--no-ack"],
+            "p64 / bx only",
+        ),
+        (
+            &["camera", "--kind", "vz", "--isapi", "--password", "p"],
+            "--kind hik",
+        ),
+        (
+            &[
+                "camera",
+                "--url",
+                "http://127.0.0.1:1/x",
+                "--profile",
+                "camera/generic-json",
+            ],
+            "--kind json only",
+        ),
+    ] {
+        let cmd = parse(args).unwrap();
+        let (w, mut r) = tokio::io::duplex(1024);
+        let e = within(cmd.run_with(w, BufReader::new(tokio::io::empty())))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains(says), "{args:?}: {e:#}");
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert!(!s.contains("listening"), "{args:?}: {s}");
+    }
 }
 
 #[test]
@@ -586,9 +674,16 @@ async fn without_until_eof_end_of_input_does_not_stop_the_sim() {
 
 /// A one-route HTTP stand-in for the gateway: records request bodies, answers `reply`.
 async fn fake_gateway(reply: &'static str) -> (String, JoinHandle<Vec<Vec<u8>>>, u32) {
+    fake_gateway_n(reply, 2).await
+}
+
+/// [`fake_gateway`] taking `expect` requests.
+async fn fake_gateway_n(
+    reply: &'static str,
+    expect: u32,
+) -> (String, JoinHandle<Vec<Vec<u8>>>, u32) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    let expect = 2u32;
     let task = tokio::spawn(async move {
         let mut bodies = Vec::new();
         for _ in 0..expect {
@@ -795,5 +890,369 @@ async fn io_rtu_over_tcp_prints_writes_and_ignores_other_units() {
     );
     sim.expect_all(&["command: write relay 2 ON", "relay 2 on"])
         .await;
+    sim.finish().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modbus register indicator and text sign, JSON camera, ISAPI control
+
+use ecogate_drivers::{Address, DeviceEvent, EventKind};
+use tokio::sync::mpsc;
+
+/// `[settings]` of a stock profile, read from the checkout's profiles/ directory.
+fn profile_settings(name: &str) -> toml::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("profiles")
+        .join(format!("{name}.toml"));
+    let t: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    t["settings"].clone()
+}
+
+fn tcp_address(addr: &str) -> Address {
+    format!("tcp://{addr}").parse().unwrap()
+}
+
+/// Events until one satisfies `pred`; panics with the events seen if none does in time.
+async fn event_where(
+    rx: &mut mpsc::Receiver<DeviceEvent>,
+    mut pred: impl FnMut(&EventKind) -> bool,
+) -> EventKind {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(e)) if pred(&e.kind) => return e.kind,
+            Ok(Some(e)) => seen.push(e.kind),
+            _ => panic!("no matching event; saw {seen:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn scale_modbus_indicator_registers_follow_a_weight_ramp() {
+    use ecogate_drivers::scale::modbus::{self as regs_scale, ModbusScaleSettings};
+    let mut sim = Running::start(&[
+        "scale",
+        "--format",
+        "modbus-indicator",
+        "--interval-ms",
+        "10",
+        "--ramp-ms",
+        "1500",
+        "--until-eof",
+    ]);
+    let addr = sim.addr().await;
+    sim.expect("modbus-indicator (scale/modbus-indicator) TCP unit 1")
+        .await;
+    // The driver as a site would configure it from the same profile, polling faster.
+    let mut settings =
+        ModbusScaleSettings::from_toml(&profile_settings("scale/modbus-indicator")).unwrap();
+    settings.poll_ms = 20;
+    settings.max_samples_per_sec = 50;
+    settings.stability.hold_ms = 100;
+    let (tx, mut rx) = mpsc::channel(4096);
+    let _h = regs_scale::spawn("scale1", &tcp_address(&addr), &settings, tx).unwrap();
+    sim.expect("client connected (1 so far)").await;
+    sim.send("load 32000").await;
+    sim.expect("load 32000 kg over 1500 ms").await;
+    let mut ramp = Vec::new();
+    let stable = loop {
+        match event_where(&mut rx, |k| matches!(k, EventKind::Weight { .. })).await {
+            EventKind::Weight {
+                mass, stable: true, ..
+            } => break mass,
+            EventKind::Weight { mass, .. } => ramp.push(mass),
+            _ => unreachable!(),
+        }
+    };
+    assert_eq!(stable, Mass::from_kg(32_000));
+    // On its way up the weight passed through values between empty and loaded.
+    let between: Vec<Mass> = ramp
+        .iter()
+        .copied()
+        .filter(|m| *m > Mass::from_kg(1_000) && *m < Mass::from_kg(31_000))
+        .collect();
+    assert!(between.len() >= 2, "no ramp seen: {ramp:?}");
+    assert!(between.windows(2).any(|w| w[0] != w[1]), "{between:?}");
+    // The words themselves: i32 high word first at register 0, stable bit 0 of register 2.
+    sim.expect("steady at 32000 kg").await;
+    let mut sock = TcpStream::connect(&addr).await.unwrap();
+    let r = modbus(&mut sock, 1, &[0x03, 0x00, 0x00, 0x00, 0x03]).await;
+    assert_eq!(r, vec![0x03, 6, 0x00, 0x00, 0x7D, 0x00, 0x00, 0x01]);
+    sim.send("registers").await;
+    sim.expect("registers 0: 0000 7D00 0001").await;
+    // Silence takes the indicator offline for the driver; lifting it brings it back.
+    sim.send("fault silent").await;
+    sim.expect("faults: silent=true").await;
+    event_where(&mut rx, |k| {
+        matches!(k, EventKind::Link { online: false, .. })
+    })
+    .await;
+    sim.send("fault none").await;
+    sim.expect("faults: none").await;
+    event_where(&mut rx, |k| {
+        matches!(k, EventKind::Link { online: true, .. })
+    })
+    .await;
+    sim.finish().await.unwrap();
+}
+
+/// One RTU request to unit 1 and its reply (an exception or a register read).
+async fn rtu(sock: &mut TcpStream, pdu: &[u8]) -> Vec<u8> {
+    use ecogate_drivers::modbus::rtu_frame;
+    sock.write_all(&rtu_frame(1, pdu)).await.unwrap();
+    let mut head = [0u8; 3];
+    within(sock.read_exact(&mut head)).await.unwrap();
+    let rest = if head[1] & 0x80 != 0 {
+        2
+    } else {
+        head[2] as usize + 2
+    };
+    let mut tail = vec![0u8; rest];
+    within(sock.read_exact(&mut tail)).await.unwrap();
+    let mut frame = head.to_vec();
+    frame.extend_from_slice(&tail);
+    let n = frame.len();
+    assert_eq!(
+        ecogate_drivers::modbus::crc16(&frame[..n - 2]).to_le_bytes(),
+        frame[n - 2..],
+        "bad CRC: {frame:02X?}"
+    );
+    frame[1..n - 2].to_vec()
+}
+
+#[tokio::test]
+async fn scale_modbus_indicator_over_rtu_takes_faults_from_stdin() {
+    let mut sim = Running::start(&[
+        "scale",
+        "--format",
+        "modbus-indicator",
+        "--rtu-over-tcp",
+        "--interval-ms",
+        "10",
+        "--split",
+        "--until-eof",
+    ]);
+    let addr = sim.addr().await;
+    sim.expect("RTU over TCP").await;
+    sim.send("set 18240").await;
+    sim.expect("weight set to 18240 kg").await;
+    let mut sock = TcpStream::connect(&addr).await.unwrap();
+    // Replies written in pieces still make whole frames; the weight is there at once.
+    let r = rtu(&mut sock, &[0x03, 0x00, 0x00, 0x00, 0x03]).await;
+    assert_eq!(r, vec![0x03, 6, 0x00, 0x00, 0x47, 0x40, 0x00, 0x01]);
+    sim.send("fault exception-every 1").await;
+    sim.expect("exception 04 on every 1. request").await;
+    assert_eq!(
+        rtu(&mut sock, &[0x03, 0x00, 0x00, 0x00, 0x02]).await,
+        vec![0x83, 0x04]
+    );
+    sim.send("fault exception-every off").await;
+    sim.expect("faults: silent=false delay=0ms garbage=0 split=true")
+        .await;
+    assert_eq!(
+        rtu(&mut sock, &[0x04, 0x00, 0x02, 0x00, 0x01]).await,
+        vec![0x04, 2, 0x00, 0x01]
+    );
+    sim.send("fault silent on").await;
+    sim.expect("faults: silent=true").await;
+    sock.write_all(&ecogate_drivers::modbus::rtu_frame(
+        1,
+        &[0x03, 0x00, 0x00, 0x00, 0x02],
+    ))
+    .await
+    .unwrap();
+    let mut buf = [0u8; 16];
+    let quiet = tokio::time::timeout(Duration::from_millis(200), sock.read(&mut buf)).await;
+    assert!(quiet.is_err(), "a silent indicator answered");
+    sim.send("disconnect").await;
+    sim.expect("dropped every connection").await;
+    let n = within(sock.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0, "connection still open after disconnect");
+    sim.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn led_modbus_text_shows_the_gbk_text_the_sign_driver_writes() {
+    use ecogate_drivers::led::modbus::{self as regs_sign, ModbusSignSettings};
+    let mut sim = Running::start(&["led", "--protocol", "modbus-text", "--until-eof"]);
+    let addr = sim.addr().await;
+    sim.expect("sign protocol modbus-text (led/modbus-text) TCP unit 1")
+        .await;
+    let settings = ModbusSignSettings::from_toml(&profile_settings("led/modbus-text")).unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let h = regs_sign::spawn("sign1", &tcp_address(&addr), &settings, tx).unwrap();
+    h.commands
+        .send(Command::SignShow {
+            lines: vec!["豫A12345".into(), "请上磅".into()],
+        })
+        .await
+        .unwrap();
+    sim.expect_all(&[
+        "line 1: 豫A12345",
+        "line 2: 请上磅",
+        "line 3: (blank)",
+        "line 4: (blank)",
+    ])
+    .await;
+    h.commands
+        .send(Command::VoiceSay {
+            text: "请减速慢行".into(),
+        })
+        .await
+        .unwrap();
+    sim.expect("voice: 请减速慢行").await;
+    event_where(&mut rx, |k| {
+        matches!(k, EventKind::Link { online: true, .. })
+    })
+    .await;
+    // The first line block holds the GBK bytes, high byte first, zero-padded.
+    let gbk = ecogate_drivers::led::to_gbk("豫A12345", ecogate_drivers::led::Unencodable::Reject)
+        .unwrap();
+    let mut sock = TcpStream::connect(&addr).await.unwrap();
+    let r = modbus(&mut sock, 1, &[0x03, 0x00, 0x00, 0x00, 0x08]).await;
+    let mut want = gbk.clone();
+    want.resize(16, 0);
+    assert_eq!(&r[2..], &want[..]);
+    // A silent sign makes the driver's writes fail; after `fault none` they land again.
+    sim.send("fault silent").await;
+    sim.expect("faults: silent=true").await;
+    h.commands
+        .send(Command::SignShow {
+            lines: vec!["禁止通行".into()],
+        })
+        .await
+        .unwrap();
+    event_where(&mut rx, |k| {
+        matches!(k, EventKind::Link { online: false, .. })
+    })
+    .await;
+    sim.send("fault none").await;
+    sim.expect("faults: none").await;
+    h.commands
+        .send(Command::SignShow {
+            lines: vec!["冀B88888".into(), "超标".into()],
+        })
+        .await
+        .unwrap();
+    sim.expect_all(&["line 1: 冀B88888", "line 2: 超标"]).await;
+    event_where(&mut rx, |k| {
+        matches!(k, EventKind::Link { online: true, .. })
+    })
+    .await;
+    sim.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn camera_json_push_parses_with_the_generic_profile() {
+    use ecogate_drivers::camera::generic::{self, JsonSettings};
+    use ecogate_drivers::PlateColor;
+    let (vz_url, gw, _) = fake_gateway_n(r#"{"Response":{"StatusCode":0}}"#, 4).await;
+    let url = vz_url.replace("/ingest/vz/", "/ingest/json/");
+    let mut sim = Running::start(&[
+        "camera",
+        "--kind",
+        "json",
+        "--url",
+        &url,
+        "--plate",
+        "冀B12345",
+        "--color",
+        "green",
+        "--image-kb",
+        "2",
+        "--until-eof",
+    ]);
+    assert_eq!(sim.line().await.unwrap(), format!("posting to {url}"));
+    sim.expect("冀B12345 green → 200").await;
+    sim.send("fault duplicate on").await;
+    sim.expect("faults: duplicate=true offline=false").await;
+    sim.send("晋C22222 blue").await;
+    sim.expect("晋C22222 blue →").await;
+    sim.expect("晋C22222 blue (duplicate) →").await;
+    sim.send("fault none").await;
+    sim.send("fault offline").await;
+    sim.expect("faults: duplicate=false offline=true").await;
+    sim.send("沪D33333").await;
+    sim.expect("沪D33333 green →").await;
+    sim.send("fault teleport").await;
+    sim.expect("error: `fault teleport`").await;
+    sim.finish().await.unwrap();
+
+    let settings: JsonSettings = profile_settings("camera/generic-json").try_into().unwrap();
+    let bodies = gw.await.unwrap();
+    let reads: Vec<_> = bodies
+        .iter()
+        .map(|b| generic::parse(b, &settings).unwrap())
+        .collect();
+    assert_eq!(reads[0].plate, "冀B12345");
+    assert_eq!(reads[0].color, PlateColor::Green);
+    assert_eq!(reads[0].images.len(), 2, "scene and plate image");
+    assert_eq!(reads[0].images[0].jpeg.len(), 2048);
+    assert_eq!(reads[1].plate, "晋C22222");
+    assert_eq!(reads[1].color, PlateColor::Blue);
+    // The duplicate repeats the read's id; the next read has another.
+    assert_eq!(reads[1].source_id, reads[2].source_id);
+    assert_ne!(reads[0].source_id, reads[1].source_id);
+    assert_ne!(reads[2].source_id, reads[3].source_id);
+    let now = chrono::Utc::now();
+    let live = reads[0].captured_at.unwrap();
+    assert!((now - live).num_seconds().abs() < 120, "{live}");
+    let replay = reads[3].captured_at.unwrap();
+    assert!(now - replay > chrono::Duration::minutes(5), "{replay}");
+}
+
+#[tokio::test]
+async fn camera_isapi_control_demands_the_right_digest_password() {
+    use ecogate_drivers::camera::hik::{HikControl, HikSettings};
+    let mut sim = Running::start(&[
+        "camera",
+        "--kind",
+        "hik",
+        "--isapi",
+        "--password",
+        "Hik12345",
+        "--until-eof",
+    ]);
+    let addr = sim.addr().await;
+    sim.expect("no --url: control only").await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = |pass: &str, timeout_ms: u64| {
+        let file = dir.path().join(format!("pw-{pass}"));
+        std::fs::write(&file, pass).unwrap();
+        let settings = HikSettings {
+            control: Some(format!("http://{addr}")),
+            password_file: Some(file.to_string_lossy().into_owned()),
+            request_timeout_ms: timeout_ms,
+            ..HikSettings::default()
+        };
+        std::sync::Arc::new(HikControl::new(&settings).unwrap().unwrap())
+    };
+    let wrong = control("wrong", 3000);
+    let e = wrong.barrier("open").await.unwrap_err();
+    assert!(e.contains("401"), "{e}");
+    sim.expect("barrierGate: barrier open → 401").await;
+    let right = control("Hik12345", 3000);
+    right.barrier("open").await.unwrap();
+    sim.expect("ISAPI PUT /ISAPI/Parking/channels/1/barrierGate: barrier open")
+        .await;
+    right.output(1, true).await.unwrap();
+    sim.expect("ISAPI PUT /ISAPI/System/IO/outputs/1/trigger: output 1 high")
+        .await;
+    // The camera refuses (statusCode 4): the driver reports it instead of taking it for done.
+    sim.send("fault refuse on").await;
+    sim.expect("isapi silent=false delay=0ms refuse=true").await;
+    let e = right.barrier("close").await.unwrap_err();
+    assert!(e.contains("refused"), "{e}");
+    sim.expect("barrier close → refused (statusCode 4)").await;
+    // A silent camera: the client's timeout ends the request.
+    sim.send("fault none").await;
+    sim.send("fault silent").await;
+    sim.expect("isapi silent=true").await;
+    let quick = control("Hik12345", 300);
+    assert!(quick.barrier("open").await.is_err());
+    sim.send("fault none").await;
+    sim.send("status").await;
+    let st = sim.expect("status: 0 posted").await;
+    assert!(st.contains("isapi 2 accepted, 1 refused"), "{st}");
     sim.finish().await.unwrap();
 }

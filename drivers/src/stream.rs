@@ -113,6 +113,13 @@ pub async fn connect(
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
+            // Bytes that reached the port while it was closed (a reply to a request that timed
+            // out, frames sent before a reconnect) answer nothing of ours: a UPS or sign driver
+            // would take the stale reply for the answer to its next request.
+            if let Err(e) = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input)
+            {
+                tracing::debug!(path = %path, error = %e, "could not clear the serial input buffer");
+            }
             Ok(Box::new(port))
         }
         other => Err(DriverError::UnsupportedAddress {

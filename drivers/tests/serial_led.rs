@@ -283,3 +283,78 @@ async fn serial_data_passthrough_frames_match_what_the_driver_sends() {
     assert_eq!(got.texts(), vec!["欢迎光临".to_string()]);
     assert_eq!(sim.received_bytes(), frames.concat());
 }
+
+/// Bytes left in a local serial port from before the driver opened it (here a refusal of an
+/// earlier text) are cleared on open: the answer the driver waits for is the card's reply to
+/// its own frame.
+#[cfg(unix)]
+#[tokio::test]
+async fn stale_bytes_in_a_serial_port_are_not_taken_for_the_ack() {
+    use ecogate_drivers::led::p64::{self, P64Decoder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_serial::SerialPort;
+
+    let (mut master, slave) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let path = slave.name().expect("pty slave has a path");
+    // A card's "refused" reply (data byte 1) to a temporary-text frame.
+    let stale = p64::frame(0, p64::CMD_TEMP_TEXT, &[1]).unwrap();
+    master.write_all(&stale).await.unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while slave.bytes_to_read().unwrap_or(0) < stale.len() as u32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stale bytes never reached the port"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let address: Address = format!("serial://{path}?baud=9600").parse().unwrap();
+    let s = SignSettings {
+        wait_ack: true,
+        ack_timeout_ms: 2000,
+        ..SignSettings::default()
+    };
+    let (tx, mut rx) = mpsc::channel::<DeviceEvent>(64);
+    let h = led::spawn("led1", &address, &s, tx).unwrap();
+    // The card ACKs every frame and remembers the texts.
+    let (texts_tx, mut texts) = mpsc::channel::<String>(16);
+    let card = tokio::spawn(async move {
+        let mut dec = P64Decoder::default();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match master.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            dec.push(&buf[..n], &mut out);
+            for (f, _) in out.drain(..) {
+                if master.write_all(&p64::ack(f.da, f.cmd)).await.is_err() {
+                    return;
+                }
+                for t in p64::decode_message(&f).texts() {
+                    let _ = texts_tx.send(t).await;
+                }
+            }
+        }
+    });
+    h.commands.send(show(&["请上磅"])).await.unwrap();
+    // A refused frame leaves a never-online sign without a Link event: only the error shows.
+    let ev = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no Link event; last error: {:?}",
+                h.health.borrow().last_error
+            )
+        })
+        .unwrap();
+    let got = tokio::time::timeout(LIMIT, texts.recv()).await.unwrap();
+    card.abort();
+    drop(slave);
+    assert!(
+        matches!(ev.kind, EventKind::Link { online: true, .. }),
+        "the stale refusal was taken for the answer: {ev:?}"
+    );
+    assert_eq!(got.as_deref(), Some("请上磅"));
+}

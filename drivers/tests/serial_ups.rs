@@ -168,3 +168,77 @@ async fn reconnects_after_a_drop() {
     }
     assert!(sim.connections() >= 2);
 }
+
+/// A local serial port keeps bytes that arrived while the driver had it closed (a late reply
+/// to a poll that timed out). The driver clears them when it (re)opens the port, so they are
+/// not taken for the answer to its next poll.
+#[cfg(unix)]
+#[tokio::test]
+async fn stale_bytes_in_a_serial_port_are_not_taken_for_the_reply() {
+    use ecogate_drivers::ups::{encode_q1, Q1Flags, Q1Reply};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_serial::SerialPort;
+
+    let (mut master, slave) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let path = slave.name().expect("pty slave has a path");
+    // What a UPS on battery with a low battery said to a poll nobody waits for any more.
+    let stale = encode_q1(&Q1Reply {
+        input_voltage: Some(0.0),
+        flags: Q1Flags {
+            utility_fail: true,
+            battery_low: true,
+            ..Q1Flags::default()
+        },
+        ..Q1Reply::default()
+    });
+    master.write_all(&stale).await.unwrap();
+    // The bytes must sit in the port's input queue before the driver opens it.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while slave.bytes_to_read().unwrap_or(0) < stale.len() as u32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stale bytes never reached the port"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let address: Address = format!("serial://{path}?baud=2400").parse().unwrap();
+    let s = UpsSettings {
+        poll_interval_ms: 100,
+        on_battery_polls: 1,
+        battery_low_polls: 1,
+        ..settings(1)
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let _h = ups::spawn("ups", &address, &s, tx).unwrap();
+    // The UPS answers every poll: on mains, battery fine.
+    let fresh = encode_q1(&Q1Reply {
+        input_voltage: Some(226.0),
+        ..Q1Reply::default()
+    });
+    let ups = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = match master.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(end) = seen.windows(3).position(|w| w == b"Q1\r") {
+                seen.drain(..end + 3);
+                if master.write_all(&fresh).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let first = next_ups(&mut rx).await;
+    ups.abort();
+    drop(slave);
+    assert!(
+        !first.on_battery && !first.battery_low,
+        "the stale reply was taken for the answer: {first:?}"
+    );
+    assert_eq!(first.input_voltage, Some(226.0));
+}

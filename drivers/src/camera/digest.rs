@@ -139,6 +139,10 @@ pub fn authorization(
     );
     if let Some(q) = &c.qop {
         h.push_str(&format!(r#", qop={q}, nc={nc}, cnonce="{cnonce}""#));
+    } else if c.sess {
+        // MD5-sess hashes the cnonce into HA1 even without qop: the server cannot check the
+        // response unless it is sent.
+        h.push_str(&format!(r#", cnonce="{cnonce}""#));
     }
     if let Some(o) = &c.opaque {
         h.push_str(&format!(r#", opaque="{o}""#));

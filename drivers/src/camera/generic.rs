@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,8 +15,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    bad_request, decode_base64, ingest_id, register_until_closed, CameraCore, CameraRead,
-    Direction, DriverError, Endpoint, IngestRegistry, PushError,
+    bad_request, decode_base64, ingest_id, register_until_closed, secs_setting, CameraCore,
+    CameraRead, Direction, DriverError, Endpoint, IngestRegistry, PushError,
 };
 use crate::address::Address;
 use crate::command::Command;
@@ -91,6 +90,15 @@ impl Default for JsonSettings {
             offline_after_s: 0.0,
             strip_control_chars: false,
         }
+    }
+}
+
+impl JsonSettings {
+    /// Checks what serde cannot: the seconds settings are finite and in range.
+    pub fn validate(&self) -> Result<(), DriverError> {
+        secs_setting("debounce_s", self.debounce_s)?;
+        secs_setting("offline_after_s", self.offline_after_s)?;
+        Ok(())
     }
 }
 
@@ -232,19 +240,17 @@ pub fn spawn(
             settings.plate
         )));
     }
-    if !(settings.debounce_s >= 0.0 && settings.offline_after_s >= 0.0) {
-        return Err(DriverError::Settings(
-            "debounce_s and offline_after_s must be 0 or more".into(),
-        ));
-    }
-    let core = CameraCore::new(name, events, Duration::from_secs_f64(settings.debounce_s));
+    // Both up front: nothing may be registered for a camera whose settings are refused.
+    let debounce = secs_setting("debounce_s", settings.debounce_s)?;
+    let offline_after = secs_setting("offline_after_s", settings.offline_after_s)?;
+    let core = CameraCore::new(name, events, debounce);
     let ingest = Arc::new(JsonIngest {
         core: core.clone(),
         settings: settings.clone(),
     });
     registry.insert("json", &id, Endpoint::Json(ingest))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    core.spawn_watchdog(Duration::from_secs_f64(settings.offline_after_s), stop_rx);
+    core.spawn_watchdog(offline_after, stop_rx);
     let unregister = register_until_closed(registry, "json", &id, stop_tx);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(16);
     let dev = name.to_string();

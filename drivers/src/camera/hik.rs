@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::digest::{DigestClient, HttpError};
 use super::{
-    bad_request, ingest_id, register_until_closed, CameraCore, CameraRead, Direction, DriverError,
-    Endpoint, IngestRegistry, PushError, MAX_PUSH_BYTES,
+    bad_request, ingest_id, register_until_closed, secs_setting, CameraCore, CameraRead, Direction,
+    DriverError, Endpoint, IngestRegistry, PushError, MAX_PUSH_BYTES,
 };
 use crate::address::Address;
 use crate::command::Command;
@@ -68,6 +68,15 @@ impl Default for HikSettings {
             output_path: "/ISAPI/System/IO/outputs/{n}/trigger".into(),
             outputs: BTreeMap::new(),
         }
+    }
+}
+
+impl HikSettings {
+    /// Checks what serde cannot: the seconds settings are finite and in range.
+    pub fn validate(&self) -> Result<(), DriverError> {
+        secs_setting("debounce_s", self.debounce_s)?;
+        secs_setting("offline_after_s", self.offline_after_s)?;
+        Ok(())
     }
 }
 
@@ -191,6 +200,22 @@ fn image_kind(file: &str, pictures: &[(String, String)]) -> ImageKind {
     } else {
         ImageKind::Scene
     }
+}
+
+/// Splits one push body, as the ingest endpoint does, into the XML and the JPEG parts (file or
+/// field name, bytes): multipart `anpr.xml` + pictures, or a bare XML body. For tests and
+/// tools that hold a body rather than a request.
+pub async fn split_push(
+    content_type: &str,
+    body: Bytes,
+) -> Result<(Bytes, Vec<(String, Bytes)>), PushError> {
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header(header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+        .map_err(|e| PushError::Unsupported(e.to_string()))?;
+    HikIngest::collect(req).await
 }
 
 /// One Hikvision camera's ingest endpoint.
@@ -487,13 +512,11 @@ pub fn spawn(
     registry: &IngestRegistry,
 ) -> Result<DeviceHandle, DriverError> {
     let id = ingest_id(name, address)?;
-    if !(settings.debounce_s >= 0.0 && settings.offline_after_s >= 0.0) {
-        return Err(DriverError::Settings(
-            "debounce_s and offline_after_s must be 0 or more".into(),
-        ));
-    }
+    // Both up front: nothing may be registered for a camera whose settings are refused.
+    let debounce = secs_setting("debounce_s", settings.debounce_s)?;
+    let offline_after = secs_setting("offline_after_s", settings.offline_after_s)?;
     let control = HikControl::new(settings)?.map(Arc::new);
-    let core = CameraCore::new(name, events, Duration::from_secs_f64(settings.debounce_s));
+    let core = CameraCore::new(name, events, debounce);
     let ingest = Arc::new(HikIngest {
         core: core.clone(),
         settings: settings.clone(),
@@ -501,7 +524,7 @@ pub fn spawn(
     });
     registry.insert("hik", &id, Endpoint::Hik(ingest))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    core.spawn_watchdog(Duration::from_secs_f64(settings.offline_after_s), stop_rx);
+    core.spawn_watchdog(offline_after, stop_rx);
     let unregister = register_until_closed(registry, "hik", &id, stop_tx);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(16);
     let dev = name.to_string();

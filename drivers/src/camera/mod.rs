@@ -57,6 +57,21 @@ pub enum PushError {
     Unsupported(String),
 }
 
+/// Largest `debounce_s` / `offline_after_s` accepted: a day. Anything longer is a unit mistake
+/// (milliseconds written as seconds), not a repeat window or a silence limit.
+pub const MAX_SETTING_SECS: f64 = 86_400.0;
+
+/// A seconds setting as a duration. Non-finite (`inf`, `nan`), negative and absurdly long values
+/// are refused naming the key: `Duration::from_secs_f64` would panic on the first two.
+pub fn secs_setting(key: &str, value: f64) -> Result<Duration, DriverError> {
+    if !(value.is_finite() && (0.0..=MAX_SETTING_SECS).contains(&value)) {
+        return Err(DriverError::Settings(format!(
+            "{key} = {value}: expected seconds from 0 to {MAX_SETTING_SECS}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
 /// Travel direction as the camera saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Direction {
@@ -467,5 +482,73 @@ pub(crate) fn register_until_closed(
     move || {
         registry.remove(kind, &id);
         let _ = stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_settings_refuse_non_finite_negative_and_absurd_values() {
+        for bad in [
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -0.5,
+            MAX_SETTING_SECS + 1.0,
+            1e300,
+        ] {
+            let e = secs_setting("debounce_s", bad).unwrap_err();
+            assert!(e.to_string().contains("debounce_s"), "{bad}: {e}");
+        }
+        assert_eq!(secs_setting("x", 0.0).unwrap(), Duration::ZERO);
+        assert_eq!(secs_setting("x", 2.5).unwrap(), Duration::from_millis(2500));
+        assert_eq!(
+            secs_setting("x", MAX_SETTING_SECS).unwrap(),
+            Duration::from_secs(86_400)
+        );
+    }
+
+    /// Every camera driver refuses the bad values at start, naming the key, instead of
+    /// panicking inside `Duration::from_secs_f64`.
+    #[tokio::test]
+    async fn camera_drivers_refuse_non_finite_seconds() {
+        let reg = IngestRegistry::new();
+        let addr = crate::Address::Ingest { id: "c".into() };
+        for (key, v) in [
+            ("debounce_s", f64::INFINITY),
+            ("debounce_s", f64::NAN),
+            ("offline_after_s", f64::INFINITY),
+            ("offline_after_s", f64::NAN),
+            ("offline_after_s", 1e12),
+        ] {
+            let (tx, _rx) = mpsc::channel(4);
+            let mut vz = vz::VzSettings::default();
+            let mut hik = hik::HikSettings::default();
+            let mut json = generic::JsonSettings::default();
+            if key == "debounce_s" {
+                vz.debounce_s = v;
+                hik.debounce_s = v;
+                json.debounce_s = v;
+            } else {
+                vz.offline_after_s = v;
+                hik.offline_after_s = v;
+                json.offline_after_s = v;
+            }
+            let errs = [
+                vz::spawn("c", &addr, &vz, tx.clone(), &reg).err(),
+                hik::spawn("c", &addr, &hik, tx.clone(), &reg).err(),
+                generic::spawn("c", &addr, &json, tx, &reg).err(),
+            ];
+            for e in errs {
+                let e = e.expect("bad seconds accepted");
+                assert!(
+                    matches!(&e, DriverError::Settings(m) if m.contains(key)),
+                    "{key} = {v}: {e}"
+                );
+            }
+            assert!(reg.ids().is_empty(), "a refused camera stayed registered");
+        }
     }
 }

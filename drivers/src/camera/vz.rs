@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::{
-    bad_request, decode_base64, ingest_id, register_until_closed, CameraCore, CameraRead,
-    Direction, DriverError, Endpoint, IngestRegistry, PushError,
+    bad_request, decode_base64, ingest_id, register_until_closed, secs_setting, CameraCore,
+    CameraRead, Direction, DriverError, Endpoint, IngestRegistry, PushError,
 };
 use crate::address::Address;
 use crate::command::Command;
@@ -89,6 +89,15 @@ impl Default for VzSettings {
             images: true,
             utc_offset_hours: 8,
         }
+    }
+}
+
+impl VzSettings {
+    /// Checks what serde cannot: the seconds settings are finite and in range.
+    pub fn validate(&self) -> Result<(), DriverError> {
+        secs_setting("debounce_s", self.debounce_s)?;
+        secs_setting("offline_after_s", self.offline_after_s)?;
+        Ok(())
     }
 }
 
@@ -618,12 +627,10 @@ pub fn spawn(
     registry: &IngestRegistry,
 ) -> Result<DeviceHandle, DriverError> {
     let id = ingest_id(name, address)?;
-    if !(settings.debounce_s >= 0.0 && settings.offline_after_s >= 0.0) {
-        return Err(DriverError::Settings(
-            "debounce_s and offline_after_s must be 0 or more".into(),
-        ));
-    }
-    let core = CameraCore::new(name, events, Duration::from_secs_f64(settings.debounce_s));
+    // Both up front: nothing may be registered for a camera whose settings are refused.
+    let debounce = secs_setting("debounce_s", settings.debounce_s)?;
+    let offline_after = secs_setting("offline_after_s", settings.offline_after_s)?;
+    let core = CameraCore::new(name, events, debounce);
     let (pt_tx, mut pt_rx) = mpsc::channel::<SerialOut>(64);
     let ingest = Arc::new(VzIngest {
         core: core.clone(),
@@ -634,7 +641,7 @@ pub fn spawn(
     });
     registry.insert("vz", &id, Endpoint::Vz(ingest.clone()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    core.spawn_watchdog(Duration::from_secs_f64(settings.offline_after_s), stop_rx);
+    core.spawn_watchdog(offline_after, stop_rx);
     let unregister = register_until_closed(registry, "vz", &id, stop_tx);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(16);
     let default_channel = settings.serial_channel;

@@ -1,6 +1,7 @@
-//! LED/voice sign simulator: accepts 0x64 or BX frames over TCP, checks them, records every
-//! received byte and the decoded text (so tests assert on what reached the "wire"), and
-//! answers with ACKs unless told to stay silent.
+//! LED/voice sign simulators. [`LedSim`] accepts 0x64 or BX frames over TCP, checks them,
+//! records every received byte and the decoded text (so tests assert on what reached the
+//! "wire"), and answers with ACKs unless told to stay silent. [`RegSignSim`] is a Modbus
+//! register text sign that decodes the GBK blocks a driver writes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::stream_faults::{lock, write_frame, Faults, Rng, SimControl};
+use super::modbus::Framing;
+use super::modbus_regs::{RegSim, RegSimConfig, RegWriteLog};
+use super::stream_faults::{lock, write_frame, Faults, FaultyFront, Rng, SimControl};
+use crate::address::Address;
 use crate::led::bx::{self, BxDecoder};
+use crate::led::modbus::{ByteOrder, ModbusSignSettings, TextBlock};
 use crate::led::p64::{self, P64Decoder, P64Message};
 use crate::led::SignProtocol;
 
@@ -238,6 +243,268 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, n: u64) {
             {
                 return;
             }
+        }
+    }
+}
+
+/// What a Modbus-register text sign ([`RegSignSim`]) shows or speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegSignShown {
+    /// The commit register was written with its value: every line block as the controller
+    /// redraws it, top first (a blank line is "").
+    Lines(Vec<String>),
+    /// A line block was written (profiles without a commit register redraw on each write).
+    Line { index: usize, text: String },
+    /// The voice commit register was written (or, without one, the voice block): the text.
+    Voice(String),
+}
+
+/// A PLC-style LED text sign (`driver = "sign-modbus"`): a Modbus register table with the line,
+/// commit and voice blocks a profile describes, behind a [`FaultyFront`] for the stream faults.
+/// It decodes the GBK blocks when the controller would redraw or speak.
+pub struct RegSignSim {
+    regs: Arc<RegSim>,
+    front: FaultyFront,
+    local: SocketAddr,
+    framing: Framing,
+    settings: ModbusSignSettings,
+    shown: Arc<Mutex<Vec<RegSignShown>>>,
+    live: broadcast::Sender<RegSignShown>,
+    exception_every: Mutex<Option<u64>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RegSignSim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The text in a block: two bytes per register in `order`, up to the first NUL, from GBK.
+pub fn block_text(words: &[u16], block: &TextBlock, order: ByteOrder) -> String {
+    let mut bytes: Vec<u8> = words
+        .iter()
+        .flat_map(|w| match order {
+            ByteOrder::HighFirst => w.to_be_bytes(),
+            ByteOrder::LowFirst => w.to_le_bytes(),
+        })
+        .collect();
+    bytes.truncate(block.max_bytes);
+    if let Some(end) = bytes.iter().position(|b| *b == 0) {
+        bytes.truncate(end);
+    }
+    crate::led::gbk_to_string(&bytes)
+}
+
+impl RegSignSim {
+    /// Listens on `addr` (port 0 = a free one) with the register layout of `settings`.
+    pub async fn bind(
+        addr: &str,
+        framing: Framing,
+        settings: &ModbusSignSettings,
+    ) -> Result<(RegSignSim, SocketAddr), RegSignSimError> {
+        settings
+            .validate()
+            .map_err(|e| RegSignSimError::Settings(e.to_string()))?;
+        let io = |e: std::io::Error| RegSignSimError::Io(e.to_string());
+        let regs = Arc::new(
+            RegSim::start(
+                framing,
+                RegSimConfig {
+                    unit: settings.unit,
+                    // Every block and trigger the validated layout names fits below 65535.
+                    size: u16::MAX,
+                },
+            )
+            .await
+            .map_err(io)?,
+        );
+        let (front, local) = FaultyFront::bind(addr, regs.addr(), 0x1ED)
+            .await
+            .map_err(io)?;
+        let shown: Arc<Mutex<Vec<RegSignShown>>> = Arc::default();
+        let live = broadcast::channel(64).0;
+        let task = tokio::spawn(watch_writes(
+            regs.clone(),
+            settings.clone(),
+            shown.clone(),
+            live.clone(),
+        ));
+        Ok((
+            RegSignSim {
+                regs,
+                front,
+                local,
+                framing,
+                settings: settings.clone(),
+                shown,
+                live,
+                exception_every: Mutex::new(None),
+                task,
+            },
+            local,
+        ))
+    }
+
+    /// The address a driver would be configured with.
+    pub fn address(&self) -> Address {
+        let host = self.local.ip().to_string();
+        let port = self.local.port();
+        match self.framing {
+            Framing::Tcp => Address::Tcp { host, port },
+            Framing::RtuOverTcp => Address::RtuOverTcp { host, port },
+        }
+    }
+
+    pub fn settings(&self) -> &ModbusSignSettings {
+        &self.settings
+    }
+
+    /// Everything shown or spoken so far, in order.
+    pub fn shown(&self) -> Vec<RegSignShown> {
+        lock(&self.shown).clone()
+    }
+
+    /// Shown texts as they happen (for a console).
+    pub fn subscribe(&self) -> broadcast::Receiver<RegSignShown> {
+        self.live.subscribe()
+    }
+
+    /// The text in line block `index` now.
+    pub fn line(&self, index: usize) -> Option<String> {
+        let b = self.settings.lines.get(index)?;
+        Some(block_text(
+            &self.regs.registers(b.register, b.registers()),
+            b,
+            self.settings.byte_order,
+        ))
+    }
+
+    /// Register values now.
+    pub fn registers(&self, start: u16, count: u16) -> Vec<u16> {
+        self.regs.registers(start, count)
+    }
+
+    /// Stream faults on the replies. `silent` also stops the table taking writes.
+    pub fn set_faults(&self, f: Faults) {
+        self.front.set_faults(f);
+        self.apply_modbus_fault();
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.front.faults()
+    }
+
+    /// Answer every n-th request with exception 04 (slave device failure); `None` = never.
+    pub fn set_exception_every(&self, every: Option<u64>) {
+        *lock(&self.exception_every) = every.filter(|n| *n > 0);
+        self.apply_modbus_fault();
+    }
+
+    pub fn exception_every(&self) -> Option<u64> {
+        *lock(&self.exception_every)
+    }
+
+    fn apply_modbus_fault(&self) {
+        self.regs.set_fault(crate::sim::scale::modbus_fault(
+            self.front.faults().silent,
+            *lock(&self.exception_every),
+        ));
+    }
+
+    pub fn disconnect(&self) {
+        self.front.disconnect();
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.front.connections()
+    }
+}
+
+/// Why a sign layout cannot be simulated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegSignSimError {
+    #[error("{0}")]
+    Settings(String),
+    #[error("starting the register simulator: {0}")]
+    Io(String),
+}
+
+/// Turns accepted writes into what the sign shows, in arrival order.
+async fn watch_writes(
+    regs: Arc<RegSim>,
+    s: ModbusSignSettings,
+    shown: Arc<Mutex<Vec<RegSignShown>>>,
+    live: broadcast::Sender<RegSignShown>,
+) {
+    let touches = |w: &RegWriteLog, start: u16, count: u16| {
+        let (a, b) = (
+            u32::from(w.register),
+            u32::from(w.register) + w.values.len() as u32,
+        );
+        let (c, d) = (u32::from(start), u32::from(start) + u32::from(count));
+        a < d && c < b
+    };
+    let value_at = |w: &RegWriteLog, r: u16| {
+        r.checked_sub(w.register)
+            .and_then(|i| w.values.get(i as usize).copied())
+    };
+    let text =
+        |b: &TextBlock| block_text(&regs.registers(b.register, b.registers()), b, s.byte_order);
+    let mut seen = 0usize;
+    let mut requests = 0u64;
+    let mut recheck = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        // Copying the write log only when requests came in keeps an idle sign cheap. A request
+        // is counted just before its write is logged, so the tick after a change looks again.
+        let n = regs.requests();
+        if n == requests && !recheck {
+            continue;
+        }
+        recheck = n != requests;
+        requests = n;
+        let writes = regs.writes();
+        for w in writes.iter().skip(seen) {
+            let mut out = Vec::new();
+            match s.commit {
+                Some(c) if value_at(w, c.register) == Some(c.value) => {
+                    out.push(RegSignShown::Lines(s.lines.iter().map(text).collect()));
+                }
+                Some(_) => {}
+                None => {
+                    for (index, b) in s.lines.iter().enumerate() {
+                        if touches(w, b.register, b.registers()) {
+                            out.push(RegSignShown::Line {
+                                index,
+                                text: text(b),
+                            });
+                        }
+                    }
+                }
+            }
+            if let Some(v) = &s.voice {
+                let speak = match s.voice_commit {
+                    Some(c) => value_at(w, c.register) == Some(c.value),
+                    None => touches(w, v.register, v.registers()),
+                };
+                if speak {
+                    out.push(RegSignShown::Voice(text(v)));
+                }
+            }
+            for e in out {
+                let _ = live.send(e.clone());
+                lock(&shown).push(e);
+            }
+        }
+        seen = writes.len();
+        // The table's write log only grows; a sign left running for days would copy an ever
+        // longer one every tick. A write landing between the copy above and this clear is not
+        // printed — acceptable for a console, which is all this log feeds.
+        if seen > 4096 {
+            regs.clear_writes();
+            seen = 0;
         }
     }
 }

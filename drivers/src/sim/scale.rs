@@ -1,6 +1,7 @@
-//! Weighbridge indicator simulator: streams continuous-output frames in any supported format
-//! to every TCP client, following a scriptable weight profile (ramp up with noise, hold, ramp
-//! down), with fault injection.
+//! Weighbridge indicator simulators, following a scriptable weight profile (ramp up with noise,
+//! hold, ramp down), with fault injection: [`ScaleSim`] streams continuous-output frames in any
+//! supported format to every TCP client; [`RegScaleSim`] keeps the weight in Modbus registers as
+//! a profile (`driver = "scale-modbus"`) describes them.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -22,9 +23,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::stream_faults::{lock, write_frame, Faults, Rng, SimControl};
+use super::modbus::{Fault, Framing};
+use super::modbus_regs::{RegSim, RegSimConfig};
+use super::stream_faults::{lock, write_frame, Faults, FaultyFront, Rng, SimControl};
+use crate::address::Address;
 use crate::mass::Mass;
 use crate::scale::codec::{encode, EncodeInput, ScaleFormat, Unit, WeightKind};
+use crate::scale::modbus::{ModbusScaleSettings, WeightType, WordOrder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScaleSimConfig {
@@ -107,7 +112,7 @@ struct Script {
 
 impl Script {
     /// The weight now and whether it is steady, advancing through finished segments.
-    fn sample(&mut self, cfg: &ScaleSimConfig, now: Instant) -> (Mass, bool) {
+    fn sample(&mut self, noise: Mass, now: Instant) -> (Mass, bool) {
         loop {
             let Some(seg) = self.queue.front().copied() else {
                 return (self.rest, true);
@@ -130,7 +135,7 @@ impl Script {
                 Segment::Ramp { to, over } => {
                     let f = elapsed.as_secs_f64() / over.as_secs_f64().max(1e-9);
                     let g = self.from.grams as f64 + (to.grams - self.from.grams) as f64 * f;
-                    let noisy = g as i64 + self.rng.symmetric(cfg.noise.grams);
+                    let noisy = g as i64 + self.rng.symmetric(noise.grams);
                     (Mass::from_grams(noisy.max(0)), false)
                 }
             };
@@ -138,9 +143,64 @@ impl Script {
     }
 }
 
+/// The weight on the bridge over time, shared by the stream and the register indicator.
+struct Weights {
+    noise: Mass,
+    script: Mutex<Script>,
+}
+
+impl Weights {
+    fn new(noise: Mass, seed: u64) -> Self {
+        Weights {
+            noise,
+            script: Mutex::new(Script {
+                queue: VecDeque::new(),
+                started: Instant::now(),
+                from: Mass::ZERO,
+                rest: Mass::ZERO,
+                rng: Rng::new(seed),
+                repeat: false,
+            }),
+        }
+    }
+
+    fn sample(&self) -> (Mass, bool) {
+        lock(&self.script).sample(self.noise, Instant::now())
+    }
+
+    fn play(&self, segments: impl IntoIterator<Item = Segment>) {
+        let mut s = lock(&self.script);
+        let now = Instant::now();
+        // Settle finished segments so an idle script starts its new segments now.
+        s.sample(self.noise, now);
+        if s.queue.is_empty() {
+            s.started = now;
+        }
+        s.queue.extend(segments);
+    }
+
+    fn set_repeat(&self, repeat: bool) {
+        lock(&self.script).repeat = repeat;
+    }
+
+    fn set_weight(&self, m: Mass) {
+        let mut s = lock(&self.script);
+        s.queue.clear();
+        s.from = m;
+        s.rest = m;
+        s.started = Instant::now();
+    }
+
+    fn idle(&self) -> bool {
+        let mut s = lock(&self.script);
+        s.sample(self.noise, Instant::now());
+        s.queue.is_empty()
+    }
+}
+
 struct Shared {
     cfg: ScaleSimConfig,
-    script: Mutex<Script>,
+    weights: Weights,
     control: Arc<SimControl>,
 }
 
@@ -163,14 +223,7 @@ impl ScaleSim {
         let local = listener.local_addr()?;
         let shared = Arc::new(Shared {
             cfg,
-            script: Mutex::new(Script {
-                queue: VecDeque::new(),
-                started: Instant::now(),
-                from: Mass::ZERO,
-                rest: Mass::ZERO,
-                rng: Rng::new(cfg.seed),
-                repeat: false,
-            }),
+            weights: Weights::new(cfg.noise, cfg.seed),
             control: SimControl::new(),
         });
         let s2 = shared.clone();
@@ -187,43 +240,27 @@ impl ScaleSim {
 
     /// Appends segments to the script; they start after those already queued.
     pub fn play(&self, segments: impl IntoIterator<Item = Segment>) {
-        let mut s = lock(&self.shared.script);
-        let now = Instant::now();
-        // Settle finished segments so an idle script starts its new segments now.
-        let cfg = self.shared.cfg;
-        s.sample(&cfg, now);
-        if s.queue.is_empty() {
-            s.started = now;
-        }
-        s.queue.extend(segments);
+        self.shared.weights.play(segments);
     }
 
     /// Replays the script endlessly (each finished segment is queued again).
     pub fn set_repeat(&self, repeat: bool) {
-        lock(&self.shared.script).repeat = repeat;
+        self.shared.weights.set_repeat(repeat);
     }
 
     /// Sets the weight at once and clears the script.
     pub fn set_weight(&self, m: Mass) {
-        let mut s = lock(&self.shared.script);
-        s.queue.clear();
-        s.from = m;
-        s.rest = m;
-        s.started = Instant::now();
+        self.shared.weights.set_weight(m);
     }
 
     /// The weight the simulator is showing now.
     pub fn weight(&self) -> Mass {
-        let cfg = self.shared.cfg;
-        lock(&self.shared.script).sample(&cfg, Instant::now()).0
+        self.shared.weights.sample().0
     }
 
     /// True when every scripted segment has played.
     pub fn idle(&self) -> bool {
-        let cfg = self.shared.cfg;
-        let mut s = lock(&self.shared.script);
-        s.sample(&cfg, Instant::now());
-        s.queue.is_empty()
+        self.shared.weights.idle()
     }
 
     pub fn set_faults(&self, f: Faults) {
@@ -267,7 +304,7 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, n: u64) {
         if !faults.delay.is_zero() {
             tokio::time::sleep(faults.delay).await;
         }
-        let (mass, steady) = lock(&shared.script).sample(&cfg, Instant::now());
+        let (mass, steady) = shared.weights.sample();
         let d = cfg.division.grams.max(1);
         let shown = Mass::from_grams((mass.grams + d / 2).div_euclid(d) * d);
         let frame = encode(
@@ -287,5 +324,288 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, n: u64) {
         {
             return;
         }
+    }
+}
+
+/// Settings of [`RegScaleSim`] besides the register map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegScaleSimConfig {
+    /// How often the indicator refreshes its registers.
+    pub interval: Duration,
+    /// ± amplitude of noise while the weight is moving.
+    pub noise: Mass,
+    pub seed: u64,
+}
+
+impl Default for RegScaleSimConfig {
+    fn default() -> Self {
+        RegScaleSimConfig {
+            interval: Duration::from_millis(50),
+            noise: Mass::from_kg(200),
+            seed: 0x5CA1E,
+        }
+    }
+}
+
+/// Why a register map cannot be simulated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegScaleSimError {
+    #[error("{0}")]
+    Settings(String),
+    #[error("starting the register simulator: {0}")]
+    Io(String),
+}
+
+/// A weighbridge indicator read over Modbus registers (`driver = "scale-modbus"`): the weight
+/// script of [`ScaleSim`] written into the registers the profile names — weight in its type,
+/// word order, decimals and unit, the status word's stable/motion bits, the decimals register —
+/// every [`RegScaleSimConfig::interval`], behind a [`FaultyFront`] for the stream faults.
+pub struct RegScaleSim {
+    regs: Arc<RegSim>,
+    front: FaultyFront,
+    local: SocketAddr,
+    framing: Framing,
+    weights: Arc<Weights>,
+    settings: ModbusScaleSettings,
+    exception_every: Mutex<Option<u64>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RegScaleSim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The register words an indicator configured as `s` shows for `m` (weight registers in address
+/// order).
+pub fn weight_words(s: &ModbusScaleSettings, m: Mass) -> Vec<u16> {
+    let scale = 10f64.powi(i32::from(s.decimals));
+    let value = m.grams as f64 * scale / s.weight_unit.grams() as f64;
+    let split = |v: u32| -> Vec<u16> {
+        let (hi, lo) = ((v >> 16) as u16, v as u16);
+        match s.word_order {
+            WordOrder::HiLo => vec![hi, lo],
+            WordOrder::LoHi => vec![lo, hi],
+        }
+    };
+    // `as` saturates: a weight beyond the type's range shows as its limit, as an indicator's
+    // display would overflow.
+    match s.weight_type {
+        WeightType::U16 => vec![value.round() as u16],
+        WeightType::I16 => vec![value.round() as i16 as u16],
+        WeightType::U32 => split(value.round() as u32),
+        WeightType::I32 => split(value.round() as i32 as u32),
+        WeightType::F32 => split((value as f32).to_bits()),
+    }
+}
+
+impl RegScaleSim {
+    /// Listens on `addr` (port 0 = a free one) with the register map of `settings`.
+    pub async fn bind(
+        addr: &str,
+        framing: Framing,
+        settings: &ModbusScaleSettings,
+        cfg: RegScaleSimConfig,
+    ) -> Result<(RegScaleSim, SocketAddr), RegScaleSimError> {
+        settings
+            .validate()
+            .map_err(|e| RegScaleSimError::Settings(e.to_string()))?;
+        let highest = settings
+            .read_plan()
+            .iter()
+            .map(|(start, n)| u32::from(*start) + u32::from(*n))
+            .max()
+            .unwrap_or(0);
+        let size = u16::try_from(highest.max(1024)).map_err(|_| {
+            RegScaleSimError::Settings(format!(
+                "the register map reaches register {}; the simulator holds registers 0-65534",
+                highest - 1
+            ))
+        })?;
+        let io = |e: std::io::Error| RegScaleSimError::Io(e.to_string());
+        let regs = Arc::new(
+            RegSim::start(
+                framing,
+                RegSimConfig {
+                    unit: settings.unit,
+                    size,
+                },
+            )
+            .await
+            .map_err(io)?,
+        );
+        let (front, local) = FaultyFront::bind(addr, regs.addr(), cfg.seed)
+            .await
+            .map_err(io)?;
+        let weights = Arc::new(Weights::new(cfg.noise, cfg.seed));
+        // Registers are valid from the first request on, not from the first refresh.
+        publish(&regs, &weights, settings);
+        let task = tokio::spawn(refresh(
+            regs.clone(),
+            weights.clone(),
+            settings.clone(),
+            cfg.interval,
+        ));
+        Ok((
+            RegScaleSim {
+                regs,
+                front,
+                local,
+                framing,
+                weights,
+                settings: settings.clone(),
+                exception_every: Mutex::new(None),
+                task,
+            },
+            local,
+        ))
+    }
+
+    /// The address a driver would be configured with.
+    pub fn address(&self) -> Address {
+        let host = self.local.ip().to_string();
+        let port = self.local.port();
+        match self.framing {
+            Framing::Tcp => Address::Tcp { host, port },
+            Framing::RtuOverTcp => Address::RtuOverTcp { host, port },
+        }
+    }
+
+    pub fn settings(&self) -> &ModbusScaleSettings {
+        &self.settings
+    }
+
+    /// Appends segments to the weight script.
+    pub fn play(&self, segments: impl IntoIterator<Item = Segment>) {
+        self.weights.play(segments);
+    }
+
+    pub fn set_repeat(&self, repeat: bool) {
+        self.weights.set_repeat(repeat);
+    }
+
+    /// Sets the weight at once (the registers show it before this returns) and clears the
+    /// script.
+    pub fn set_weight(&self, m: Mass) {
+        self.weights.set_weight(m);
+        publish(&self.regs, &self.weights, &self.settings);
+    }
+
+    /// The weight on the bridge now (before rounding to the division).
+    pub fn weight(&self) -> Mass {
+        self.weights.sample().0
+    }
+
+    pub fn idle(&self) -> bool {
+        self.weights.idle()
+    }
+
+    /// Register values now, as a master would read them.
+    pub fn registers(&self, start: u16, count: u16) -> Vec<u16> {
+        self.regs.registers(start, count)
+    }
+
+    /// Stream faults on the replies. `silent` also stops the table taking requests at all.
+    pub fn set_faults(&self, f: Faults) {
+        self.front.set_faults(f);
+        self.apply_modbus_fault();
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.front.faults()
+    }
+
+    /// Answer every n-th request with exception 04 (slave device failure); `None` = never.
+    pub fn set_exception_every(&self, every: Option<u64>) {
+        *lock(&self.exception_every) = every.filter(|n| *n > 0);
+        self.apply_modbus_fault();
+    }
+
+    pub fn exception_every(&self) -> Option<u64> {
+        *lock(&self.exception_every)
+    }
+
+    fn apply_modbus_fault(&self) {
+        self.regs.set_fault(modbus_fault(
+            self.front.faults().silent,
+            *lock(&self.exception_every),
+        ));
+    }
+
+    /// Drops every open connection.
+    pub fn disconnect(&self) {
+        self.front.disconnect();
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.front.connections()
+    }
+
+    /// Requests the register table has seen.
+    pub fn requests(&self) -> u64 {
+        self.regs.requests()
+    }
+}
+
+/// The register table's own fault for the stream faults in force: a silent device takes no
+/// requests (and so no writes) either.
+pub(crate) fn modbus_fault(silent: bool, exception_every: Option<u64>) -> Fault {
+    match (silent, exception_every) {
+        (true, _) => Fault::Silent,
+        (false, Some(every)) => Fault::ExceptionEvery { code: 4, every },
+        (false, None) => Fault::None,
+    }
+}
+
+/// Refreshes the indicator's registers every `interval`.
+async fn refresh(
+    regs: Arc<RegSim>,
+    weights: Arc<Weights>,
+    s: ModbusScaleSettings,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        publish(&regs, &weights, &s);
+    }
+}
+
+/// Writes the weight, status and decimals registers for the weight now, in one step per polled
+/// span, so a poll never sees the weight of one instant with the status of another. The script
+/// stays locked meanwhile: a `set` racing a refresh cannot be overwritten by an older sample.
+fn publish(regs: &RegSim, weights: &Weights, s: &ModbusScaleSettings) {
+    let mut script = lock(&weights.script);
+    let (mass, steady) = script.sample(weights.noise, Instant::now());
+    let d = s.stability.division.grams.max(1);
+    let shown = Mass::from_grams((mass.grams + d / 2).div_euclid(d) * d);
+    let mut values: Vec<(u16, u16)> = weight_words(s, shown)
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| (s.weight_register + i as u16, w))
+        .collect();
+    if let Some(r) = s.status.register {
+        let mut word = 0u16;
+        if let Some(b) = s.status.stable_bit.filter(|_| steady) {
+            word |= 1 << b;
+        }
+        if let Some(b) = s.status.motion_bit.filter(|_| !steady) {
+            word |= 1 << b;
+        }
+        values.push((r, word));
+    }
+    if let Some(r) = s.decimals_register {
+        values.push((r, u16::from(s.decimals)));
+    }
+    for (start, count) in s.read_plan() {
+        let mut block = regs.registers(start, count);
+        for (r, v) in &values {
+            if let Some(slot) = r.checked_sub(start).and_then(|i| block.get_mut(i as usize)) {
+                *slot = *v;
+            }
+        }
+        regs.set_registers(start, &block);
     }
 }

@@ -1,5 +1,6 @@
 //! Fault injection shared by the stream simulators (scale, LED, UPS): silence, late replies,
-//! garbage bytes, frames written in random pieces, and dropped connections.
+//! garbage bytes, frames written in random pieces, and dropped connections. [`FaultyFront`]
+//! applies the same faults in front of the Modbus register simulators.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -134,4 +135,115 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
         w.write_all(frame).await?;
     }
     w.flush().await
+}
+
+/// A TCP front for a request/reply simulator (the Modbus register tables): it listens where it
+/// is told to (`ecogate sim … --port N`), forwards every connection to the simulator behind it
+/// and applies the stream faults to the replies on their way back — silence, late replies,
+/// garbage before a reply, replies in pieces — and drops every connection on
+/// [`disconnect`](Self::disconnect), as a serial device server losing its link would.
+pub struct FaultyFront {
+    control: Arc<SimControl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultyFront {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.control.disconnect_all();
+    }
+}
+
+impl FaultyFront {
+    /// Listens on `addr` and forwards to `backend`. Returns the front and its local address.
+    pub async fn bind(
+        addr: &str,
+        backend: std::net::SocketAddr,
+        seed: u64,
+    ) -> std::io::Result<(FaultyFront, std::net::SocketAddr)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let control = SimControl::new();
+        let c2 = control.clone();
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Ok((sock, _)) = listener.accept().await {
+                c2.count_accept();
+                n += 1;
+                tokio::spawn(relay(
+                    sock,
+                    backend,
+                    c2.clone(),
+                    Rng::new(seed ^ n.rotate_left(32)),
+                ));
+            }
+        });
+        Ok((FaultyFront { control, task }, local))
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.control.faults()
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.control.set_faults(f);
+    }
+
+    /// Drops every open connection (new ones are still accepted).
+    pub fn disconnect(&self) {
+        self.control.disconnect_all();
+    }
+
+    /// Connections accepted since start.
+    pub fn connections(&self) -> u64 {
+        self.control.accepted()
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    backend: std::net::SocketAddr,
+    control: Arc<SimControl>,
+    mut rng: Rng,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut gone = control.subscribe();
+    let Ok(server) = tokio::net::TcpStream::connect(backend).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let requests = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+        // The client hung up: let the simulator see it too, which ends the reply direction.
+        let _ = server_wr.shutdown().await;
+    };
+    let replies = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = match server_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let f = control.faults();
+            if f.silent {
+                continue;
+            }
+            if !f.delay.is_zero() {
+                tokio::time::sleep(f.delay).await;
+            }
+            if write_frame(&mut client_wr, &buf[..n], &f, &mut rng, &[])
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = gone.changed() => {}
+        _ = async { tokio::join!(requests, replies) } => {}
+    }
 }
