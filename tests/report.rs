@@ -1428,3 +1428,74 @@ impl Xlsx {
         &self.sheets[i]
     }
 }
+
+/// A weight no scale can give (a garbled frame, a typo in a tool) is still recorded: the report
+/// index leaves it out instead of failing the append on SQLite integer overflow.
+#[test]
+fn absurd_weights_are_recorded_and_left_out_of_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(tmp.path()).unwrap();
+    let absurd = |gross: i64, tare: i64, net: Option<i64>| {
+        EventBody::Weighing(Weighing {
+            lane: "1-in".into(),
+            scale: "scale1".into(),
+            plate: A1.into(),
+            color: PlateColor::Yellow,
+            gross: Some(Mass::from_grams(gross)),
+            tare: Some(Mass::from_grams(tare)),
+            net: net.map(Mass::from_grams),
+            cargo: Some("煤".into()),
+            direction: Some(Direction::In),
+            pass_ref: None,
+        })
+    };
+    let sane = ledger
+        .append_blocking(
+            weighing(A1, PlateColor::Yellow, "煤", 30, None),
+            vec![],
+            at(3, 9, 0),
+        )
+        .unwrap();
+    for (i, body) in [
+        absurd(i64::MAX, i64::MIN, None),
+        absurd(0, 0, Some(i64::MIN)),
+        absurd(i64::MAX, 1, Some(i64::MAX)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ledger
+            .append_blocking(body, vec![], at(3, 9, 1 + i as u32))
+            .unwrap_or_else(|e| panic!("absurd weighing {i} was not recorded: {e}"));
+    }
+    // A correction to an absurd net is refused by the correction check, but one written
+    // directly must not fail either.
+    ledger
+        .append_blocking(
+            EventBody::Correction(Correction {
+                refs: sane.id.clone(),
+                operator: "t".into(),
+                reason: "t".into(),
+                void: false,
+                plate: None,
+                color: None,
+                direction: None,
+                cargo: None,
+                net: Some(Mass::from_grams(i64::MIN)),
+            }),
+            vec![],
+            at(3, 9, 10),
+        )
+        .unwrap();
+    let r = LedgerReader::open(tmp.path()).unwrap();
+    let nets: Vec<Option<i64>> = r
+        .conn()
+        .prepare("SELECT net_g FROM weighing_index ORDER BY seq")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(nets, vec![Some(30_000), None, None, None], "{nets:?}");
+    assert!(ecogate::ledger::verify::verify(tmp.path()).unwrap().ok());
+}

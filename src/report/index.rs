@@ -26,7 +26,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 /// Bumped when the tables or triggers change: a ledger whose marker differs is rebuilt at open.
-pub const VERSION: &str = "2";
+pub const VERSION: &str = "3";
 const MARKER: &str = "pass_index_version";
 
 /// Column expressions of a pass row, over the body of event `{e}`; `{p}` is the JSON path of
@@ -90,14 +90,33 @@ fn weighing_pass(e: &str) -> String {
     )
 }
 
+/// Grams beyond this (a million tonnes) are no weighing: such a value is left out of the index
+/// instead of making SQLite's integer arithmetic (`abs`, `-`, the day sums) overflow, which
+/// would fail the trigger and with it the append of the event itself.
+const MAX_INDEXED_GRAMS: i64 = 1_000_000_000_000;
+
+/// `x` when it is a plausible mass in grams, else NULL.
+fn bounded_grams(x: &str) -> String {
+    format!("(CASE WHEN ({x}) BETWEEN -{MAX_INDEXED_GRAMS} AND {MAX_INDEXED_GRAMS} THEN ({x}) END)")
+}
+
+/// `abs(x)` when `x` is a plausible mass in grams, else NULL.
+fn plausible_grams(x: &str) -> String {
+    format!("abs({})", bounded_grams(x))
+}
+
 fn weighing_select(e: &str) -> String {
     let pass = weighing_pass(e);
+    let net = plausible_grams(&format!("json_extract({e}.body, '$.net')"));
+    let gross = bounded_grams(&format!("json_extract({e}.body, '$.gross')"));
+    let tare = bounded_grams(&format!("json_extract({e}.body, '$.tare')"));
+    // A net that is given but absurd stays out; gross − tare stands in only for a missing net.
     format!(
         "{e}.seq, {e}.occurred_at, date({e}.occurred_at, '+8 hours'), {e}.kind, \
          json_extract({e}.body, '$.plate'), json_extract({e}.body, '$.color'), \
          json_extract({e}.body, '$.cargo'), \
-         abs(coalesce(json_extract({e}.body, '$.net'), \
-             json_extract({e}.body, '$.gross') - json_extract({e}.body, '$.tare'))), \
+         (CASE WHEN json_extract({e}.body, '$.net') IS NOT NULL THEN {net} \
+               ELSE abs({gross} - {tare}) END), \
          json_extract({e}.body, '$.direction'), {pass}, \
          (SELECT p.stage FROM pass_index p WHERE p.seq = {pass}), \
          (SELECT p.fuel FROM pass_index p WHERE p.seq = {pass})"
@@ -106,10 +125,11 @@ fn weighing_select(e: &str) -> String {
 
 /// A backfilled pass that carries a net mass is a weighed trip of its own.
 fn backfill_weighing_select(e: &str) -> String {
+    let net = plausible_grams(&format!("json_extract({e}.body, '$.net')"));
     format!(
         "{e}.seq, {e}.occurred_at, date({e}.occurred_at, '+8 hours'), {e}.kind, \
          json_extract({e}.body, '$.pass.plate'), json_extract({e}.body, '$.pass.color'), \
-         json_extract({e}.body, '$.cargo'), abs(json_extract({e}.body, '$.net')), \
+         json_extract({e}.body, '$.cargo'), {net}, \
          json_extract({e}.body, '$.pass.direction'), {e}.seq, \
          json_extract({e}.body, '$.pass.stage'), json_extract({e}.body, '$.pass.fuel')"
     )
@@ -123,6 +143,7 @@ fn correction_sql(body: &str) -> String {
         "EXISTS (SELECT 1 FROM events x WHERE x.seq = {target} \
          AND x.id = json_extract({body}, '$.refs'))"
     );
+    let net = plausible_grams(&format!("json_extract({body}, '$.net')"));
     format!(
         "UPDATE pass_index SET \
             plate = coalesce(json_extract({body}, '$.plate'), plate), \
@@ -133,7 +154,7 @@ fn correction_sql(body: &str) -> String {
          WHERE seq = {target} AND {guard};
          UPDATE weighing_index SET \
             cargo = coalesce(json_extract({body}, '$.cargo'), cargo), \
-            net_g = coalesce(abs(json_extract({body}, '$.net')), net_g), \
+            net_g = coalesce({net}, net_g), \
             voided = max(voided, coalesce(json_extract({body}, '$.void'), 0)) \
          WHERE seq = {target} AND {guard};"
     )
