@@ -143,7 +143,7 @@ function summaryReport(r) {
       (ct.other_modes || []).length ? [h("h4", {}, "铁路/水路/皮带/管道运量"), rowsTable(ct.other_modes)] : null) : null,
     (r.fleet_shares || []).length ? sub("厂内车辆与非道路机械排放阶段占比",
       table(cols([["类别", (f) => f.label || f.registry], ["要求", "rule"], ["总数", "total"], ["达标", "compliant"], ["占比", (f) => pct(f.share)],
-        ["A级", (f) => (f.meets_a ? "达到" : "未达到")], ["B级", (f) => (f.meets_b ? "达到" : "未达到")], ["未达标", (f) => (f.non_compliant || []).join("、")]]), r.fleet_shares),
+        ["A级", (f) => (f.meets_a ? "达到" : "未达到")], ["B级", (f) => (f.meets_b ? "达到" : "未达到")], ["未达标", (f) => (f.non_compliant || []).join("、")], ["登记截至", (f) => fmtTime(f.as_of)]]), r.fleet_shares),
       h("div", { class: "pair" }, r.fleet_shares.map((f) => h("div", {}, h("h4", {}, f.label || f.registry), pieChart((f.by_stage || []).map((x) => [x.label || x.code, x.count]))))) ) : null,
     r.daily ? sub("日均车辆（常规日 / 预警日）",
       barChart([["常规日 日均车辆", r.daily.normal && r.daily.normal.avg_vehicles], ["预警日 日均车辆", r.daily.warning && r.daily.warning.avg_vehicles]].filter(([, v]) => typeof v === "number"), { label: "日均车辆" }),

@@ -54,7 +54,7 @@
 //! average 2.5 entries and 2.5 vehicles; warning days 2 and 2.
 
 use chrono::{DateTime, TimeZone, Utc};
-use ecogate::ledger::registry::upsert;
+use ecogate::ledger::registry::upsert_at;
 use ecogate::ledger::{
     BarrierMode, Correction, Decision, Direction, EventBody, Ledger, LedgerReader, ManualRelease,
     MeasureChange, PassAttempt, Receipt, Weighing,
@@ -221,7 +221,13 @@ struct Fixture {
     ledger: Ledger,
 }
 
+/// Registered before the period (2026-10-01), then changed after it (2026-11-10): the report of
+/// 11-01…11-03 must judge the fleet as it stood then.
 fn registries(ledger: &Ledger) {
+    let before = at(1, 0, 0) - chrono::Duration::days(31);
+    let upsert = |l: &Ledger, k: RegistryKind, rec: &[(&str, &str)], src: &str| {
+        upsert_at(l, k, rec, src, before)
+    };
     let transport = [
         (A1, "yellow", "6", "B", "随车清单"),
         (A2, "yellow_green", "D", "C", "随车清单"),
@@ -277,6 +283,35 @@ fn registries(ledger: &Ledger) {
         )
         .unwrap();
     }
+    // After the period: CN-2 is replaced by a 国六 engine, and a 国二 loader arrives. Neither
+    // changes the period's shares.
+    let after = at(10, 9, 0);
+    upsert_at(
+        ledger,
+        RegistryKind::InPlant,
+        &[
+            ("code", "CN-2"),
+            ("vin", "LZZ12345678910002"),
+            ("fuel", "B"),
+            ("stage", "6"),
+        ],
+        "test",
+        after,
+    )
+    .unwrap();
+    upsert_at(
+        ledger,
+        RegistryKind::NonRoad,
+        &[
+            ("reg_code", "NR-9"),
+            ("model", "ZL50"),
+            ("fuel", "B"),
+            ("stage", "2"),
+        ],
+        "test",
+        after,
+    )
+    .unwrap();
 }
 
 fn fixture() -> Fixture {
@@ -570,6 +605,7 @@ fn report_figures_match_the_hand_computation() {
         ("non_road", 2, 2)
     );
     assert!(nonroad.meets_a && nonroad.meets_b);
+    assert_eq!(inplant.as_of, at(4, 0, 0), "as of the end of the period");
 
     let days: Vec<(String, Option<String>, u64, u64, u64)> = r
         .daily

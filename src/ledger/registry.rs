@@ -586,7 +586,7 @@ pub fn import_csv(
             .unwrap_or_default()
     );
     let imported = good.len();
-    let (last_seq, warnings) = write_rows(ledger, kind, good, source, true, false)?;
+    let (last_seq, warnings) = write_rows(ledger, kind, good, source, true, false, Utc::now())?;
     Ok(ImportReport {
         imported,
         skipped: total - imported,
@@ -608,6 +608,18 @@ pub fn upsert(
     kind: RegistryKind,
     record: &[(&str, &str)],
     source: &str,
+) -> Result<Upserted, ImportError> {
+    upsert_at(ledger, kind, record, source, Utc::now())
+}
+
+/// [`upsert`] with the time the change took effect (a registry taken over from paper records,
+/// a test fixture); the registry as of a date ([`as_of`]) follows it.
+pub fn upsert_at(
+    ledger: &Ledger,
+    kind: RegistryKind,
+    record: &[(&str, &str)],
+    source: &str,
+    at: DateTime<Utc>,
 ) -> Result<Upserted, ImportError> {
     let (_, fields, _) = spec(kind);
     let mut errors = Vec::new();
@@ -670,7 +682,7 @@ pub fn upsert(
         values,
         photos: Vec::new(),
     };
-    let (seq, warnings) = write_rows(ledger, kind, vec![row], source.to_string(), false, true)?;
+    let (seq, warnings) = write_rows(ledger, kind, vec![row], source.to_string(), false, true, at)?;
     let seq =
         seq.ok_or_else(|| ImportError::Ledger(LedgerError::Write("nothing written".into())))?;
     Ok(Upserted { seq, warnings })
@@ -687,6 +699,7 @@ fn write_rows(
     source: String,
     with_line: bool,
     keep_photos: bool,
+    now: DateTime<Utc>,
 ) -> Result<(Option<i64>, Vec<RowError>), LedgerError> {
     ledger.transaction_blocking(move |txn| {
         let (table, fields, key) = spec(kind);
@@ -706,7 +719,6 @@ fn write_rows(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let now = Utc::now();
         let now_text = db_time(now);
         let mut stmt = txn.conn().prepare(&sql)?;
         let mut last = None;

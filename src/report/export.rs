@@ -276,6 +276,7 @@ pub fn report_sections(r: &Report) -> Vec<Section> {
             "B级",
             "排放阶段分布",
             "不达标编码",
+            "登记截至",
         ],
         rows: r
             .fleet_shares
@@ -296,6 +297,7 @@ pub fn report_sections(r: &Report) -> Vec<Section> {
                         .collect::<Vec<_>>()
                         .join("; ")),
                     t(f.non_compliant.join(" ")),
+                    t(crate::ledger::local_time(f.as_of)),
                 ]
             })
             .collect(),

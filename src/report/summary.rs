@@ -152,6 +152,9 @@ pub struct FleetShare {
     pub by_stage: Vec<StageCount>,
     /// Registration codes of the ones that fall short.
     pub non_compliant: Vec<String>,
+    /// The registry as it stood at this instant: the end of the period (or now, for a period
+    /// still running), rebuilt from the `registry_change` events.
+    pub as_of: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -344,7 +347,7 @@ fn build_report_from(
         fuel_mix: scan.fuel_mix,
         transport_grade: scan.grade,
         clean_transport: clean,
-        fleet_shares: fleet_shares(reader)?,
+        fleet_shares: fleet_shares(reader, period.to.min(Utc::now()))?,
         daily,
         manual_releases: manual_releases(reader, period)?,
         uploads: uploads(reader),
@@ -1184,33 +1187,42 @@ pub(crate) fn day_rows(
     Ok(out)
 }
 
-fn fleet_shares(reader: &LedgerReader) -> Result<Vec<FleetShare>, ReportError> {
+fn fleet_shares(
+    reader: &LedgerReader,
+    as_of: DateTime<Utc>,
+) -> Result<Vec<FleetShare>, ReportError> {
     let specs = [
         (
+            crate::vehicle::RegistryKind::InPlant,
             "in_plant",
             "厂内运输车辆",
             "国五及以上或新能源",
-            "SELECT code, stage, fuel FROM in_plant_vehicles ORDER BY code",
+            "code",
             5u8,
         ),
         (
+            crate::vehicle::RegistryKind::NonRoad,
             "non_road",
             "非道路移动机械",
             "国三及以上或新能源",
-            "SELECT reg_code, stage, fuel FROM non_road_machines ORDER BY reg_code",
+            "reg_code",
             3u8,
         ),
     ];
     let mut out = Vec::new();
-    for (registry, label, rule, sql, min) in specs {
-        let mut stmt = reader.conn().prepare_cached(sql)?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+    for (kind, registry, label, rule, key, min) in specs {
+        // The fleet as it stood at the end of the period, not as it is today: a machine
+        // registered later, or upgraded since, does not change a past month's figure.
+        let records = crate::ledger::registry::as_of(reader.conn(), kind, as_of)?;
+        let get = |rec: &[(String, String)], c: &str| {
+            rec.iter()
+                .find(|(k, _)| k == c)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let rows = records
+            .iter()
+            .map(|r| Ok::<_, ReportError>((get(r, key), get(r, "stage"), get(r, "fuel"))));
         let mut total = 0u64;
         let mut compliant = 0u64;
         let mut by: BTreeMap<String, u64> = BTreeMap::new();
@@ -1245,6 +1257,7 @@ fn fleet_shares(reader: &LedgerReader) -> Result<Vec<FleetShare>, ReportError> {
                 })
                 .collect(),
             non_compliant,
+            as_of,
         });
     }
     Ok(out)
