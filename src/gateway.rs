@@ -83,6 +83,22 @@ impl Gateway {
         listen: Option<SocketAddr>,
         registry: Option<Arc<dyn VehicleRegistry>>,
     ) -> anyhow::Result<Gateway> {
+        Self::start_with_sink(plan, listen, registry, |ledger| ledger).await
+    }
+
+    /// [`Gateway::start`] with the lanes' records going to `sink(ledger)` instead of the site's
+    /// ledger itself: tests put a slow or failing sink in front of it to prove
+    /// record-before-barrier on the real path (camera, lane task, relay module).
+    pub async fn start_with_sink<S, F>(
+        plan: Plan,
+        listen: Option<SocketAddr>,
+        registry: Option<Arc<dyn VehicleRegistry>>,
+        sink: F,
+    ) -> anyhow::Result<Gateway>
+    where
+        S: runtime::RecordSink,
+        F: FnOnce(Ledger) -> S + Send,
+    {
         let plan = Arc::new(plan);
         let ledger = Ledger::open(&plan.data_dir)
             .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
@@ -122,7 +138,7 @@ impl Gateway {
 
         let deps = LaneDeps {
             decider: Arc::clone(&decider),
-            sink: Arc::new(ledger.clone()),
+            sink: Arc::new(sink(ledger.clone())),
             bus: Arc::new(bus),
             alarms: alarm_tx,
         };

@@ -1,14 +1,17 @@
 //! Running lanes: one task per lane drives its [`Lane`] interpreter with inputs from the
 //! router and its own timers, and performs the outputs in order. A record must be durable
 //! before any command after it in the same batch goes out; if it fails, those commands are
-//! dropped and the lane gets `record_failed`.
+//! dropped and the lane gets `record_failed`. A machine file that has no answer to
+//! `record_failed` still gets `ledger_write_failed` raised and the `fault` text on its sign, so
+//! a failed record is never silent. tests/record_before_barrier.rs proves this on the whole
+//! gateway with slow, failing and broken ledgers.
 
 use crate::config::plan::LanePlan;
 use crate::config::Plan;
 use crate::lane::builtin::Role;
 use crate::lane::engine::{Decider, Input, Lane, Output, Record, Verdict};
 use chrono::{DateTime, Utc};
-use ecogate_drivers::{Command, DeviceEvent, EventKind, Mass, PlateColor};
+use ecogate_drivers::{Command, DeviceCommand, DeviceEvent, EventKind, Mass, PlateColor};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +20,11 @@ use tokio::sync::{mpsc, watch};
 
 pub use crate::health::Alarm;
 
-/// Where lane records go: the ledger in production, a counter or a failing stub in tests.
+/// The alarm a lane raises when a record could not be made durable.
+pub const LEDGER_WRITE_FAILED: &str = "ledger_write_failed";
+
+/// Where lane records go: the ledger in production; slow and failing sinks in
+/// tests/record_before_barrier.rs (through `Gateway::start_with_sink`).
 pub trait RecordSink: Send + Sync + 'static {
     /// Resolves once the record is durable; the value is its ledger sequence number.
     fn record(&self, r: &Record) -> impl Future<Output = Result<u64, String>> + Send;
@@ -262,7 +269,7 @@ async fn run_lane<D, S>(
     S: RecordSink,
 {
     let mut out = Vec::new();
-    let mut counters = (0u64, 0u64);
+    let mut counters = Tally::default();
     lane.start(Utc::now(), deps.decider.as_ref(), &mut out);
     perform(&mut lane, &mut out, &deps, &mut counters).await;
     publish(&lane, &status, counters);
@@ -305,17 +312,68 @@ async fn run_lane<D, S>(
     }
 }
 
-fn publish(lane: &Lane, status: &watch::Sender<LaneStatus>, counters: (u64, u64)) {
+fn publish(lane: &Lane, status: &watch::Sender<LaneStatus>, counters: Tally) {
     status.send_modify(|s| {
         s.state = lane.state_name().to_string();
         let cur = lane.current_plate();
         s.plate = cur.map(|(p, _)| p.to_string());
         s.color = cur.map(|(_, c)| c);
         s.verdict = lane.last_verdict().cloned();
-        s.records = counters.0;
-        s.record_failures = counters.1;
+        s.records = counters.records;
+        s.record_failures = counters.failures;
         s.updated = Some(Utc::now());
     });
+}
+
+/// A lane task's record outcomes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    records: u64,
+    failures: u64,
+    /// `ledger_write_failed` is up because the runtime raised it for a machine that does not
+    /// handle `record_failed`; the next durable record clears it.
+    alarm_raised: bool,
+}
+
+/// When a record failed and the machine's answer to `record_failed` (in `out`) neither raised
+/// `ledger_write_failed` nor wrote to the sign, adds both: the alarm, and the `fault` text.
+/// Returns whether it raised the alarm.
+fn refuse_unrecorded(lane: &Lane, out: &mut Vec<Output>) -> bool {
+    let sign = lane
+        .spec
+        .bindings
+        .get(&Role::Sign)
+        .map(|b| b.device.clone());
+    let mut raised = false;
+    let mut signed = false;
+    for o in out.iter() {
+        match o {
+            Output::Alarm { code, raised: true } if code == LEDGER_WRITE_FAILED => raised = true,
+            Output::Command(c) if Some(&c.device) == sign.as_ref() => signed = true,
+            _ => {}
+        }
+    }
+    if let (Some(device), false) = (sign, signed) {
+        let lines = lane
+            .spec
+            .texts
+            .sign
+            .get("fault")
+            .cloned()
+            .unwrap_or_else(|| vec!["fault".into()]);
+        out.push(Output::Command(DeviceCommand {
+            device,
+            command: Command::SignShow { lines },
+        }));
+    }
+    if raised {
+        return false;
+    }
+    out.push(Output::Alarm {
+        code: LEDGER_WRITE_FAILED.into(),
+        raised: true,
+    });
+    true
 }
 
 /// Performs a batch of outputs in order. Recursion is bounded: a `record_failed` batch that
@@ -324,7 +382,7 @@ async fn perform<D, S>(
     lane: &mut Lane,
     out: &mut Vec<Output>,
     deps: &LaneDeps<D, S>,
-    counters: &mut (u64, u64),
+    counters: &mut Tally,
 ) where
     D: Decider + Send + Sync + 'static,
     S: RecordSink,
@@ -338,9 +396,18 @@ async fn perform<D, S>(
                     // Later records are still attempted (the failure may be transient); only
                     // actuation after a failed record is withheld.
                     match deps.sink.record(&r).await {
-                        Ok(_) => counters.0 += 1,
+                        Ok(_) => {
+                            counters.records += 1;
+                            if std::mem::take(&mut counters.alarm_raised) {
+                                let _ = deps.alarms.send(Alarm::lane(
+                                    &lane.spec.id,
+                                    LEDGER_WRITE_FAILED,
+                                    false,
+                                ));
+                            }
+                        }
                         Err(e) => {
-                            counters.1 += 1;
+                            counters.failures += 1;
                             failed = true;
                             tracing::error!(lane = %lane.spec.id, error = %e, "ledger record failed; skipping the actuation that follows it");
                         }
@@ -370,11 +437,13 @@ async fn perform<D, S>(
         }
         if round == 0 {
             lane.handle(Input::RecordFailed, Utc::now(), deps.decider.as_ref(), out);
+            counters.alarm_raised |= refuse_unrecorded(lane, out);
         } else {
             out.clear();
+            counters.alarm_raised = true;
             let _ = deps
                 .alarms
-                .send(Alarm::lane(&lane.spec.id, "ledger_write_failed", true));
+                .send(Alarm::lane(&lane.spec.id, LEDGER_WRITE_FAILED, true));
         }
     }
 }
