@@ -368,6 +368,72 @@ async fn a_platform_measure_refuses_a_guo4_truck_until_it_ends() {
     );
 }
 
+/// The platform's measure was in force when the gateway stopped and the platform is down when
+/// it starts again: the measure still refuses, and is not recorded again once the platform
+/// answers with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_measures_survive_a_restart_while_the_platform_is_down() {
+    let mut s = site(
+        "policy_poll_secs = 1\nheartbeat_secs = 0",
+        "[policy.normal]\nheavy_goods = { all = 4 }",
+        &[truck("豫D40014", 4), truck("豫D60016", 6)],
+    )
+    .await;
+    let start = ecogate::ledger::local_time(chrono::Utc::now() - chrono::Duration::hours(1));
+    let orange = json!([{ "controlLevel": "2", "responseLevel": "2", "controlStrategy": "2",
+        "startTime": start, "endTime": "" }]);
+    s.mock.set_policy_reply(orange.clone());
+    wait("the measure recorded", 10, || {
+        s.events("measure_change")
+            .into_iter()
+            .find(|m| m["active"] == true)
+    })
+    .await;
+    let p = s.decide("豫D40014").await;
+    assert_eq!(p["reason"], "strategy_2", "{p}");
+
+    // Restart on the same data dir with the platform unreachable.
+    s.mock.set_down(true);
+    s.gw.stop().await;
+    let plan = ecogate::config::load(&s.dir.path().join("site.toml")).unwrap();
+    let registry = Arc::new(MemoryRegistry::new());
+    for f in [truck("豫D40014", 4), truck("豫D60016", 6)] {
+        registry.insert(f);
+    }
+    s.gw = Gateway::start(plan, None, Some(registry)).await.unwrap();
+    s.cam = CameraSim::new(format!("http://{}/ingest/vz/cam1", s.gw.http_addr));
+    s.decide("豫D60016").await;
+    let p = s.decide("豫D40014").await;
+    assert_eq!(p["decision"], "deny", "the restored measure refuses: {p}");
+    assert_eq!(p["reason"], "strategy_2", "{p}");
+
+    // The platform is back with the same measure: nothing new is recorded.
+    let polls = s.mock.policy_queries();
+    s.mock.set_down(false);
+    wait("two policy polls after the platform came back", 10, || {
+        (s.mock.policy_queries() >= polls + 2).then_some(())
+    })
+    .await;
+    let changes = s.events("measure_change");
+    assert_eq!(
+        changes.len(),
+        1,
+        "recorded again after the restart: {changes:?}"
+    );
+
+    // It ends while the gateway runs: recorded once, and the truck is let in.
+    s.mock.set_policy_reply(json!([]));
+    wait("the measure's end recorded", 10, || {
+        s.events("measure_change")
+            .into_iter()
+            .find(|m| m["active"] == false)
+    })
+    .await;
+    s.decide("豫D60016").await;
+    let p = s.decide("豫D40014").await;
+    assert_eq!(p["decision"], "allow", "{p}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_white_list_lets_an_unknown_vehicle_in() {
     let s = site(

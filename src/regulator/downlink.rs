@@ -773,6 +773,69 @@ pub fn apply_measures(
     events
 }
 
+/// How far back the ledger is read for the platform's measures at start; a measure older than
+/// this that never ended is taken as over.
+pub const RESTORE_WINDOW: chrono::Duration = chrono::Duration::days(90);
+
+/// The measures `source` had in force when the gateway stopped, rebuilt from the ledger's
+/// `measure_change` events: without them a restart while the platform is unreachable would let
+/// trucks in that the warning in force refuses, and the first poll would record the same
+/// measures as new. Measures that have ended by `now` are left out. White lists are not
+/// rebuilt (their events name plates, not validity windows): missing one until the first poll
+/// only refuses what the list would have let in.
+pub fn restore_measures(
+    ledger: &Ledger,
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<ControlMeasure>, crate::ledger::LedgerError> {
+    let reader = ledger.reader()?;
+    let far = now + chrono::Duration::days(365 * 100);
+    let mut measures: Vec<ControlMeasure> = Vec::new();
+    for e in reader.events_between(&["measure_change"], now - RESTORE_WINDOW, far)? {
+        let EventBody::MeasureChange(c) = e.body else {
+            continue;
+        };
+        if c.source != source {
+            continue;
+        }
+        let Some(m) = measure_of(&c) else { continue };
+        measures.retain(|x| *x != m);
+        if c.active {
+            measures.push(m);
+        }
+    }
+    measures.retain(|m| !matches!(m.end, Some(end) if end <= now));
+    Ok(measures)
+}
+
+/// The measure a `measure_change` event describes ([`measure_event`] in reverse); None for a
+/// white-list change.
+fn measure_of(c: &MeasureChange) -> Option<ControlMeasure> {
+    let level = WarningLevel::ALL
+        .into_iter()
+        .find(|l| Some(l.name()) == c.level.as_deref())?;
+    let strategy = c
+        .detail
+        .get("strategy")
+        .and_then(Value::as_u64)
+        .and_then(|n| u8::try_from(n).ok())
+        .and_then(Strategy::from_code);
+    let gates = c.detail.get("gates").and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    });
+    Some(ControlMeasure {
+        level,
+        strategy,
+        start: c.starts_at?,
+        end: c.ends_at,
+        gates,
+        source: c.source.clone(),
+    })
+}
+
 fn entry_key(e: &ListEntry) -> String {
     match e.color {
         Some(c) => format!("{} {}", e.plate, c.name()),
@@ -1284,6 +1347,22 @@ pub fn start_for(
             camera: device(l, Role::Camera),
         })
         .collect();
+    if let Some(l) = &ledger {
+        let source = source_of(&platform.name);
+        match restore_measures(l, &source, Utc::now()) {
+            Ok(m) if !m.is_empty() => {
+                tracing::info!(platform = %platform.name, measures = m.len(), "platform measures restored from the ledger");
+                state
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace_measures_from(&source, m);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(platform = %platform.name, error = %e, "platform measures not restored");
+            }
+        }
+    }
     Ok(Downlink::start(DownlinkDeps {
         name: platform.name.clone(),
         client: Arc::new(client),
@@ -1417,6 +1496,50 @@ mod tests {
             "s"
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_measure_event_reads_back_as_the_same_measure() {
+        let t = Utc::now();
+        for (strategy, gates, end) in [
+            (
+                Some(Strategy::S2),
+                Some(vec!["1".to_string()]),
+                Some(t + chrono::Duration::hours(5)),
+            ),
+            (None, None, None),
+        ] {
+            let m = ControlMeasure {
+                level: WarningLevel::Red,
+                strategy,
+                start: t,
+                end,
+                gates,
+                source: "platform:city".into(),
+            };
+            let EventBody::MeasureChange(c) = measure_event(&m, true) else {
+                panic!("not a measure change");
+            };
+            assert_eq!(measure_of(&c), Some(m));
+        }
+        let w = apply_white_list(
+            &RwLock::new(PolicyState::default()),
+            "s",
+            vec![ListEntry {
+                plate: "豫A1".into(),
+                color: None,
+                from: None,
+                until: None,
+                gates: None,
+                exempt_warnings: false,
+                note: String::new(),
+                source: "s".into(),
+            }],
+        );
+        let Some(EventBody::MeasureChange(c)) = w else {
+            panic!("no white-list event");
+        };
+        assert_eq!(measure_of(&c), None, "a white-list change is no measure");
     }
 
     #[test]
