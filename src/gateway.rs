@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ecogate_drivers::{DeviceEvent, EventKind, UpsStatus};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -73,6 +73,11 @@ struct Http {
     )>,
     ledger: Ledger,
     site: String,
+    uplinks: Vec<crate::regulator::KpiReader>,
+    downlinks: Vec<(
+        String,
+        Arc<std::sync::Mutex<crate::regulator::downlink::DownlinkStats>>,
+    )>,
 }
 
 impl Gateway {
@@ -272,6 +277,11 @@ impl Gateway {
             health: devices.health().into_iter().collect(),
             ledger: ledger.clone(),
             site: plan.site_id.clone(),
+            uplinks: regulators.iter().map(|r| r.kpi_reader()).collect(),
+            downlinks: downlinks
+                .iter()
+                .map(|d| (d.name().to_string(), d.stats_handle()))
+                .collect(),
         };
         let api = crate::api::ApiState::new(crate::api::ApiParts {
             plan: Arc::clone(&plan),
@@ -416,6 +426,103 @@ async fn metrics(State(s): State<Http>) -> impl IntoResponse {
         "counter",
         "Failed requests or frames.",
         device(|h| h.errors),
+    );
+    let now = Utc::now();
+    let kpis: Vec<(String, crate::regulator::Kpis)> = s
+        .uplinks
+        .iter()
+        .map(|u| {
+            (
+                format!("site=\"{}\",platform=\"{}\"", s.site, u.name),
+                u.kpis(),
+            )
+        })
+        .collect();
+    let uplink = |f: fn(&crate::regulator::Kpis, DateTime<Utc>) -> u64| {
+        kpis.iter()
+            .map(|(l, k)| (l.clone(), f(k, now)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        &mut out,
+        "ecogate_uplink_acknowledged_total",
+        "counter",
+        "Records the platform acknowledged.",
+        uplink(|k, _| k.acknowledged),
+    );
+    family(
+        &mut out,
+        "ecogate_uplink_cargo_acknowledged_total",
+        "counter",
+        "Cargo records the platform acknowledged.",
+        uplink(|k, _| k.cargo_acknowledged),
+    );
+    family(
+        &mut out,
+        "ecogate_uplink_failed_total",
+        "counter",
+        "Failed upload attempts (network, 5xx, refusals).",
+        uplink(|k, _| k.failed),
+    );
+    family(
+        &mut out,
+        "ecogate_uplink_backlog",
+        "gauge",
+        "Records waiting for the platform's acknowledgement.",
+        uplink(|k, _| k.backlog),
+    );
+    family(
+        &mut out,
+        "ecogate_uplink_oldest_pending_seconds",
+        "gauge",
+        "Age of the oldest waiting record (0 when none waits).",
+        uplink(|k, now| {
+            k.oldest_pending
+                .map_or(0, |t| (now - t).num_seconds().max(0) as u64)
+        }),
+    );
+    let dl: Vec<(String, crate::regulator::downlink::DownlinkStats)> = s
+        .downlinks
+        .iter()
+        .map(|(name, st)| {
+            (
+                format!("site=\"{}\",platform=\"{name}\"", s.site),
+                st.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            )
+        })
+        .collect();
+    let downlink = |f: fn(&crate::regulator::downlink::DownlinkStats) -> u64| {
+        dl.iter()
+            .map(|(l, st)| (l.clone(), f(st)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        &mut out,
+        "ecogate_downlink_heartbeats_total",
+        "counter",
+        "Heartbeats the platform accepted.",
+        downlink(|d| d.heartbeats),
+    );
+    family(
+        &mut out,
+        "ecogate_downlink_heartbeat_failures_total",
+        "counter",
+        "Heartbeats that failed.",
+        downlink(|d| d.heartbeat_failures),
+    );
+    family(
+        &mut out,
+        "ecogate_downlink_policy_failures_total",
+        "counter",
+        "Control-measure and white-list polls that failed.",
+        downlink(|d| d.policy_failures),
+    );
+    family(
+        &mut out,
+        "ecogate_downlink_measure_changes_total",
+        "counter",
+        "Control-measure and white-list changes recorded.",
+        downlink(|d| d.measure_changes),
     );
     family(
         &mut out,

@@ -508,6 +508,36 @@ async fn heartbeats_reach_the_platform_for_every_barrier_and_never_block_the_lan
     let p = s.decide("豫F60001").await;
     assert_eq!(p["decision"], "allow", "{p}");
     assert!(p.get("check").is_none(), "no check configured: {p}");
+
+    // Prometheus sees the same counters, and the uplink's, labelled by platform.
+    let stats = s.gw.downlinks[0].stats();
+    let metrics = reqwest::get(format!("http://{}/metrics", s.gw.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        let prefix = format!("{name}{{site=\"downlink\",platform=\"city\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("ecogate_downlink_heartbeats_total") >= stats.heartbeats);
+    assert!(value("ecogate_downlink_heartbeats_total") >= 2);
+    assert!(value("ecogate_downlink_heartbeat_failures_total") >= 1);
+    // The uplink families are there for the platform (value() fails on a missing line).
+    for name in [
+        "ecogate_uplink_acknowledged_total",
+        "ecogate_uplink_failed_total",
+        "ecogate_uplink_backlog",
+        "ecogate_uplink_oldest_pending_seconds",
+    ] {
+        value(name);
+    }
 }
 
 #[test]

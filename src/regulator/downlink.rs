@@ -981,6 +981,11 @@ impl Downlink {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The live counters, for readers that outlive a borrow (`/metrics`).
+    pub fn stats_handle(&self) -> Arc<Mutex<DownlinkStats>> {
+        Arc::clone(&self.stats)
+    }
+
     /// Stops after the call in flight, if any.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
