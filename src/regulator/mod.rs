@@ -368,6 +368,12 @@ fn format_kpis(
         k.resent,
         k.completeness() * 100.0
     );
+    if k.cargo_acknowledged > 0 {
+        s.push_str(&format!(
+            "  cargo records acknowledged {}\n",
+            k.cargo_acknowledged
+        ));
+    }
     if let (Some(t), Some(age)) = (k.oldest_pending, k.backlog_age(now)) {
         s.push_str(&format!(
             "  oldest waiting pass {} ({} s ago)\n",
@@ -438,5 +444,25 @@ pub struct KpiReader {
 impl KpiReader {
     pub fn kpis(&self) -> Kpis {
         self.kpis.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_cargo_records_only_when_there_are_some() {
+        let now = chrono::Utc::now();
+        let mut k = Kpis {
+            captured: 3,
+            acknowledged: 3,
+            ..Kpis::default()
+        };
+        let none = format_kpis("city", &k, &Default::default(), now, 14);
+        assert!(!none.contains("cargo"), "{none}");
+        k.cargo_acknowledged = 2;
+        let some = format_kpis("city", &k, &Default::default(), now, 14);
+        assert!(some.contains("cargo records acknowledged 2"), "{some}");
     }
 }
