@@ -545,36 +545,46 @@ pub fn journal_path(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("uplink").join(format!("{name}.ids"))
 }
 
-/// Issued ids by seq, and the last acknowledged pass of each plate.
-type JournalContents = (HashMap<i64, Issued>, HashMap<String, LinkedPass>);
+/// Issued ids by seq, the last acknowledged pass of each plate, and how many lines held them.
+type JournalContents = (HashMap<i64, Issued>, HashMap<String, LinkedPass>, usize);
 
-/// Reads the journal: issued ids by seq, and the last acknowledged pass of each plate. A torn
-/// last line (crash mid-append) is skipped; its delivery was not counted in the state either.
+/// Reads the journal line by line (it can hold years of acknowledgements until compacted):
+/// issued ids by seq, and the last acknowledged pass of each plate. A torn last line (crash
+/// mid-append) is skipped; its delivery was not counted in the state either.
 fn load_journal(path: &Path) -> Result<JournalContents, RegulatorError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => {
-            return Err(RegulatorError::State {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })
+    use std::io::BufRead as _;
+    let state_err = |message: String| RegulatorError::State {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((HashMap::new(), HashMap::new(), 0))
         }
+        Err(e) => return Err(state_err(e.to_string())),
     };
     let mut issued = HashMap::new();
     let mut last: HashMap<String, LinkedPass> = HashMap::new();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    for (i, l) in lines.iter().enumerate() {
-        let j: JournalLine = match serde_json::from_str(l) {
+    let mut lines = 0;
+    // A line that did not parse is an error only when another line follows it.
+    let mut bad: Option<String> = None;
+    for (i, l) in std::io::BufReader::new(file).lines().enumerate() {
+        let l = l.map_err(|e| state_err(e.to_string()))?;
+        if l.trim().is_empty() {
+            continue;
+        }
+        if let Some(e) = bad.take() {
+            return Err(state_err(e));
+        }
+        let j: JournalLine = match serde_json::from_str(&l) {
             Ok(j) => j,
-            Err(_) if i + 1 == lines.len() => break,
             Err(e) => {
-                return Err(RegulatorError::State {
-                    path: path.to_path_buf(),
-                    message: format!("line {}: {e}", i + 1),
-                })
+                bad = Some(format!("line {}: {e}", i + 1));
+                continue;
             }
         };
+        lines += 1;
         if !j.issued.is_empty() {
             issued.insert(j.seq, j.issued);
         }
@@ -587,7 +597,64 @@ fn load_journal(path: &Path) -> Result<JournalContents, RegulatorError> {
             }
         }
     }
-    Ok((issued, last))
+    Ok((issued, last, lines))
+}
+
+/// Lines beyond what the journal's contents need before it is rewritten at open.
+const COMPACT_SLACK: usize = 10_000;
+
+/// Rewrites the journal with one line per issued id set and one per plate's last pass: every
+/// acknowledgement appends a line, so without this the file (and the time to read it at start)
+/// would grow with every pass for the 24 months a site runs. Written aside, fsynced and renamed
+/// over the old file, so a crash leaves either journal whole.
+fn compact_journal(
+    path: &Path,
+    issued: &HashMap<i64, Issued>,
+    last: &HashMap<String, LinkedPass>,
+) -> Result<(), RegulatorError> {
+    use std::io::Write as _;
+    let err = |e: std::io::Error| RegulatorError::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut lines: Vec<JournalLine> = issued
+        .iter()
+        .map(|(seq, i)| JournalLine {
+            seq: *seq,
+            issued: i.clone(),
+            plate: None,
+            acked: None,
+        })
+        .collect();
+    lines.extend(last.iter().map(|(plate, a)| JournalLine {
+        seq: a.seq,
+        issued: Issued::default(),
+        plate: Some(plate.clone()),
+        acked: Some(a.clone()),
+    }));
+    lines.sort_by_key(|l| l.seq);
+    let mut buf = String::new();
+    for l in &lines {
+        let text = serde_json::to_string(l).map_err(|e| RegulatorError::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        buf.push_str(&text);
+        buf.push('\n');
+    }
+    let tmp = path.with_extension("ids.compact");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(buf.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(d) = path.parent() {
+        std::fs::File::open(d)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// The journal file, shared by the outbox (acknowledgements) and the delivery tasks (ids issued
@@ -710,7 +777,11 @@ impl Outbox {
         let path = state_path(&cfg.data_dir, &cfg.name);
         let state = load_state(&path)?;
         let journal = journal_path(&cfg.data_dir, &cfg.name);
-        let (issued, last_pass) = load_journal(&journal)?;
+        let (issued, last_pass, lines) = load_journal(&journal)?;
+        if lines > issued.len() + last_pass.len() + COMPACT_SLACK {
+            compact_journal(&journal, &issued, &last_pass)?;
+            tracing::info!(destination = %cfg.name, lines, kept = issued.len() + last_pass.len(), "issued-id journal compacted");
+        }
         let journal = Arc::new(Journal {
             path: journal,
             lock: Mutex::new(()),
@@ -1654,7 +1725,7 @@ mod tests {
             .open(&path)
             .unwrap();
         f.write_all(b"{\"seq\":13,\"iss").unwrap();
-        let (ids, last) = load_journal(&path).unwrap();
+        let (ids, last, _) = load_journal(&path).unwrap();
         assert_eq!(ids[&7].serial.as_deref(), Some("KF1"));
         assert_eq!(last["豫A1"].seq, 9);
         assert_eq!(last["豫A1"].through_id.as_deref(), Some("T9"));
@@ -1662,6 +1733,58 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("garbage\n{text}")).unwrap();
         assert!(load_journal(&path).is_err());
+    }
+
+    #[test]
+    fn a_compacted_journal_reads_back_the_same_and_keeps_one_line_per_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("uplink/x.ids");
+        let t = |m: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(m);
+        let mut lines = Vec::new();
+        // 5 plates, 400 acknowledged passes each, and every 10th pass with issued ids.
+        for seq in 1..=2000i64 {
+            if seq % 10 == 0 {
+                lines.push(JournalLine {
+                    seq,
+                    issued: Issued {
+                        serial: Some(format!("KF{seq}")),
+                        through_id: None,
+                        pass_gate: None,
+                    },
+                    plate: None,
+                    acked: None,
+                });
+            }
+            lines.push(JournalLine {
+                seq,
+                issued: Issued::default(),
+                plate: Some(format!("豫A{}", seq % 5)),
+                acked: Some(LinkedPass {
+                    seq,
+                    direction: crate::ledger::Direction::In,
+                    time: t(seq),
+                    gate: "01".into(),
+                    serial: format!("S{seq}"),
+                    through_id: None,
+                }),
+            });
+        }
+        let text: Vec<String> = lines
+            .iter()
+            .map(|l| serde_json::to_string(l).unwrap())
+            .collect();
+        append_journal(&path, &text).unwrap();
+        let (ids, last, n) = load_journal(&path).unwrap();
+        assert_eq!((ids.len(), last.len(), n), (200, 5, 2200));
+        compact_journal(&path, &ids, &last).unwrap();
+        let (ids2, last2, n2) = load_journal(&path).unwrap();
+        assert_eq!(n2, 205, "one line per issued set and per plate");
+        assert_eq!(ids2, ids);
+        assert_eq!(last2, last);
+        assert_eq!(last2["豫A0"].seq, 2000);
+        // Appends after compaction are read as before.
+        append_journal(&path, &text[..1]).unwrap();
+        assert_eq!(load_journal(&path).unwrap().2, 206);
     }
 
     #[test]
