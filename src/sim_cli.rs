@@ -1062,11 +1062,7 @@ impl Console for ScaleConsole {
 
     fn poll(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
-        let n = self.sim.connections();
-        if n > self.connections {
-            self.connections = n;
-            lines.push(format!("client connected ({n} so far)"));
-        }
+        lines.extend(new_clients(&mut self.connections, self.sim.connections()));
         let idle = self.sim.idle();
         if idle && !self.idle {
             lines.push(format!("steady at {} kg", self.sim.weight()));
@@ -1255,6 +1251,35 @@ fn printable(s: &str) -> String {
 }
 
 /// One line per text shown or spoken, or one line for a non-text frame.
+/// "client connected" once per new connection a simulator counted since the last poll.
+fn new_clients(seen: &mut u64, now: u64) -> Option<String> {
+    (now > *seen).then(|| {
+        *seen = now;
+        format!("client connected ({now} so far)")
+    })
+}
+
+/// Everything a simulator broadcast since the last poll, described; a lagging receiver says how
+/// many it missed instead of failing.
+fn drain_received<T: Clone>(
+    rx: &mut tokio::sync::broadcast::Receiver<T>,
+    describe: impl Fn(&T) -> Vec<String>,
+    what: &str,
+) -> Vec<String> {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut lines = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(r) => lines.extend(describe(&r)),
+            Err(TryRecvError::Lagged(k)) => {
+                lines.push(format!("({k} {what} arrived too fast to print)"))
+            }
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    lines
+}
+
 pub fn describe_sign_frame(r: &SignReceived) -> Vec<String> {
     match r {
         SignReceived::P64 { message, .. } => match message {
@@ -1323,22 +1348,9 @@ impl Console for LedConsole {
     }
 
     fn poll(&mut self) -> Vec<String> {
-        use tokio::sync::broadcast::error::TryRecvError;
         let mut lines = Vec::new();
-        let n = self.sim.connections();
-        if n > self.connections {
-            self.connections = n;
-            lines.push(format!("client connected ({n} so far)"));
-        }
-        loop {
-            match self.rx.try_recv() {
-                Ok(r) => lines.extend(describe_sign_frame(&r)),
-                Err(TryRecvError::Lagged(k)) => {
-                    lines.push(format!("({k} frames arrived too fast to print)"))
-                }
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-            }
-        }
+        lines.extend(new_clients(&mut self.connections, self.sim.connections()));
+        lines.extend(drain_received(&mut self.rx, describe_sign_frame, "frames"));
         let rej = self.sim.rejected();
         if rej > self.rejected {
             lines.push(format!(
@@ -1463,22 +1475,9 @@ impl Console for RegSignConsole {
     }
 
     fn poll(&mut self) -> Vec<String> {
-        use tokio::sync::broadcast::error::TryRecvError;
         let mut lines = Vec::new();
-        let n = self.sim.connections();
-        if n > self.connections {
-            self.connections = n;
-            lines.push(format!("client connected ({n} so far)"));
-        }
-        loop {
-            match self.rx.try_recv() {
-                Ok(r) => lines.extend(describe_reg_sign(&r)),
-                Err(TryRecvError::Lagged(k)) => {
-                    lines.push(format!("({k} updates arrived too fast to print)"))
-                }
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-            }
-        }
+        lines.extend(new_clients(&mut self.connections, self.sim.connections()));
+        lines.extend(drain_received(&mut self.rx, describe_reg_sign, "updates"));
         lines
     }
 }
@@ -1625,11 +1624,7 @@ impl Console for UpsConsole {
 
     fn poll(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
-        let n = self.sim.connections();
-        if n > self.connections {
-            self.connections = n;
-            lines.push(format!("client connected ({n} so far)"));
-        }
+        lines.extend(new_clients(&mut self.connections, self.sim.connections()));
         let p = self.sim.polls();
         if p > self.polls {
             let first = self.polls + 1;

@@ -13,9 +13,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::modbus::Framing;
-use super::modbus_regs::{RegSim, RegSimConfig, RegWriteLog};
-use super::stream_faults::{lock, write_frame, Faults, FaultyFront, Rng, SimControl};
-use crate::address::Address;
+use super::modbus_regs::{RegFront, RegSim, RegWriteLog};
+use super::stream_faults::{lock, write_frame, Faults, Rng, SimControl};
 use crate::led::bx::{self, BxDecoder};
 use crate::led::modbus::{ByteOrder, ModbusSignSettings, TextBlock};
 use crate::led::p64::{self, P64Decoder, P64Message};
@@ -263,15 +262,19 @@ pub enum RegSignShown {
 /// commit and voice blocks a profile describes, behind a [`FaultyFront`] for the stream faults.
 /// It decodes the GBK blocks when the controller would redraw or speak.
 pub struct RegSignSim {
-    regs: Arc<RegSim>,
-    front: FaultyFront,
-    local: SocketAddr,
-    framing: Framing,
+    port: RegFront,
     settings: ModbusSignSettings,
     shown: Arc<Mutex<Vec<RegSignShown>>>,
     live: broadcast::Sender<RegSignShown>,
-    exception_every: Mutex<Option<u64>>,
     task: JoinHandle<()>,
+}
+
+/// The port's faults, counters and address are the simulator's own.
+impl std::ops::Deref for RegSignSim {
+    type Target = RegFront;
+    fn deref(&self) -> &RegFront {
+        &self.port
+    }
 }
 
 impl Drop for RegSignSim {
@@ -307,21 +310,12 @@ impl RegSignSim {
             .validate()
             .map_err(|e| RegSignSimError::Settings(e.to_string()))?;
         let io = |e: std::io::Error| RegSignSimError::Io(e.to_string());
-        let regs = Arc::new(
-            RegSim::start(
-                framing,
-                RegSimConfig {
-                    unit: settings.unit,
-                    // Every block and trigger the validated layout names fits below 65535.
-                    size: u16::MAX,
-                },
-            )
-            .await
-            .map_err(io)?,
-        );
-        let (front, local) = FaultyFront::bind(addr, regs.addr(), 0x1ED)
+        // Every block and trigger the validated layout names fits below 65535.
+        let port = RegFront::bind(addr, framing, settings.unit, u16::MAX, 0x1ED)
             .await
             .map_err(io)?;
+        let regs = port.table().clone();
+        let local = port.local_addr();
         let shown: Arc<Mutex<Vec<RegSignShown>>> = Arc::default();
         let live = broadcast::channel(64).0;
         let task = tokio::spawn(watch_writes(
@@ -332,28 +326,14 @@ impl RegSignSim {
         ));
         Ok((
             RegSignSim {
-                regs,
-                front,
-                local,
-                framing,
+                port,
                 settings: settings.clone(),
                 shown,
                 live,
-                exception_every: Mutex::new(None),
                 task,
             },
             local,
         ))
-    }
-
-    /// The address a driver would be configured with.
-    pub fn address(&self) -> Address {
-        let host = self.local.ip().to_string();
-        let port = self.local.port();
-        match self.framing {
-            Framing::Tcp => Address::Tcp { host, port },
-            Framing::RtuOverTcp => Address::RtuOverTcp { host, port },
-        }
     }
 
     pub fn settings(&self) -> &ModbusSignSettings {
@@ -374,50 +354,10 @@ impl RegSignSim {
     pub fn line(&self, index: usize) -> Option<String> {
         let b = self.settings.lines.get(index)?;
         Some(block_text(
-            &self.regs.registers(b.register, b.registers()),
+            &self.port.registers(b.register, b.registers()),
             b,
             self.settings.byte_order,
         ))
-    }
-
-    /// Register values now.
-    pub fn registers(&self, start: u16, count: u16) -> Vec<u16> {
-        self.regs.registers(start, count)
-    }
-
-    /// Stream faults on the replies. `silent` also stops the table taking writes.
-    pub fn set_faults(&self, f: Faults) {
-        self.front.set_faults(f);
-        self.apply_modbus_fault();
-    }
-
-    pub fn faults(&self) -> Faults {
-        self.front.faults()
-    }
-
-    /// Answer every n-th request with exception 04 (slave device failure); `None` = never.
-    pub fn set_exception_every(&self, every: Option<u64>) {
-        *lock(&self.exception_every) = every.filter(|n| *n > 0);
-        self.apply_modbus_fault();
-    }
-
-    pub fn exception_every(&self) -> Option<u64> {
-        *lock(&self.exception_every)
-    }
-
-    fn apply_modbus_fault(&self) {
-        self.regs.set_fault(crate::sim::scale::modbus_fault(
-            self.front.faults().silent,
-            *lock(&self.exception_every),
-        ));
-    }
-
-    pub fn disconnect(&self) {
-        self.front.disconnect();
-    }
-
-    pub fn connections(&self) -> u64 {
-        self.front.connections()
     }
 }
 

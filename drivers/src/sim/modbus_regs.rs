@@ -274,3 +274,113 @@ fn process(st: &Shared, pdu: &[u8]) -> Vec<u8> {
         _ => exc(0x01),
     }
 }
+
+/// A register simulator behind a [`FaultyFront`](super::stream_faults::FaultyFront) on a fixed
+/// address: the part the register scale and the register sign share — the wire faults, the
+/// table's own exception fault, and the address a driver is configured with.
+pub struct RegFront {
+    regs: Arc<RegSim>,
+    front: super::stream_faults::FaultyFront,
+    local: SocketAddr,
+    framing: Framing,
+    exception_every: Mutex<Option<u64>>,
+}
+
+impl RegFront {
+    /// Starts a table of `size` registers for `unit` and a front for it on `addr` (port 0 = a
+    /// free one); `seed` drives the front's random faults.
+    pub async fn bind(
+        addr: &str,
+        framing: Framing,
+        unit: u8,
+        size: u16,
+        seed: u64,
+    ) -> std::io::Result<RegFront> {
+        let regs = Arc::new(RegSim::start(framing, RegSimConfig { unit, size }).await?);
+        let (front, local) =
+            super::stream_faults::FaultyFront::bind(addr, regs.addr(), seed).await?;
+        Ok(RegFront {
+            regs,
+            front,
+            local,
+            framing,
+            exception_every: Mutex::new(None),
+        })
+    }
+
+    /// The register table (the simulator's own task writes and watches it).
+    pub fn table(&self) -> &Arc<RegSim> {
+        &self.regs
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The address a driver would be configured with.
+    pub fn address(&self) -> Address {
+        let host = self.local.ip().to_string();
+        let port = self.local.port();
+        match self.framing {
+            Framing::Tcp => Address::Tcp { host, port },
+            Framing::RtuOverTcp => Address::RtuOverTcp { host, port },
+        }
+    }
+
+    /// Register values now, as a master would read them.
+    pub fn registers(&self, start: u16, count: u16) -> Vec<u16> {
+        self.regs.registers(start, count)
+    }
+
+    /// Stream faults on the replies. `silent` also stops the table taking requests (and so
+    /// writes) at all.
+    pub fn set_faults(&self, f: super::stream_faults::Faults) {
+        self.front.set_faults(f);
+        self.apply_modbus_fault();
+    }
+
+    pub fn faults(&self) -> super::stream_faults::Faults {
+        self.front.faults()
+    }
+
+    /// Answer every n-th request with exception 04 (slave device failure); `None` = never.
+    pub fn set_exception_every(&self, every: Option<u64>) {
+        *super::stream_faults::lock(&self.exception_every) = every.filter(|n| *n > 0);
+        self.apply_modbus_fault();
+    }
+
+    pub fn exception_every(&self) -> Option<u64> {
+        *super::stream_faults::lock(&self.exception_every)
+    }
+
+    fn apply_modbus_fault(&self) {
+        self.regs.set_fault(Self::table_fault(
+            self.front.faults().silent,
+            *super::stream_faults::lock(&self.exception_every),
+        ));
+    }
+
+    /// Drops every open connection.
+    pub fn disconnect(&self) {
+        self.front.disconnect();
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.front.connections()
+    }
+
+    /// Requests the register table has seen.
+    pub fn requests(&self) -> u64 {
+        self.regs.requests()
+    }
+
+    /// The register table's own fault for the stream faults in force: a silent device takes no
+    /// requests (and so no writes) either.
+    fn table_fault(silent: bool, exception_every: Option<u64>) -> Fault {
+        match (silent, exception_every) {
+            (true, _) => Fault::Silent,
+            (false, Some(every)) => Fault::ExceptionEvery { code: 4, every },
+            (false, None) => Fault::None,
+        }
+    }
+}

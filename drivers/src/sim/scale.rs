@@ -23,10 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::modbus::{Fault, Framing};
-use super::modbus_regs::{RegSim, RegSimConfig};
-use super::stream_faults::{lock, write_frame, Faults, FaultyFront, Rng, SimControl};
-use crate::address::Address;
+use super::modbus::Framing;
+use super::modbus_regs::{RegFront, RegSim};
+use super::stream_faults::{lock, write_frame, Faults, Rng, SimControl};
 use crate::mass::Mass;
 use crate::scale::codec::{encode, EncodeInput, ScaleFormat, Unit, WeightKind};
 use crate::scale::modbus::{ModbusScaleSettings, WeightType, WordOrder};
@@ -361,14 +360,18 @@ pub enum RegScaleSimError {
 /// word order, decimals and unit, the status word's stable/motion bits, the decimals register —
 /// every [`RegScaleSimConfig::interval`], behind a [`FaultyFront`] for the stream faults.
 pub struct RegScaleSim {
-    regs: Arc<RegSim>,
-    front: FaultyFront,
-    local: SocketAddr,
-    framing: Framing,
+    port: RegFront,
     weights: Arc<Weights>,
     settings: ModbusScaleSettings,
-    exception_every: Mutex<Option<u64>>,
     task: JoinHandle<()>,
+}
+
+/// The port's faults, counters and address are the simulator's own.
+impl std::ops::Deref for RegScaleSim {
+    type Target = RegFront;
+    fn deref(&self) -> &RegFront {
+        &self.port
+    }
 }
 
 impl Drop for RegScaleSim {
@@ -424,20 +427,11 @@ impl RegScaleSim {
             ))
         })?;
         let io = |e: std::io::Error| RegScaleSimError::Io(e.to_string());
-        let regs = Arc::new(
-            RegSim::start(
-                framing,
-                RegSimConfig {
-                    unit: settings.unit,
-                    size,
-                },
-            )
-            .await
-            .map_err(io)?,
-        );
-        let (front, local) = FaultyFront::bind(addr, regs.addr(), cfg.seed)
+        let port = RegFront::bind(addr, framing, settings.unit, size, cfg.seed)
             .await
             .map_err(io)?;
+        let regs = port.table().clone();
+        let local = port.local_addr();
         let weights = Arc::new(Weights::new(cfg.noise, cfg.seed));
         // Registers are valid from the first request on, not from the first refresh.
         publish(&regs, &weights, settings);
@@ -449,27 +443,13 @@ impl RegScaleSim {
         ));
         Ok((
             RegScaleSim {
-                regs,
-                front,
-                local,
-                framing,
+                port,
                 weights,
                 settings: settings.clone(),
-                exception_every: Mutex::new(None),
                 task,
             },
             local,
         ))
-    }
-
-    /// The address a driver would be configured with.
-    pub fn address(&self) -> Address {
-        let host = self.local.ip().to_string();
-        let port = self.local.port();
-        match self.framing {
-            Framing::Tcp => Address::Tcp { host, port },
-            Framing::RtuOverTcp => Address::RtuOverTcp { host, port },
-        }
     }
 
     pub fn settings(&self) -> &ModbusScaleSettings {
@@ -489,7 +469,7 @@ impl RegScaleSim {
     /// script.
     pub fn set_weight(&self, m: Mass) {
         self.weights.set_weight(m);
-        publish(&self.regs, &self.weights, &self.settings);
+        publish(self.port.table(), &self.weights, &self.settings);
     }
 
     /// The weight on the bridge now (before rounding to the division).
@@ -499,62 +479,6 @@ impl RegScaleSim {
 
     pub fn idle(&self) -> bool {
         self.weights.idle()
-    }
-
-    /// Register values now, as a master would read them.
-    pub fn registers(&self, start: u16, count: u16) -> Vec<u16> {
-        self.regs.registers(start, count)
-    }
-
-    /// Stream faults on the replies. `silent` also stops the table taking requests at all.
-    pub fn set_faults(&self, f: Faults) {
-        self.front.set_faults(f);
-        self.apply_modbus_fault();
-    }
-
-    pub fn faults(&self) -> Faults {
-        self.front.faults()
-    }
-
-    /// Answer every n-th request with exception 04 (slave device failure); `None` = never.
-    pub fn set_exception_every(&self, every: Option<u64>) {
-        *lock(&self.exception_every) = every.filter(|n| *n > 0);
-        self.apply_modbus_fault();
-    }
-
-    pub fn exception_every(&self) -> Option<u64> {
-        *lock(&self.exception_every)
-    }
-
-    fn apply_modbus_fault(&self) {
-        self.regs.set_fault(modbus_fault(
-            self.front.faults().silent,
-            *lock(&self.exception_every),
-        ));
-    }
-
-    /// Drops every open connection.
-    pub fn disconnect(&self) {
-        self.front.disconnect();
-    }
-
-    pub fn connections(&self) -> u64 {
-        self.front.connections()
-    }
-
-    /// Requests the register table has seen.
-    pub fn requests(&self) -> u64 {
-        self.regs.requests()
-    }
-}
-
-/// The register table's own fault for the stream faults in force: a silent device takes no
-/// requests (and so no writes) either.
-pub(crate) fn modbus_fault(silent: bool, exception_every: Option<u64>) -> Fault {
-    match (silent, exception_every) {
-        (true, _) => Fault::Silent,
-        (false, Some(every)) => Fault::ExceptionEvery { code: 4, every },
-        (false, None) => Fault::None,
     }
 }
 
