@@ -298,3 +298,93 @@ fn missing_photo_is_named() {
         }
     );
 }
+
+/// The registry tables hold each record's latest version and the chain every change: a record
+/// edited, removed or added in a table behind the ledger's back is named by `verify`.
+#[test]
+fn a_registry_table_edited_behind_the_ledger_is_named() {
+    use ecogate::ledger::registry::upsert;
+    use ecogate::vehicle::RegistryKind;
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let l = Ledger::open(tmp.path()).unwrap();
+        for (plate, stage) in [("豫A10001", "6"), ("豫A10002", "4")] {
+            upsert(
+                &l,
+                RegistryKind::Transport,
+                &[
+                    ("plate", plate),
+                    ("color", "yellow"),
+                    ("vin", "LZZ1CLVB7KA999999"),
+                    ("engine_no", "E1"),
+                    ("vehicle_type", "H11"),
+                    ("fuel", "B"),
+                    ("stage", stage),
+                    ("registered_on", "2022-01-01"),
+                    ("fleet", "车队"),
+                ],
+                "test",
+            )
+            .unwrap();
+        }
+        // Changed once the right way: a new version with its event.
+        upsert(
+            &l,
+            RegistryKind::InPlant,
+            &[
+                ("code", "CN-1"),
+                ("vin", "LZZ12345678910001"),
+                ("fuel", "B"),
+                ("stage", "4"),
+            ],
+            "test",
+        )
+        .unwrap();
+        upsert(
+            &l,
+            RegistryKind::InPlant,
+            &[
+                ("code", "CN-1"),
+                ("vin", "LZZ12345678910001"),
+                ("fuel", "B"),
+                ("stage", "6"),
+            ],
+            "test",
+        )
+        .unwrap();
+        l.append_blocking(pass("1-in", "豫A10001", Direction::In), vec![], at(0))
+            .unwrap();
+    }
+    assert!(verify(tmp.path()).unwrap().ok());
+    let named = |needle: &str| {
+        let r = verify(tmp.path()).unwrap();
+        let text = r.to_string();
+        assert!(!r.ok(), "the edit went unnoticed: {text}");
+        assert!(
+            matches!(
+                r.broken.as_ref().map(|b| &b.what),
+                Some(BreakKind::RegistryEdited { .. })
+            ),
+            "{text}"
+        );
+        assert!(text.contains(needle), "`{text}` should name {needle}");
+    };
+    let c = raw(tmp.path());
+    // A 国四 truck made 国六 in the table only.
+    c.execute(
+        "UPDATE transport_vehicles SET stage = '6' WHERE plate = '豫A10002'",
+        [],
+    )
+    .unwrap();
+    named("豫A10002");
+    c.execute(
+        "UPDATE transport_vehicles SET stage = '4' WHERE plate = '豫A10002'",
+        [],
+    )
+    .unwrap();
+    assert!(verify(tmp.path()).unwrap().ok(), "restored");
+    // A record removed from the table only.
+    c.execute("DELETE FROM in_plant_vehicles WHERE code = 'CN-1'", [])
+        .unwrap();
+    named("in_plant");
+}

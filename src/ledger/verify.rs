@@ -41,6 +41,9 @@ pub enum BreakKind {
     PhotoChanged { hash: String, actual: String },
     /// The row cannot be read (bad hash length, bad photo list).
     Malformed(String),
+    /// A registry table no longer matches what its `registry_change` events say: a record was
+    /// edited, added or removed behind the ledger's back.
+    RegistryEdited { registry: String, record: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +88,10 @@ impl fmt::Display for Broken {
                 "{who}: photo file {hash}.jpg has been swapped or edited (its content hashes to {actual})"
             ),
             BreakKind::Malformed(m) => write!(f, "{who}: malformed row: {m}"),
+            BreakKind::RegistryEdited { registry, record } => write!(
+                f,
+                "registry `{registry}`: record {record} differs from its registry_change events (the table was edited outside the ledger)"
+            ),
         }
     }
 }
@@ -405,6 +412,19 @@ pub fn verify_with(data_dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport
             }
         }
     }
+    if let Some(what) = registry_edited(&conn)? {
+        return Ok(VerifyReport {
+            events,
+            head,
+            photos_checked: checked,
+            photos_purged: purged_count,
+            broken: Some(Broken {
+                seq: head.seq,
+                id: String::new(),
+                what,
+            }),
+        });
+    }
     Ok(VerifyReport {
         events,
         head,
@@ -412,6 +432,48 @@ pub fn verify_with(data_dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport
         photos_purged: purged_count,
         broken: None,
     })
+}
+
+/// The registry tables hold only each record's latest version; the chain holds every change.
+/// Replaying the changes must give the tables back, record for record.
+fn registry_edited(conn: &rusqlite::Connection) -> Result<Option<BreakKind>, LedgerError> {
+    use crate::vehicle::RegistryKind;
+    let far = chrono::Utc::now() + chrono::Duration::days(365 * 100);
+    for kind in [
+        RegistryKind::Transport,
+        RegistryKind::InPlant,
+        RegistryKind::NonRoad,
+    ] {
+        let table = super::registry::list(conn, kind)?;
+        let history = super::registry::as_of(conn, kind, far)?;
+        let describe = |r: &[(String, String)]| {
+            let key: Vec<&str> = r.iter().take(2).map(|(_, v)| v.as_str()).collect();
+            format!("`{}`", key.join(" "))
+        };
+        let differs = table
+            .iter()
+            .zip(history.iter())
+            .find(|(t, h)| t != h)
+            .map(|(t, _)| describe(t))
+            .or_else(|| {
+                // One side has records the other lacks.
+                let longer = if table.len() > history.len() {
+                    &table
+                } else {
+                    &history
+                };
+                longer
+                    .get(table.len().min(history.len()))
+                    .map(|r| describe(r))
+            });
+        if let Some(record) = differs {
+            return Ok(Some(BreakKind::RegistryEdited {
+                registry: kind.name().to_string(),
+                record,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 fn hash_exists(conn: &rusqlite::Connection, h: &Hash) -> Result<bool, LedgerError> {
