@@ -135,6 +135,15 @@ pub fn display_path(path: &[Seg]) -> String {
 pub fn parse<T: DeserializeOwned>(
     file: &SourceFile,
 ) -> Result<(T, Vec<Diagnostic>), Vec<Diagnostic>> {
+    parse_documented(file, "docs/configuration.md")
+}
+
+/// [`parse`] for a file whose keys another page documents (`docs/lanes.md` for a lane machine,
+/// `docs/profiles.md` for a device profile): unknown keys point there.
+pub fn parse_documented<T: DeserializeOwned>(
+    file: &SourceFile,
+    doc: &str,
+) -> Result<(T, Vec<Diagnostic>), Vec<Diagnostic>> {
     // A type error stops serde at the first bad value. To report them all at once, the bad value
     // is replaced by a stand-in of the expected type (or its statement blanked out when the
     // type cannot be told) and the text read again, until it deserialises or a fault cannot be
@@ -147,7 +156,7 @@ pub fn parse<T: DeserializeOwned>(
     for _ in 0..MAX_TYPE_ERRORS {
         let (e, syntax) = match deserialize::<T>(&text) {
             Ok((value, unknown)) => {
-                let mut diags = unknown_key_diags(file, unknown);
+                let mut diags = unknown_key_diags(file, unknown, doc);
                 diags.extend(type_errors);
                 diags.sort_by_key(|d| (d.line, d.col));
                 return Ok((value, diags));
@@ -275,7 +284,7 @@ fn blank_statement(text: &mut String, span: Range<usize>) -> Option<String> {
     Some(key)
 }
 
-fn unknown_key_diags(file: &SourceFile, unknown: Vec<Vec<Seg>>) -> Vec<Diagnostic> {
+fn unknown_key_diags(file: &SourceFile, unknown: Vec<Vec<Seg>>, doc: &str) -> Vec<Diagnostic> {
     unknown
         .into_iter()
         .map(|segs| {
@@ -290,7 +299,9 @@ fn unknown_key_diags(file: &SourceFile, unknown: Vec<Vec<Seg>>) -> Vec<Diagnosti
                 format!("in `{parent}`")
             };
             file.error_at(&segs, At::Key, format!("unknown key `{key}` {place}"))
-                .help("check the spelling against docs/configuration.md, or remove the key")
+                .help(format!(
+                    "check the spelling against {doc}, or remove the key"
+                ))
         })
         .collect()
 }

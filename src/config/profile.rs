@@ -157,7 +157,7 @@ impl Library {
         found: &Found,
     ) -> Result<(Profile, Vec<Diagnostic>), Vec<Diagnostic>> {
         let file = &found.file;
-        let (mut p, unknown): (Profile, _) = document::parse(file)?;
+        let (mut p, unknown): (Profile, _) = document::parse_documented(file, "docs/profiles.md")?;
         let mut diags = Vec::new();
         p.source = file.path.clone();
         for (i, t) in p.transports.iter().enumerate() {

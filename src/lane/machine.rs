@@ -269,7 +269,7 @@ pub fn load_usable(
     name: &str,
     file: &SourceFile,
 ) -> Result<(Machine, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let (raw, unknown) = document::parse::<RawMachine>(file)?;
+    let (raw, unknown) = document::parse_documented::<RawMachine>(file, "docs/lanes.md")?;
     let mut diags = Vec::new();
     let machine = compile(name, &raw, file, &mut diags);
     match machine {
