@@ -220,7 +220,8 @@ async fn a_vehicle_the_platform_controls_is_refused_with_its_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_down_falls_back_to_the_registry_then_the_site_default() {
     let s = site(
-        &format!("{CHECK}\nfallback = \"registry_then_deny\""),
+        // Every check asked, however many went unanswered (the pause has its own test).
+        &format!("{CHECK}\nfallback = \"registry_then_deny\"\ncheck_pause_secs = 0"),
         // Without the platform fallback an unknown vehicle would be let in.
         "unknown = \"allow_flag\"",
         &[truck("豫B20001", 6), truck("豫B20002", 3)],
@@ -273,6 +274,45 @@ async fn platform_down_falls_back_to_the_registry_then_the_site_default() {
             .unwrap()
             .ok()
     );
+}
+
+/// While the platform does not answer, trucks should not each wait the whole timeout: after
+/// three unanswered checks it is left alone for `check_pause_secs`, then asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswering_platform_is_paused_then_asked_again() {
+    let plates = ["豫B30001", "豫B30002", "豫B30003", "豫B30004", "豫B30005"];
+    let fleet: Vec<VehicleFacts> = plates.iter().map(|p| truck(p, 6)).collect();
+    let s = site(&format!("{CHECK}\ncheck_pause_secs = 2"), "", &fleet).await;
+    // Down: every request (the token and the check) gets a 503.
+    s.mock.set_down(true);
+    for plate in &plates[..3] {
+        let p = s.decide(plate).await;
+        assert_eq!(p["check"]["source"], "fallback_registry", "{p}");
+        let err = p["check"]["error"].as_str().unwrap_or("");
+        assert!(err.contains("503"), "{err}");
+    }
+    let asked = s.mock.stats().faults_served;
+    assert!(asked >= 3, "each of the three was asked: {asked}");
+    // Paused: decided by the fallback without asking, and the record says why.
+    let paused_at = Instant::now();
+    let p = s.decide(plates[3]).await;
+    assert_eq!(p["check"]["source"], "fallback_registry", "{p}");
+    let err = p["check"]["error"].as_str().unwrap_or("");
+    assert!(err.contains("not asked"), "{err}");
+    assert_eq!(
+        s.mock.stats().faults_served,
+        asked,
+        "a paused platform was asked"
+    );
+    assert_eq!(p["decision"], "allow", "the registry still decides: {p}");
+
+    // Back, and the pause over: the platform decides again.
+    s.mock.set_down(false);
+    s.mock
+        .set_vehicle(plates[4], MockVehicle::allowed("6", "B"));
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(paused_at.elapsed())).await;
+    let p = s.decide(plates[4]).await;
+    assert_eq!(p["check"]["source"], "platform", "{p}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

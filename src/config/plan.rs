@@ -675,6 +675,17 @@ impl Validator<'_> {
             }
             d.check_timeout = Duration::from_millis(ms);
         }
+        if let Some(secs) = p.check_pause_secs {
+            if secs > 3600 {
+                self.err(
+                    &path!["uplinks", "platforms", i, "check_pause_secs"],
+                    At::Value,
+                    format!("check_pause_secs = {secs} is outside 0..=3600"),
+                    "after 3 unanswered checks the platform is left alone this long; e.g. check_pause_secs = 30, or 0 to always ask",
+                );
+            }
+            d.check_pause = Duration::from_secs(secs);
+        }
         if let Some(f) = &p.fallback {
             match Fallback::parse(f) {
                 Some(f) => d.fallback = f,

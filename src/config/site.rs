@@ -317,6 +317,9 @@ pub struct RawPlatform {
     pub check: bool,
     /// How long a lane waits for the check answer (default 1500).
     pub check_timeout_ms: Option<u64>,
+    /// Seconds the platform is not asked after 3 unanswered checks in a row (default 30; 0 =
+    /// always ask).
+    pub check_pause_secs: Option<u64>,
     /// No usable answer: `registry_then_policy` (default), `registry_then_deny`,
     /// `registry_then_allow`.
     pub fallback: Option<String>,

@@ -324,6 +324,9 @@ pub struct DownlinkPlan {
     /// Ask this platform about every vehicle before deciding.
     pub check: bool,
     pub check_timeout: Duration,
+    /// After [`PAUSE_AFTER`] checks in a row got no answer, the platform is not asked for this
+    /// long (the fallback decides at once); zero: always ask.
+    pub check_pause: Duration,
     pub fallback: Fallback,
     /// putdcstatus (and gateStatusReport) period; None: off.
     pub heartbeat: Option<Duration>,
@@ -336,6 +339,7 @@ impl Default for DownlinkPlan {
         DownlinkPlan {
             check: false,
             check_timeout: Duration::from_millis(1500),
+            check_pause: Duration::from_secs(30),
             fallback: Fallback::default(),
             heartbeat: Some(Duration::from_secs(60)),
             policy_poll: None,
@@ -433,6 +437,20 @@ pub struct CheckTarget {
     /// The enterprise code the platform knows the site by (organ / companyCode).
     pub organ: String,
     pub timeout: Duration,
+    /// How long the platform is left alone after [`PAUSE_AFTER`] unanswered checks in a row;
+    /// zero: never.
+    pub pause: Duration,
+    unanswered: Mutex<Unanswered>,
+}
+
+/// Checks in a row without an answer (timeouts, connection errors, HTTP errors) after which a
+/// platform is paused: while it is away every truck would otherwise wait the whole timeout.
+pub const PAUSE_AFTER: u32 = 3;
+
+#[derive(Default)]
+struct Unanswered {
+    in_a_row: u32,
+    paused_until: Option<std::time::Instant>,
 }
 
 impl CheckTarget {
@@ -479,6 +497,12 @@ impl CheckTarget {
         let Some(shape) = p.downlink.as_ref().and_then(|d| d.check.as_ref()) else {
             return Err("the profile has no [downlink.check]".into());
         };
+        if let Some(left) = self.paused_for() {
+            return Err(format!(
+                "not asked: {PAUSE_AFTER} checks in a row got no answer; asked again in {} s",
+                left.as_secs().max(1)
+            ));
+        }
         let body = self.request(shape, gate, direction, plate, color);
         let call = async {
             match &self.client {
@@ -489,10 +513,46 @@ impl CheckTarget {
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(value)) => parse_check_reply(&shape.reply, &value),
+            Err(_) => {
+                self.note_answer(false);
+                Err(format!("no answer within {} ms", self.timeout.as_millis()))
+            }
+            Ok(Err(e)) => {
+                self.note_answer(false);
+                Err(e.to_string())
+            }
+            // Reachable: an unreadable reply falls back for this vehicle but pauses nothing.
+            Ok(Ok(value)) => {
+                self.note_answer(true);
+                parse_check_reply(&shape.reply, &value)
+            }
         }
+    }
+
+    /// How long the platform stays paused, if it is.
+    fn paused_for(&self) -> Option<Duration> {
+        let u = self.unanswered.lock().unwrap_or_else(|e| e.into_inner());
+        let until = u.paused_until?;
+        until.checked_duration_since(std::time::Instant::now())
+    }
+
+    fn note_answer(&self, answered: bool) {
+        let mut u = self.unanswered.lock().unwrap_or_else(|e| e.into_inner());
+        if answered {
+            if u.paused_until.is_some() {
+                tracing::info!(platform = %self.name, "platform answers vehicle checks again");
+            }
+            *u = Unanswered::default();
+            return;
+        }
+        u.in_a_row = u.in_a_row.saturating_add(1);
+        if self.pause.is_zero() || u.in_a_row < PAUSE_AFTER {
+            return;
+        }
+        tracing::warn!(platform = %self.name, pause_s = self.pause.as_secs(), "vehicle checks paused: no answer");
+        u.paused_until = Some(std::time::Instant::now() + self.pause);
+        // The first check after the pause is a probe: no answer pauses again at once.
+        u.in_a_row = PAUSE_AFTER - 1;
     }
 }
 
@@ -1258,6 +1318,8 @@ pub fn check_target(
         client,
         organ: organ.to_string(),
         timeout,
+        pause: DownlinkPlan::default().check_pause,
+        unanswered: Mutex::new(Unanswered::default()),
     })
 }
 
@@ -1291,7 +1353,7 @@ pub fn checker_for(plan: &Plan) -> Result<Option<VehicleChecker>, RegulatorError
     {
         let profile = PlatformProfile::load(&plan.site_file, &p.profile)?;
         fallback = p.downlink.fallback;
-        let t = check_target(
+        let mut t = check_target(
             &p.name,
             Arc::new(profile),
             &p.url,
@@ -1303,6 +1365,7 @@ pub fn checker_for(plan: &Plan) -> Result<Option<VehicleChecker>, RegulatorError
             platform: p.name.clone(),
             message: e.to_string(),
         })?;
+        t.pause = p.downlink.check_pause;
         targets.push(Arc::new(t));
     }
     Ok((!targets.is_empty()).then_some(VehicleChecker { targets, fallback }))
