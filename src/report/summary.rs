@@ -1220,15 +1220,12 @@ fn fleet_shares(
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default()
         };
-        let rows = records
-            .iter()
-            .map(|r| Ok::<_, ReportError>((get(r, key), get(r, "stage"), get(r, "fuel"))));
         let mut total = 0u64;
         let mut compliant = 0u64;
         let mut by: BTreeMap<String, u64> = BTreeMap::new();
         let mut non_compliant = Vec::new();
-        for row in rows {
-            let (code, stage, fuel) = row?;
+        for r in &records {
+            let (code, stage, fuel) = (get(r, key), get(r, "stage"), get(r, "fuel"));
             total += 1;
             bump(&mut by, &stage);
             if at_least(stage_of(&stage), fuel_of(&fuel), min) {
